@@ -1,0 +1,20 @@
+"""moldiff: generative diffusion and flow models for molecules and physics on one shared core.
+
+Python API (everything the CLI does)::
+
+    import moldiff
+    cfg = moldiff.load_config("configs/toy2d_vp.yaml", ["train.steps=2000"])
+    result = moldiff.train(cfg)
+    samples = moldiff.sample(result.checkpoint, 1000)
+    metrics = moldiff.evaluate(result.checkpoint).metrics
+"""
+
+from .api import evaluate, load_model, sample, train
+from .config import ConfigError, ExperimentConfig, SamplerConfig, load_config
+from .tasks import EvalResult, Task, get_task, register_task
+
+__version__ = "0.1.0"
+__all__ = [
+    "train", "sample", "evaluate", "load_model", "load_config",
+    "ConfigError", "ExperimentConfig", "SamplerConfig", "Task", "EvalResult", "get_task", "register_task",
+]

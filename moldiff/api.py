@@ -1,0 +1,108 @@
+"""The Python API behind every CLI command: ``train``, ``sample``, ``evaluate``, ``load_model``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ConfigError, ExperimentConfig, SamplerConfig, apply_overrides, from_dict, load_config, parse_overrides, validate
+from .tasks import EvalResult, Task, get_task
+from .training.checkpoint import load_checkpoint
+from .training.distributed import resolve_device
+from .training.trainer import TrainResult
+from .training.trainer import train as _train
+
+__all__ = ["train", "load_model", "sample", "evaluate", "load_config"]
+
+
+def train(
+    config: ExperimentConfig | str | Path,
+    overrides: list[str] | None = None,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train from a config object or a YAML path (with ``--set``-style overrides)."""
+    if not isinstance(config, ExperimentConfig):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to YAML paths; edit the config object directly instead")
+    return _train(config, resume=resume, progress=progress)
+
+
+def load_model(
+    checkpoint: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    use_ema: bool = True,
+    device: str = "auto",
+) -> tuple[Task, nn.Module]:
+    """Rebuild a checkpoint's task (its saved config, plus overrides) and model (EMA weights by default)."""
+    state = load_checkpoint(checkpoint)
+    data = apply_overrides(state["config"], parse_overrides(overrides))
+    cfg = from_dict(get_task(data["task"]).config_class, data)
+    validate(cfg)
+    task = get_task(cfg.task)(cfg)
+    model = task.build_model()
+    model.load_state_dict(state["ema" if use_ema else "model"])
+    model.to(resolve_device(device)).eval()
+    return task, model
+
+
+def sample(
+    checkpoint: str | Path,
+    n: int,
+    *,
+    out: str | Path | None = None,
+    sampler: str | SamplerConfig | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    use_ema: bool = True,
+    device: str = "auto",
+    progress: bool = True,
+) -> Any:
+    """Draw ``n`` samples from a checkpoint; write them to ``out`` (format by suffix) if given."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device)
+    scfg = task.cfg.sampler
+    if isinstance(sampler, SamplerConfig):
+        scfg = sampler
+    elif sampler is not None:
+        scfg = dataclasses.replace(scfg, name=sampler)
+    if steps is not None:
+        scfg = dataclasses.replace(scfg, steps=steps)
+    from .diffusion.samplers import SAMPLERS
+
+    if scfg.name not in SAMPLERS:
+        raise ConfigError(f"sampler: unknown sampler {scfg.name!r}; choose one of {sorted(SAMPLERS)}")
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    samples = task.sample(model, n, generator=gen, sampler=scfg, progress=progress)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        task.save_samples(samples, out)
+    return samples
+
+
+def evaluate(
+    checkpoint: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    use_ema: bool = True,
+    device: str = "auto",
+    seed: int | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Run the task's evaluation on a checkpoint's model."""
+    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device)
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(task.cfg.seed + 2**31 if seed is None else seed)
+    with torch.no_grad():
+        return task.evaluate(model, generator=gen, progress=progress)

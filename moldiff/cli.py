@@ -1,0 +1,130 @@
+"""``moldiff`` command line: parse, load the config, call the Python API -- nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moldiff", description="Diffusion models for molecules and physics.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_set(sp):
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config", help="YAML config file")
+    add_set(t)
+    t.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="'auto' continues the run's last checkpoint if there is one; or a checkpoint path")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("sample", help="draw samples from a checkpoint")
+    s.add_argument("checkpoint")
+    s.add_argument("-n", "--num", type=int, required=True, help="number of samples")
+    s.add_argument("--out", required=True, help="output file (format by suffix, task-dependent)")
+    s.add_argument("--sampler", default=None, help="sampler name (default: the config's)")
+    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the config's)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    add_set(s)
+    s.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint with its task's metrics")
+    e.add_argument("checkpoint")
+    e.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON")
+    e.add_argument("--figures", default=None, metavar="DIR", help="save the evaluation figures as PNG here")
+    e.add_argument("--seed", type=int, default=None)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-ema", action="store_true")
+    add_set(e)
+    e.add_argument("--no-progress", action="store_true")
+
+    c = sub.add_parser("config", help="inspect configs")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="print a config with defaults filled in and overrides applied")
+    show.add_argument("config")
+    add_set(show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .config import ConfigError
+    from .training.checkpoint import CheckpointError
+    from .training.trainer import NonFiniteLossError
+
+    try:
+        return _run(args)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"moldiff: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"moldiff: training aborted: {e}", file=sys.stderr)
+        return 3
+    except ValueError as e:
+        print(f"moldiff: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from . import api
+    from .config import load_config, to_yaml
+
+    if args.command == "config":
+        print(to_yaml(load_config(args.config, args.overrides)), end="")
+        return 0
+    if args.command == "train":
+        cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            print(to_yaml(cfg), end="")
+            return 0
+        res = api.train(cfg, resume=args.resume, progress=not args.no_progress)
+        print(f"trained {res.step} steps in {res.seconds:.1f} s; checkpoint: {res.checkpoint}")
+        _print_metrics(res.metrics)
+        if res.run_id:
+            print(f"MLflow run {res.run_id}: mlflow ui --backend-store-uri sqlite:///{Path(cfg.runs_root).resolve()}/mlflow.db")
+        return 0
+    if args.command == "sample":
+        api.sample(args.checkpoint, args.num, out=args.out, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                   overrides=args.overrides, use_ema=not args.no_ema, device=args.device,
+                   progress=not args.no_progress)
+        print(f"wrote {args.num} samples to {args.out}")
+        return 0
+    if args.command == "eval":
+        res = api.evaluate(args.checkpoint, overrides=args.overrides, use_ema=not args.no_ema, device=args.device,
+                           seed=args.seed, progress=not args.no_progress)
+        _print_metrics(res.metrics)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(res.metrics, indent=2, sort_keys=True) + "\n")
+        if args.figures:
+            import matplotlib.pyplot as plt
+
+            d = Path(args.figures)
+            d.mkdir(parents=True, exist_ok=True)
+            for name, fig in res.figures.items():
+                fig.savefig(d / f"{name}.png", dpi=120)
+                plt.close(fig)
+        return 0
+    raise AssertionError(args.command)
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    if not metrics:
+        return
+    width = max(len(k) for k in metrics)
+    for k in sorted(metrics):
+        print(f"  {k:<{width}}  {metrics[k]:.4f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""Configuration: dataclasses are the Python API, YAML is their serialised form.
+
+* :func:`load_config` reads a YAML file, applies ``--set a.b=c`` overrides and returns the task's
+  config dataclass.  An unknown key or a value of the wrong type raises :class:`ConfigError` naming the
+  key (``train.lr``), never a bare ``TypeError``.
+* :func:`to_dict`, :func:`to_yaml` and :func:`flatten` go the other way (for checkpoints and MLflow).
+
+Each task defines its config as a subclass of :class:`ExperimentConfig` whose ``data``, ``model`` and
+``eval`` sections are its own dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ProcessConfig",
+    "SamplerConfig",
+    "TrainConfig",
+    "TrackingConfig",
+    "ExperimentConfig",
+    "from_dict",
+    "to_dict",
+    "to_yaml",
+    "flatten",
+    "parse_overrides",
+    "apply_overrides",
+    "load_config",
+    "read_yaml",
+]
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the offending key."""
+
+
+# --------------------------------------------------------------------------------------------------
+# shared sections
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ProcessConfig:
+    """The noise process (see :mod:`moldiff.diffusion.processes`)."""
+
+    kind: str = "vp"  #: vp | subvp | ve | ddpm
+    beta_min: float = 0.1  #: vp, subvp
+    beta_max: float = 20.0  #: vp, subvp
+    sigma_min: float = 0.01  #: ve
+    sigma_max: float = 50.0  #: ve
+    schedule: str = "polynomial_2"  #: ddpm: linear | cosine | polynomial_2
+    num_steps: int = 1000  #: ddpm: number of levels T
+    precision: float = 1e-5  #: ddpm polynomial_2: noise floor at level 0
+    t_min: float | None = None  #: continuous SDEs: smallest time (default: the process's own)
+
+    def build(self):
+        from .diffusion.processes import DiscreteVP, SubVPSDE, VESDE, VPSDE
+
+        extra = {} if self.t_min is None else {"t_min": self.t_min}
+        if self.kind == "vp":
+            return VPSDE(self.beta_min, self.beta_max, **extra)
+        if self.kind == "subvp":
+            return SubVPSDE(self.beta_min, self.beta_max, **extra)
+        if self.kind == "ve":
+            return VESDE(self.sigma_min, self.sigma_max, **extra)
+        if self.kind == "ddpm":
+            return DiscreteVP(self.schedule, self.num_steps, self.precision)
+        raise ConfigError(f"process.kind: unknown process {self.kind!r}; choose vp, subvp, ve or ddpm")
+
+
+@dataclass
+class SamplerConfig:
+    """A sampler and its settings (see :mod:`moldiff.diffusion.samplers`)."""
+
+    name: str = "ode_heun"  #: ancestral | euler_maruyama | pc | ode_euler | ode_heun | ode_rk45
+    steps: int = 500  #: grid steps (ignored by ode_rk45, which picks its own)
+    snr: float = 0.16  #: pc: Langevin signal-to-noise ratio
+    corrector_steps: int = 1  #: pc
+    predictor: str = "euler_maruyama"  #: pc: euler_maruyama | ancestral | none
+    rtol: float = 1e-5  #: ode_rk45
+    atol: float = 1e-5  #: ode_rk45
+    denoise: bool = True  #: replace the last state by the model's x0 prediction
+
+    def run(self, model, x, *, generator=None, callback=None, progress: bool = True):
+        """Run this sampler: ``model`` is a :class:`~moldiff.diffusion.Denoiser`, ``x`` a prior sample."""
+        from .diffusion.processes import time_grid
+        from .diffusion.samplers import get_sampler
+
+        proc = model.process
+        steps = self.steps
+        if proc.num_levels:  # a discrete schedule cannot take more steps than it has levels
+            steps = min(steps, proc.num_levels - round(proc.t_min * proc.num_levels))
+        ts = time_grid(proc, steps, device=x.device, dtype=x.dtype)
+        fn = get_sampler(self.name)
+        return fn(model, x, ts, generator=generator, callback=callback, progress=progress, **self.kwargs())
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the sampler function."""
+        if self.name == "pc":
+            return {"snr": self.snr, "corrector_steps": self.corrector_steps, "predictor": self.predictor,
+                    "denoise": self.denoise}
+        if self.name == "ode_rk45":
+            return {"rtol": self.rtol, "atol": self.atol, "denoise": self.denoise}
+        return {"denoise": self.denoise}
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000  #: optimiser steps
+    batch_size: int = 256  #: per process
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0  #: linear LR warm-up
+    grad_clip: float = 1.0  #: max global grad norm; 0 disables clipping
+    ema_decay: float = 0.999
+    bf16: bool = True  #: bf16 autocast (CUDA only)
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    log_every: int = 100
+    eval_every: int = 0  #: 0: evaluate only at the end
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 2  #: numbered checkpoints kept beside last.pt
+    max_nonfinite: int = 20  #: abort after this many non-finite steps in a row
+    compile: bool = False  #: torch.compile the model
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    experiment: str = "moldiff"
+    uri: str | None = None  #: default sqlite:///<runs_root>/mlflow.db
+    log_checkpoints: bool = True  #: log the final checkpoint as an MLflow artifact
+
+
+@dataclass
+class ExperimentConfig:
+    """Base of every task's config."""
+
+    task: str = ""
+    name: str = ""  #: run name; runs_root/<experiment>/<name> holds its checkpoints
+    seed: int = 0
+    runs_root: str = "runs"
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_root) / self.tracking.experiment / (self.name or self.task)
+
+
+# --------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checking
+# --------------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping (section {tp.__name__}), got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        items = [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a bool (true/false), got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a float, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"unknown config key {key!r} (known keys here: {', '.join(sorted(names))})")
+        kwargs[k] = _convert(v, hints[k], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}`` (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML and overrides
+# --------------------------------------------------------------------------------------------------
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
+    """``["train.lr=1e-4", "tracking.enabled=false"] -> [("train.lr", 1e-4), ...]`` (values parsed as YAML)."""
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from e
+        out.append((key, value))
+    return out
+
+
+def apply_overrides(data: dict, overrides: list[tuple[str, Any]]) -> dict:
+    """Set dotted keys in a nested dict (copying it).  Validity is checked by :func:`from_dict`."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for key, value in overrides:
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(
+    source: str | Path | dict, overrides: list[str] | None = None, *, name_from_file: bool = True
+) -> ExperimentConfig:
+    """Load a task config from a YAML path (or a dict), apply ``--set`` overrides and validate.
+
+    The run name defaults to the YAML file's stem.
+    """
+    from .tasks import get_task
+
+    data = read_yaml(source) if not isinstance(source, dict) else dict(source)
+    data = apply_overrides(data, parse_overrides(overrides))
+    task_name = data.get("task")
+    if not task_name or not isinstance(task_name, str):
+        raise ConfigError("task: every config needs a 'task' key naming its task (e.g. task: toy2d)")
+    task_cls = get_task(task_name)
+    cfg = from_dict(task_cls.config_class, data)
+    if not cfg.name and name_from_file and not isinstance(source, dict):
+        cfg.name = Path(source).stem
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Value checks that types cannot express."""
+    from .diffusion.samplers import SAMPLERS
+
+    t = cfg.train
+    checks = [
+        (t.steps >= 0, "train.steps", "must be >= 0"),
+        (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
+        (t.lr > 0, "train.lr", "must be > 0"),
+        (0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)"),
+        (t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)"),
+        (t.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1"),
+        (t.log_every >= 1, "train.log_every", "must be >= 1"),
+        (t.ckpt_every >= 1, "train.ckpt_every", "must be >= 1"),
+        (len(t.betas) == 2, "train.betas", "needs two values"),
+        (cfg.process.kind in ("vp", "subvp", "ve", "ddpm"), "process.kind", "must be vp, subvp, ve or ddpm"),
+        (cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {sorted(SAMPLERS)}"),
+        (cfg.sampler.steps >= 1, "sampler.steps", "must be >= 1"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+    try:
+        cfg.process.build()  # schedule names, step counts
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"process: {e}") from e

@@ -1,0 +1,30 @@
+"""The shared diffusion core: processes, state spaces, denoiser, losses, samplers, likelihood.
+
+Pure math on states: no I/O, no MLflow, no RDKit.
+"""
+
+from .denoiser import PREDICTION_KINDS, Denoiser
+from .likelihood import LikelihoodResult, log_likelihood
+from .losses import denoising_loss, sample_time
+from .ode import ODESolution, integrate_ode
+from .processes import (
+    VESDE,
+    VPSDE,
+    DiscreteVP,
+    Process,
+    SubVPSDE,
+    build_process,
+    ddpm_alphas_cumprod,
+    time_grid,
+)
+from .samplers import (
+    SAMPLERS,
+    get_sampler,
+    sample_ancestral,
+    sample_euler_maruyama,
+    sample_ode,
+    sample_pc,
+)
+from .spaces import EuclideanSpace, PointCloudSpace, Space, center_of_mass, remove_com
+
+__all__ = [name for name in dir() if not name.startswith("_")]

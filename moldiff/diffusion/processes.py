@@ -1,0 +1,306 @@
+"""Gaussian noise processes: VP, sub-VP and VE score-SDEs, and the discrete DDPM schedules.
+
+Every process is a linear SDE ``dx = f(t) x dt + g(t) dw`` on ``t in [t_min, 1]`` whose marginal is
+
+    x_t = alpha(t) x_0 + sigma(t) eps,    eps ~ N(0, I) in the state's space.
+
+That is all samplers, losses and likelihoods need: :meth:`Process.marginal`, :meth:`Process.f`,
+:meth:`Process.g2`, the prior and its log-density.  Time arguments are tensors of any shape; results
+have the same shape.
+
+Discrete DDPM schedules (``linear``, ``cosine``, EDM's ``polynomial_2``) are VP processes whose
+``alpha(t)^2`` is a table over ``T + 1`` levels at ``t = i / T``; between levels the log-SNR is
+interpolated linearly, so the continuous-time samplers work on them too, and on the grid ``i / T`` they
+are exactly the discrete chain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .spaces import EuclideanSpace, Space
+
+__all__ = [
+    "Process",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "DiscreteVP",
+    "ddpm_alphas_cumprod",
+    "time_grid",
+    "build_process",
+]
+
+
+class Process:
+    """Base class: a linear Gaussian diffusion on ``[t_min, 1]`` (see module docstring)."""
+
+    t_min: float = 1e-3
+    #: number of discrete levels (0 for continuous-time processes)
+    num_levels: int = 0
+
+    # -- to implement -------------------------------------------------------------------------------
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha(t), sigma(t))`` of ``x_t = alpha x_0 + sigma eps``."""
+        raise NotImplementedError
+
+    def f(self, t: Tensor) -> Tensor:
+        """Linear drift coefficient: ``drift(x, t) = f(t) x``."""
+        raise NotImplementedError
+
+    def g2(self, t: Tensor) -> Tensor:
+        """Squared diffusion coefficient ``g(t)^2``."""
+        raise NotImplementedError
+
+    @property
+    def prior_std(self) -> float:
+        """Standard deviation of the prior ``N(0, prior_std^2 I)`` at ``t = 1``."""
+        return 1.0
+
+    # -- derived --------------------------------------------------------------------------------------
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio ``alpha^2 / sigma^2``."""
+        alpha, sigma = self.marginal(t)
+        return alpha**2 / sigma**2
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        alpha, sigma = self.marginal(t)
+        return 2 * (torch.log(alpha) - torch.log(sigma))
+
+    def drift(self, x: Tensor, t: Tensor, space: Space | None = None) -> Tensor:
+        """``f(t) x`` with per-sample ``t [B]``."""
+        space = space or EuclideanSpace()
+        return space.expand(self.f(t), x) * x
+
+    def perturb(
+        self, x0: Tensor, t: Tensor, space: Space | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``x_t ~ q(x_t | x_0)``; returns ``(x_t, eps)``.  ``t`` is per sample, ``[B]``."""
+        space = space or EuclideanSpace()
+        eps = space.randn_like(x0, generator)
+        alpha, sigma = self.marginal(t)
+        return space.expand(alpha, x0) * x0 + space.expand(sigma, x0) * eps, eps
+
+    def prior_sample(
+        self, like: Tensor, space: Space | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Sample the prior with the shape (and space) of ``like``."""
+        space = space or EuclideanSpace()
+        return self.prior_std * space.randn_like(like, generator)
+
+    def prior_logp(self, x: Tensor, space: Space | None = None) -> Tensor:
+        """Log-density of the prior, per sample ``[B]``, w.r.t. Lebesgue measure on the space
+        (for zero-CoM point clouds: the ``3 (n - 1)``-dimensional subspace)."""
+        space = space or EuclideanSpace()
+        s2 = self.prior_std**2
+        dof = space.dof(x)
+        return -0.5 * space.sum(x**2) / s2 - 0.5 * dof * math.log(2 * math.pi * s2)
+
+    def _t(self, t: Tensor | float, like: Tensor | None = None) -> Tensor:
+        if isinstance(t, Tensor):
+            return t
+        return torch.tensor(float(t), dtype=torch.float64 if like is None else like.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# continuous-time SDEs (Song et al. 2021)
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VPSDE(Process):
+    """Variance-preserving SDE with linear ``beta(t) = beta_min + t (beta_max - beta_min)``."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-3
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integral_beta(self, t: Tensor) -> Tensor:
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        B = self.integral_beta(t)
+        return torch.exp(-0.5 * B), torch.sqrt(-torch.expm1(-B))
+
+    def f(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta(t)
+
+    def g2(self, t: Tensor) -> Tensor:
+        return self.beta(t)
+
+
+@dataclass(frozen=True)
+class SubVPSDE(VPSDE):
+    """Sub-VP SDE: VP's mean, variance ``(1 - e^{-B(t)})^2`` and ``g^2 = beta (1 - e^{-2 B(t)})``."""
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        B = self.integral_beta(t)
+        return torch.exp(-0.5 * B), -torch.expm1(-B)
+
+    def g2(self, t: Tensor) -> Tensor:
+        return self.beta(t) * -torch.expm1(-2 * self.integral_beta(t))
+
+
+@dataclass(frozen=True)
+class VESDE(Process):
+    """Variance-exploding SDE, ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, ``alpha = 1``.
+
+    As in Song et al., the marginal std is ``sigma(t)`` itself (data are taken as already perturbed at
+    ``sigma_min``); the prior is ``N(0, sigma_max^2 I)``.
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    t_min: float = 1e-5
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(t), self.sigma(t)
+
+    def f(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def g2(self, t: Tensor) -> Tensor:
+        return 2 * self.sigma(t) ** 2 * math.log(self.sigma_max / self.sigma_min)
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+
+# --------------------------------------------------------------------------------------------------
+# discrete DDPM schedules
+# --------------------------------------------------------------------------------------------------
+def _clip_noise_schedule(alphas2: np.ndarray, clip_value: float = 0.001) -> np.ndarray:
+    """EDM: clip ``alpha_t^2 / alpha_{t-1}^2`` from below for stable sampling."""
+    alphas2 = np.concatenate([np.ones(1), alphas2])
+    step = np.clip(alphas2[1:] / alphas2[:-1], clip_value, 1.0)
+    return np.cumprod(step)
+
+
+def ddpm_alphas_cumprod(schedule: str, num_steps: int, precision: float = 1e-5) -> np.ndarray:
+    """``alpha_bar`` at levels ``0..T`` (float64, length ``T + 1``).
+
+    * ``linear``: Ho et al. (2020), ``beta`` from 1e-4 to 0.02 (level 0 is the data, ``alpha_bar = 1``).
+    * ``cosine``: Nichol & Dhariwal (2021), ``s = 0.008``, ``beta`` clipped at 0.999 (level 0 = data).
+    * ``polynomial_2``: Hoogeboom et al. (2022, EDM), ``alpha^2 = (1 - (x / (T+1))^2)^2`` on
+      ``x = linspace(0, T+1, T+1)``, step ratios clipped at 0.001, then squeezed into
+      ``[precision, 1 - precision]`` so level 0 is slightly noisy.
+    """
+    T = int(num_steps)
+    if T < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if schedule == "linear":
+        betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T, dtype=np.float64)
+        return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
+    if schedule == "cosine":
+        s = 0.008
+        x = np.linspace(0, T, T + 1, dtype=np.float64)
+        fx = np.cos((x / T + s) / (1 + s) * math.pi / 2) ** 2
+        abar = fx / fx[0]
+        betas = np.clip(1 - abar[1:] / abar[:-1], 0.0, 0.999)
+        return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
+    if schedule == "polynomial_2":
+        steps = T + 1
+        x = np.linspace(0, steps, steps, dtype=np.float64)
+        alphas2 = (1 - (x / steps) ** 2) ** 2
+        alphas2 = _clip_noise_schedule(alphas2, clip_value=0.001)
+        return (1 - 2 * precision) * alphas2 + precision
+    raise ValueError(f"unknown DDPM schedule {schedule!r}; choose linear, cosine or polynomial_2")
+
+
+@dataclass(frozen=True)
+class DiscreteVP(Process):
+    """A VP process given by a DDPM table ``alpha_bar[0..T]`` at ``t = i / T``.
+
+    ``t_min`` is the first noisy level: ``1 / T`` for ``linear`` / ``cosine`` (level 0 is the clean data),
+    ``0`` for ``polynomial_2`` (level 0 already carries ``precision`` noise, as in EDM).
+    """
+
+    schedule: str = "polynomial_2"
+    num_steps: int = 1000
+    precision: float = 1e-5
+    _gamma: Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        abar = ddpm_alphas_cumprod(self.schedule, self.num_steps, self.precision)
+        with np.errstate(divide="ignore"):
+            gamma = np.log1p(-abar) - np.log(abar)  # -log SNR, -inf at a clean level 0
+        object.__setattr__(self, "_gamma", torch.from_numpy(gamma))
+
+    @property
+    def num_levels(self) -> int:  # type: ignore[override]
+        return self.num_steps
+
+    @property
+    def t_min(self) -> float:  # type: ignore[override]
+        return 0.0 if self.schedule == "polynomial_2" else 1.0 / self.num_steps
+
+    def alphas_cumprod(self) -> Tensor:
+        """The table ``alpha_bar[0..T]`` (float64)."""
+        return torch.sigmoid(-self._gamma)
+
+    def gamma(self, t: Tensor) -> Tensor:
+        """``-log SNR(t)``, linear between levels; ``t`` is clamped to ``[t_min, 1]``."""
+        T = self.num_steps
+        g = self._gamma.to(device=t.device, dtype=t.dtype if t.is_floating_point() else torch.float64)
+        u = t.clamp(self.t_min, 1.0) * T
+        i0 = u.floor().long().clamp(max=T - 1)
+        w = u - i0.to(u.dtype)
+        lo, hi = g[i0], g[(i0 + 1).clamp(max=T)]
+        # at an exact level pick the table value (avoids -inf * 0 at a clean level 0)
+        return torch.where(w == 0, lo, lo + w * (hi - lo))
+
+    def dgamma(self, t: Tensor) -> Tensor:
+        T = self.num_steps
+        g = self._gamma.to(device=t.device, dtype=t.dtype)
+        u = t.clamp(self.t_min, 1.0) * T
+        i0 = u.floor().long().clamp(min=round(self.t_min * T), max=T - 1)
+        return (g[i0 + 1] - g[i0]) * T
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        gamma = self.gamma(t)
+        return torch.sqrt(torch.sigmoid(-gamma)), torch.sqrt(torch.sigmoid(gamma))
+
+    def f(self, t: Tensor) -> Tensor:
+        return -0.5 * self.g2(t)
+
+    def g2(self, t: Tensor) -> Tensor:
+        # beta(t) = -d log alpha^2 / dt = sigma^2 * d gamma / dt
+        return torch.sigmoid(self.gamma(t)) * self.dgamma(t)
+
+
+# --------------------------------------------------------------------------------------------------
+def time_grid(process: Process, steps: int, *, t_min: float | None = None, device=None, dtype=torch.float32) -> Tensor:
+    """Decreasing sampling times ``[steps + 1]`` from 1 to ``t_min``.
+
+    Continuous processes get a uniform grid.  Discrete ones get levels ``round(linspace(T, first, steps+1))/T``,
+    i.e. every level when ``steps == T`` (the exact DDPM chain) and evenly skipped levels otherwise.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    lo = process.t_min if t_min is None else t_min
+    if process.num_levels:
+        T = process.num_levels
+        first = round(lo * T)
+        if steps > T - first:
+            raise ValueError(f"steps={steps} exceeds the {T - first} levels of this discrete schedule")
+        levels = np.unique(np.round(np.linspace(T, first, steps + 1)).astype(np.int64))[::-1].copy()
+        return torch.as_tensor(levels / T, dtype=dtype, device=device)
+    return torch.linspace(1.0, lo, steps + 1, dtype=dtype, device=device)
+
+
+def build_process(kind: str, **kwargs) -> Process:
+    """Process from a name: ``vp``, ``subvp``, ``ve`` or ``ddpm`` (kwargs: the dataclass fields)."""
+    kinds = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "ddpm": DiscreteVP}
+    if kind not in kinds:
+        raise ValueError(f"unknown process kind {kind!r}; choose one of {sorted(kinds)}")
+    return kinds[kind](**kwargs)

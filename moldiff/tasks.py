@@ -1,0 +1,104 @@
+"""Tasks: what one domain (2D toys, molecules, particles, fields) plugs into the trainer and the CLI.
+
+A task owns its data, model, loss, sampling and evaluation; the trainer and CLI talk only to this
+interface.  Tasks are found by name from, in order: :func:`register_task` calls, the ``moldiff.tasks``
+entry-point group (how ``physics`` and third-party packages plug in without ``moldiff`` importing
+them), or a ``"package.module:Class"`` path in the config's ``task`` key.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .config import ConfigError, ExperimentConfig
+
+__all__ = ["Task", "EvalResult", "register_task", "get_task", "available_tasks"]
+
+
+@dataclass
+class EvalResult:
+    """Metrics (floats, logged by step), figures (matplotlib, logged as PNG) and extra files."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class Task:
+    """Interface of a task.  Subclasses set ``name`` and ``config_class`` and implement the methods."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[ExperimentConfig]] = ExperimentConfig
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+
+    def build_model(self) -> nn.Module:
+        """A fresh network (parameters drawn from the global RNG, which the trainer seeds)."""
+        raise NotImplementedError
+
+    def train_batches(self, *, start_step: int, rank: int, world_size: int, device: torch.device) -> Iterator[Any]:
+        """Training batches for steps ``start_step, start_step + 1, ...``; must be a pure function of
+        ``(cfg.seed, step, rank)`` so that a resumed run sees the same batches."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> Tensor:
+        """Per-sample loss ``[B]`` (the trainer averages)."""
+        raise NotImplementedError
+
+    def sample(self, model: nn.Module, n: int, *, generator: torch.Generator, sampler=None, progress: bool = True) -> Any:
+        """``n`` samples from the model with the config's (or the given) sampler."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, *, generator: torch.Generator, progress: bool = True) -> EvalResult:
+        raise NotImplementedError
+
+    def save_samples(self, samples: Any, path: Path) -> None:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task available by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a non-empty `name`")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _entry_point_tasks() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group="moldiff.tasks")}
+
+
+def available_tasks() -> list[str]:
+    return sorted(set(_REGISTRY) | set(_entry_point_tasks()))
+
+
+def get_task(name: str) -> type[Task]:
+    """The task class for ``name`` (registry, entry point, or ``module:Class``)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    eps = _entry_point_tasks()
+    if name in eps:
+        cls = eps[name].load()
+    elif ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"task: cannot import {name!r}: {e}") from e
+    else:
+        raise ConfigError(f"task: unknown task {name!r}; available: {', '.join(available_tasks()) or 'none'}")
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"task: {name!r} is not a moldiff Task subclass")
+    _REGISTRY[name] = cls
+    return cls

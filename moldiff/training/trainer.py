@@ -1,0 +1,255 @@
+"""The one trainer: any task, CPU or CUDA, DDP under torchrun, EMA, warm-up, clipping, atomic
+checkpoints with exact resume, non-finite steps skipped on the device, MLflow tracking on rank 0.
+
+Exact resume: the batches and the noise of step ``k`` are pure functions of ``(seed, rank, k)`` (the
+task's ``train_batches`` contract and a generator re-seeded every step), so ``k`` steps + resume + ``k``
+steps gives the same parameters as ``2k`` steps.
+
+A non-finite loss or gradient skips the step without a host synchronisation: the fused AdamW kernel
+takes a ``found_inf`` flag (the mechanism AMP's GradScaler uses) and the EMA update is gated by the same
+flag.  Skips are counted; ``train.max_nonfinite`` of them in a row abort with :class:`NonFiniteLossError`
+(checked every step on CPU, every ``log_every`` steps on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import ExperimentConfig, to_dict, to_yaml, flatten
+from ..tasks import Task, get_task
+from .checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .distributed import DistInfo, cleanup_distributed, init_distributed
+from .ema import EMA
+from .tracking import Tracker, environment_info, make_tracker
+
+__all__ = ["train", "TrainResult", "NonFiniteLossError", "step_seed", "log_evaluation"]
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    """What a training run leaves behind."""
+
+    step: int
+    run_dir: Path
+    checkpoint: Path | None
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    nonfinite_steps: int = 0
+    seconds: float = 0.0
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of the noise generator at one step (a pure function, so resume is exact)."""
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + 12_345) % (2**63 - 1)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def _make_optimizer(cfg: ExperimentConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=True)
+
+
+def log_evaluation(tracker: Tracker, result, step: int) -> None:
+    """Send a task's :class:`~moldiff.tasks.EvalResult` to the tracker and close its figures."""
+    import matplotlib.pyplot as plt
+
+    if result.metrics:
+        tracker.log_metrics(result.metrics, step)
+    for name, fig in result.figures.items():
+        tracker.log_figure(fig, f"figures/step_{step:07d}/{name}.png")
+        plt.close(fig)
+    for name, path in result.files.items():
+        tracker.log_artifact(path, f"files/step_{step:07d}")
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    task: Task | None = None,
+) -> TrainResult:
+    """Train ``cfg`` (a task config).  ``resume``: ``"auto"`` (the run's ``last.pt`` if any), a checkpoint
+    path, or None (start fresh; an existing run folder is reused but its checkpoints are overwritten)."""
+    info, device = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, info, device, resume, progress, task)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg, info: DistInfo, device, resume, progress, task) -> TrainResult:
+    t0 = time.time()
+    tc = cfg.train
+    task = task or get_task(cfg.task)(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = task.build_model()
+    model.to(device)
+    ema = EMA(model, tc.ema_decay)
+    opt = _make_optimizer(cfg, model, device)
+    warm = max(tc.warmup_steps, 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    step, run_id, nonfinite_total = 0, None, 0
+    ckpt_path = _resume_path(resume, ckpt_dir)
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path, map_location=device)
+        if state.get("task") != cfg.task:
+            raise CheckpointError(f"{ckpt_path}: checkpoint is for task {state.get('task')!r}, config is {cfg.task!r}")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, run_id, nonfinite_total = int(state["step"]), state.get("run_id"), int(state.get("nonfinite_total", 0))
+
+    train_model: nn.Module = model
+    if tc.compile:
+        train_model = torch.compile(train_model)
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(train_model, device_ids=[device] if device.type == "cuda" else None)
+
+    tracker: Tracker = make_tracker(cfg, run_id) if info.is_main else Tracker()
+    if info.is_main:
+        tracker.log_params(flatten(to_dict(cfg)))
+        tracker.log_text(to_yaml(cfg), "config.yaml")
+        tracker.set_tags({**environment_info(device, info.world_size), "task": cfg.task,
+                          "resumed_from_step": step})
+
+    generator = torch.Generator(device=device)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if (device.type == "cuda" and tc.bf16) else contextlib.nullcontext()
+    )
+    zero = torch.zeros((), device=device)
+    loss_sum, loss_n, consec, max_consec, skipped = zero.clone(), zero.clone(), zero.clone(), zero.clone(), zero.clone()
+    check_every = 1 if device.type == "cpu" else tc.log_every
+    max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
+    params = [p for p in model.parameters() if p.requires_grad]
+    last_ckpt: Path | None = ckpt_path
+    metrics: dict[str, float] = {}
+    status = "FAILED"
+    bar = tqdm(total=tc.steps, initial=step, disable=not (progress and info.is_main), desc=f"train {cfg.name or cfg.task}")
+    try:
+        batches = task.train_batches(start_step=step, rank=info.rank, world_size=info.world_size, device=device)
+        train_model.train()
+        while step < tc.steps:
+            batch = next(batches)
+            generator.manual_seed(step_seed(cfg.seed, info.rank, step))
+            with autocast:
+                loss_vec = task.loss(train_model, batch, generator)
+            loss = loss_vec.float().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+            ok = torch.isfinite(gnorm) if info.enabled else torch.isfinite(gnorm) & torch.isfinite(loss)
+            bad = (~ok).float()
+            opt.found_inf = bad  # fused AdamW skips the update (and its step count) when 1
+            opt.step()
+            sched.step()
+            ema.update(model, gate=ok)
+            loss_sum += torch.where(ok, loss.detach(), zero)
+            loss_n += ok.float()
+            skipped += bad
+            consec = (consec + 1) * bad
+            max_consec = torch.maximum(max_consec, consec)
+            step += 1
+            bar.update(1)
+            if step % check_every == 0 and max_consec.item() >= tc.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{int(max_consec.item())} non-finite losses/gradients in a row at step {step} "
+                    f"(train.max_nonfinite={tc.max_nonfinite}); last good checkpoint: {last_ckpt}. "
+                    "Lower train.lr, check the data for NaN/inf, or raise train.grad_clip."
+                )
+            if step % tc.log_every == 0 or step == tc.steps:
+                n = loss_n.item()
+                row = {"train/loss": loss_sum.item() / n if n else float("nan"), "train/lr": sched.get_last_lr()[0],
+                       "train/grad_norm": float(gnorm), "train/nonfinite_steps": nonfinite_total + skipped.item()}
+                if info.is_main:
+                    tracker.log_metrics(row, step)
+                bar.set_postfix(loss=f"{row['train/loss']:.4g}")
+                loss_sum.zero_()
+                loss_n.zero_()
+            if step % tc.ckpt_every == 0 or step == tc.steps:
+                last_ckpt = _save(cfg, info, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total + int(skipped.item()))
+            if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and info.is_main:
+                log_evaluation(tracker, _evaluate(task, ema.model, cfg, progress), step)
+        bar.close()
+        if info.is_main:
+            if tc.steps > 0 or last_ckpt is None:
+                result = _evaluate(task, ema.model, cfg, progress)
+                metrics = result.metrics
+                log_evaluation(tracker, result, step)
+            if last_ckpt is None:
+                last_ckpt = _save(cfg, info, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total)
+            if cfg.tracking.log_checkpoints and last_ckpt is not None:
+                tracker.log_artifact(last_ckpt, "checkpoints")
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        bar.close()
+        tracker.finish(status)
+    return TrainResult(step=step, run_dir=cfg.run_dir, checkpoint=last_ckpt, run_id=tracker.run_id, metrics=metrics,
+                       nonfinite_steps=nonfinite_total + int(skipped.item()), seconds=time.time() - t0)
+
+
+def _resume_path(resume, ckpt_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        return find_resume_checkpoint(ckpt_dir)
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume: checkpoint not found: {path}")
+    return path
+
+
+def _evaluate(task: Task, model: nn.Module, cfg: ExperimentConfig, progress: bool):
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 2**31)
+    with torch.no_grad():
+        return task.evaluate(model, generator=gen, progress=progress)
+
+
+def _save(cfg, info, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total) -> Path | None:
+    if not info.is_main:
+        return None
+    state: dict[str, Any] = {
+        "model": _unwrap(model).state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "step": step,
+        "task": cfg.task,
+        "config": to_dict(cfg),
+        "run_id": tracker.run_id,
+        "nonfinite_total": nonfinite_total,
+        "torch_version": str(torch.__version__),
+    }
+    save_checkpoint(state, ckpt_dir / f"step_{step:08d}.pt")
+    path = save_checkpoint(state, ckpt_dir / "last.pt")
+    prune_checkpoints(ckpt_dir, cfg.train.keep_checkpoints)
+    return path
