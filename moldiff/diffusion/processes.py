@@ -199,7 +199,7 @@ def ddpm_alphas_cumprod(schedule: str, num_steps: int, precision: float = 1e-5) 
     if T < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if schedule == "linear":
-        betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T, dtype=np.float64)
+        betas = np.clip(np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T, dtype=np.float64), 0.0, 0.999)
         return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
     if schedule == "cosine":
         s = 0.008
