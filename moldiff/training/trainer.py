@@ -49,6 +49,8 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     nonfinite_steps: int = 0
     seconds: float = 0.0
+    model: nn.Module | None = field(default=None, repr=False)  #: the trained network (raw weights)
+    ema_model: nn.Module | None = field(default=None, repr=False)  #: its EMA copy (used for evaluation)
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -212,7 +214,8 @@ def _train(cfg, info: DistInfo, device, resume, progress, task) -> TrainResult:
         bar.close()
         tracker.finish(status)
     return TrainResult(step=step, run_dir=cfg.run_dir, checkpoint=last_ckpt, run_id=tracker.run_id, metrics=metrics,
-                       nonfinite_steps=nonfinite_total + int(skipped.item()), seconds=time.time() - t0)
+                       nonfinite_steps=nonfinite_total + int(skipped.item()), seconds=time.time() - t0,
+                       model=model, ema_model=ema.model)
 
 
 def _resume_path(resume, ckpt_dir: Path) -> Path | None:
