@@ -163,6 +163,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_FLOAT_RE = __import__("re").compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -203,6 +206,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an int, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a float, got {value!r}")
         return float(value)
@@ -328,6 +333,9 @@ def load_config(
     return cfg
 
 
+_DEVICE_RE = __import__("re").compile(r"auto|cpu|cuda(:\d+)?")
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Value checks that types cannot express."""
     from .diffusion.samplers import SAMPLERS
@@ -346,7 +354,18 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.process.kind in ("vp", "subvp", "ve", "ddpm"), "process.kind", "must be vp, subvp, ve or ddpm"),
         (cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {sorted(SAMPLERS)}"),
         (cfg.sampler.steps >= 1, "sampler.steps", "must be >= 1"),
+        (cfg.sampler.predictor in ("euler_maruyama", "ancestral", "none"), "sampler.predictor",
+         "must be euler_maruyama, ancestral or none"),
+        (_DEVICE_RE.fullmatch(t.device) is not None, "train.device", "must be auto, cpu, cuda or cuda:N"),
+        (cfg.process.sigma_max > cfg.process.sigma_min > 0, "process.sigma_min", "needs 0 < sigma_min < sigma_max"),
+        (cfg.process.beta_max > cfg.process.beta_min > 0, "process.beta_min", "needs 0 < beta_min < beta_max"),
     ]
+    ev = getattr(cfg, "eval", None)
+    for i, name in enumerate(getattr(ev, "samplers", []) or []):
+        checks.append((name in SAMPLERS, f"eval.samplers[{i}]", f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}"))
+    pred = getattr(getattr(cfg, "model", None), "prediction", None)
+    if pred is not None:
+        checks.append((pred in ("eps", "x0", "score"), "model.prediction", "must be eps, x0 or score"))
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
@@ -355,4 +374,5 @@ def validate(cfg: ExperimentConfig) -> None:
     except ConfigError:
         raise
     except ValueError as e:
-        raise ConfigError(f"process: {e}") from e
+        key = "process.schedule" if "schedule" in str(e) else "process"
+        raise ConfigError(f"{key}: {e}") from e

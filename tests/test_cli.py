@@ -309,10 +309,6 @@ def test_full_cycle_as_subprocesses(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "BUG: cli.main catches ConfigError/CheckpointError/FileNotFoundError/ValueError but not the "
-    "RuntimeError that distributed.resolve_device raises for a bad device ('gpu', or 'cuda' without "
-    "CUDA), so `train --set train.device=gpu` and `sample --device gpu` end in a traceback, exit 1"))
 def test_bad_device_is_a_clean_error(work, capsys):
     rc, _, err = _run(capsys, "train", VP, "--no-progress",
                       *_sets(f"runs_root={work / 'runs'}", "tracking.enabled=false", "train.device=gpu"))

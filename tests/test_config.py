@@ -211,16 +211,11 @@ def test_task_can_come_from_an_override(tmp_path):
     assert isinstance(cfg, Toy2DConfig) and cfg.train.steps == 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: PyYAML (YAML 1.1) reads '1e-4' (no dot) as the string '1e-4', and config._convert rejects a "
-    "string for a float, so `--set train.lr=1e-4` (and `lr: 1e-4` in a YAML file) raises "
-    "\"train.lr: expected a float, got '1e-4'\""))
 def test_override_float_in_exponent_notation():
     cfg = load_config(VP_SMOKE, ["train.lr=1e-4"])
     assert cfg.train.lr == pytest.approx(1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: same as above, for a YAML file: `lr: 1e-4` is a string")
 def test_yaml_float_in_exponent_notation(tmp_path):
     p = _write(tmp_path, "task: toy2d\ntrain: {lr: 1e-4}\n")
     assert load_config(p).train.lr == pytest.approx(1e-4)
@@ -416,19 +411,12 @@ def test_validate_called_directly():
         validate(bad)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: validate() does not check sampler.predictor (or eval.samplers): a typo passes load_config, "
-    "`config show` and `train --dry-run`, and only fails after the whole training run, in the final "
-    "evaluation, with a ValueError that does not name the key"))
 @pytest.mark.parametrize("override", ["sampler.predictor=bogus", "eval.samplers=[bogus]"])
 def test_validate_catches_sampler_typos_before_training(override):
     msg = _error(VP_SMOKE, [override])
     assert override.split("=")[0] in msg
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: validate() does not check train.device; 'gpu' passes load_config and train then dies with a "
-    "RuntimeError from torch.device (a traceback, exit code 1, from the CLI)"))
 def test_validate_catches_bad_device():
     msg = _error(VP_SMOKE, ["train.device=gpu"])
     assert "train.device" in msg
