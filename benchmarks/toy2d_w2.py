@@ -45,6 +45,11 @@ def main() -> None:
             m = res.metrics
             rows.append((target, proc, m, time.time() - t0))
             print(target, proc, {k: round(v, 4) for k, v in m.items() if k.startswith(("w2", "nll"))}, flush=True)
+            _write(args, rows)
+
+
+def _write(args, rows) -> None:
+    """Rewrite the results file after every run, so an interrupted sweep keeps what it measured."""
 
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads ({platform.node()})"
     lines = [
@@ -69,7 +74,6 @@ def main() -> None:
         f"{s} {int(rows[0][2][f'nfe/{s}'])}" for s in SAMPLERS) + " (first row; RK45 varies by model)."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
