@@ -70,6 +70,8 @@ def sample(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device)
+    if out is not None and task.sample_formats and Path(out).suffix not in task.sample_formats:
+        raise ValueError(f"{out}: {task.name} samples are written as {', '.join(task.sample_formats)}")
     scfg = task.cfg.sampler
     if isinstance(sampler, SamplerConfig):
         scfg = sampler

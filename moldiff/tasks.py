@@ -60,6 +60,9 @@ class Task:
     def evaluate(self, model: nn.Module, *, generator: torch.Generator, progress: bool = True) -> EvalResult:
         raise NotImplementedError
 
+    #: file suffixes :meth:`save_samples` can write
+    sample_formats: ClassVar[tuple[str, ...]] = ()
+
     def save_samples(self, samples: Any, path: Path) -> None:
         raise NotImplementedError
 

@@ -67,6 +67,7 @@ class Toy2DConfig(ExperimentConfig):
 class Toy2DTask(Task):
     name = "toy2d"
     config_class = Toy2DConfig
+    sample_formats = (".npy", ".csv", ".png")
 
     def __init__(self, cfg: Toy2DConfig):
         super().__init__(cfg)
