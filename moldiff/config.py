@@ -12,6 +12,7 @@ Each task defines its config as a subclass of :class:`ExperimentConfig` whose ``
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -163,7 +164,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-_FLOAT_RE = __import__("re").compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
@@ -333,7 +334,7 @@ def load_config(
     return cfg
 
 
-_DEVICE_RE = __import__("re").compile(r"auto|cpu|cuda(:\d+)?")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def validate(cfg: ExperimentConfig) -> None:
