@@ -16,7 +16,7 @@ from .training.distributed import resolve_device
 from .training.trainer import TrainResult
 from .training.trainer import train as _train
 
-__all__ = ["train", "load_model", "sample", "evaluate", "load_config"]
+__all__ = ["train", "load_model", "sample", "evaluate", "evaluate_molecule_file", "evaluate_dataset", "load_config"]
 
 
 def train(
@@ -108,3 +108,48 @@ def evaluate(
     gen = torch.Generator(device=dev).manual_seed(task.cfg.seed + 2**31 if seed is None else seed)
     with torch.no_grad():
         return task.evaluate(model, generator=gen, progress=progress)
+
+
+def _qm9_reference(novelty: bool, cache_dir, progress: bool) -> set[str] | None:
+    if not novelty:
+        return None
+    from .molecules.qm9 import QM9
+
+    return QM9.load(cache_dir, progress=progress).pipeline_smiles("train", progress=progress)
+
+
+def evaluate_molecule_file(
+    path: str | Path, *, novelty: bool = True, cache_dir: str | Path | None = None, progress: bool = True
+):
+    """Score the molecules of an SDF / xyz / extxyz file with the EDM protocol
+    (:class:`~moldiff.molecules.evaluate.MoleculeMetrics`); novelty is against QM9's training split."""
+    from .molecules.evaluate import evaluate_molecules
+    from .molecules.io import read_molecules
+
+    mols = read_molecules(path)
+    return evaluate_molecules(mols, reference_smiles=_qm9_reference(novelty, cache_dir, progress), progress=progress)
+
+
+def evaluate_dataset(
+    name: str = "qm9",
+    split: str = "train",
+    *,
+    limit: int | None = None,
+    novelty: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+):
+    """Score a dataset split itself (EDM's "data" row): ``limit`` takes its first molecules only."""
+    from .molecules.evaluate import evaluate_molecules
+    from .molecules.qm9 import QM9
+
+    if name != "qm9":
+        raise ValueError(f"unknown dataset {name!r}; available: qm9")
+    qm9 = QM9.load(cache_dir, progress=progress)
+    rows = qm9.split(split)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        rows = rows[:limit]
+    ref = _qm9_reference(novelty, cache_dir, progress)
+    return evaluate_molecules(qm9.molecules(rows), reference_smiles=ref, progress=progress)

@@ -38,8 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     add_set(s)
     s.add_argument("--no-progress", action="store_true")
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint with its task's metrics")
-    e.add_argument("checkpoint")
+    e = sub.add_parser("eval", help="evaluate a checkpoint, a molecule file (.sdf/.xyz/.extxyz) or a dataset split",
+                       description="CHECKPOINT (.pt): the task's evaluation. FILE.sdf|.xyz|.extxyz: the EDM molecule "
+                                   "metrics. --dataset qm9 --split S: the same metrics on the data itself.")
+    e.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT|FILE")
+    e.add_argument("--dataset", default=None, choices=["qm9"], help="score a dataset split instead of a file")
+    e.add_argument("--split", default="train", choices=["train", "valid", "test"])
+    e.add_argument("--limit", type=int, default=None, help="with --dataset: only the split's first N molecules")
+    e.add_argument("--no-novelty", action="store_true", help="molecules: skip novelty against QM9's training split")
     e.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON")
     e.add_argument("--figures", default=None, metavar="DIR", help="save the evaluation figures as PNG here")
     e.add_argument("--seed", type=int, default=None)
@@ -59,12 +65,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .config import ConfigError
+    from .molecules.qm9 import QM9CacheError
     from .training.checkpoint import CheckpointError
     from .training.trainer import NonFiniteLossError
 
     try:
         return _run(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, QM9CacheError) as e:
         print(f"moldiff: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
@@ -99,13 +106,26 @@ def _run(args) -> int:
                    progress=not args.no_progress)
         print(f"wrote {args.num} samples to {args.out}")
         return 0
+    if args.command == "eval" and (args.dataset or _is_molecule_file(args.checkpoint)):
+        if args.dataset and args.checkpoint:
+            raise ValueError("give either a file or --dataset, not both")
+        if args.dataset:
+            m = api.evaluate_dataset(args.dataset, args.split, limit=args.limit, novelty=not args.no_novelty,
+                                     progress=not args.no_progress)
+        else:
+            m = api.evaluate_molecule_file(args.checkpoint, novelty=not args.no_novelty, progress=not args.no_progress)
+        print(m.table())
+        if args.json:
+            _write_json(args.json, m.as_dict())
+        return 0
     if args.command == "eval":
+        if args.checkpoint is None:
+            raise ValueError("eval needs a checkpoint, a molecule file or --dataset")
         res = api.evaluate(args.checkpoint, overrides=args.overrides, use_ema=not args.no_ema, device=args.device,
                            seed=args.seed, progress=not args.no_progress)
         _print_metrics(res.metrics)
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(res.metrics, indent=2, sort_keys=True) + "\n")
+            _write_json(args.json, res.metrics)
         if args.figures:
             import matplotlib.pyplot as plt
 
@@ -116,6 +136,18 @@ def _run(args) -> int:
                 plt.close(fig)
         return 0
     raise AssertionError(args.command)
+
+
+def _is_molecule_file(path: str | None) -> bool:
+    return path is not None and Path(path).suffix.lower() in (".sdf", ".xyz", ".extxyz")
+
+
+def _write_json(path: str, data: dict) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out)
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:

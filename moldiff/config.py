@@ -370,6 +370,9 @@ def validate(cfg: ExperimentConfig) -> None:
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
+    task_checks = getattr(cfg, "check", None)  # a task config's own value checks
+    if callable(task_checks):
+        task_checks()
     try:
         cfg.process.build()  # schedule names, step counts
     except ConfigError:

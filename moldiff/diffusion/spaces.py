@@ -102,19 +102,22 @@ class PointCloudSpace(Space):
         num_graphs: number of graphs G.
         pos_dims: number of leading position columns (3 for molecules, 2 for planar particles).
         zero_com: keep positions in the zero-CoM subspace (set False to diffuse absolute positions).
+        validate: check that no graph is empty (a host synchronisation; training loops whose batches
+            are non-empty by construction pass False, with ``num_graphs`` given).
     """
 
-    def __init__(self, batch: Tensor, num_graphs: int | None = None, pos_dims: int = 3, zero_com: bool = True):
+    def __init__(self, batch: Tensor, num_graphs: int | None = None, pos_dims: int = 3, zero_com: bool = True,
+                 validate: bool = True):
         self.batch = batch.long()
         self.num_graphs = int(batch.max().item()) + 1 if num_graphs is None else int(num_graphs)
         self.pos_dims = pos_dims
         self.zero_com = zero_com
         self.counts = torch.bincount(self.batch, minlength=self.num_graphs)
-        if bool((self.counts == 0).any()):
+        if validate and bool((self.counts == 0).any()):
             raise ValueError("PointCloudSpace: every graph needs at least one node")
 
     def to(self, device: torch.device | str) -> "PointCloudSpace":
-        return PointCloudSpace(self.batch.to(device), self.num_graphs, self.pos_dims, self.zero_com)
+        return PointCloudSpace(self.batch.to(device), self.num_graphs, self.pos_dims, self.zero_com, validate=False)
 
     def num_samples(self, x: Tensor) -> int:
         return self.num_graphs

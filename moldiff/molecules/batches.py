@@ -1,0 +1,70 @@
+"""Training batches of molecules: a pure function of ``(seed, step, rank)`` (exact resume), optionally
+bucketed by size so that padded dense layers waste little work.
+
+Bucketing ("sortish" sampling): each epoch's random permutation is cut into chunks of
+``bucket_batches * batch_size`` molecules; each chunk is sorted by atom count and cut into batches; the
+batches are shuffled.  Every molecule is still seen once per epoch; a batch holds molecules of similar
+size (QM9: padding falls from ~60 % to a few % of the dense pair work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["MoleculeBatch", "epoch_batches", "batch_rows"]
+
+
+@dataclass
+class MoleculeBatch:
+    """A batch as the diffusion code sees it.
+
+    Attributes:
+        x: ``[N, 3 + F]`` encoded atoms of ``num_graphs`` molecules (zero CoM per molecule).
+        graph: ``[N]`` molecule index of each atom (sorted).
+        num_graphs: G.
+        max_nodes: the largest molecule's atom count (a host int: the dense layout needs no sync).
+    """
+
+    x: Tensor
+    graph: Tensor
+    num_graphs: int
+    max_nodes: int
+
+    def to(self, device, non_blocking: bool = False) -> "MoleculeBatch":
+        return MoleculeBatch(self.x.to(device, non_blocking=non_blocking),
+                             self.graph.to(device, non_blocking=non_blocking), self.num_graphs, self.max_nodes)
+
+
+def epoch_batches(sizes: np.ndarray, batch_size: int, seed: int, epoch: int, bucket_batches: int) -> list[np.ndarray]:
+    """The batches of one epoch (positions into ``sizes``); the last partial batch is dropped."""
+    return list(_epoch_batches(sizes.tobytes(), sizes.dtype.str, batch_size, seed, epoch, bucket_batches))
+
+
+@lru_cache(maxsize=4)
+def _epoch_batches(sizes_bytes, dtype, batch_size, seed, epoch, bucket_batches) -> tuple[np.ndarray, ...]:
+    sizes = np.frombuffer(sizes_bytes, dtype=dtype)
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(sizes))
+    n_batches = len(sizes) // batch_size
+    if n_batches == 0:
+        raise ValueError(f"batch size {batch_size} exceeds the {len(sizes)} training molecules")
+    if bucket_batches > 1:
+        chunk = bucket_batches * batch_size
+        parts = [p[np.argsort(sizes[p], kind="stable")] for p in np.split(perm, range(chunk, len(perm), chunk))]
+        perm = np.concatenate(parts)
+    batches = [perm[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
+    order = rng.permutation(n_batches)
+    return tuple(batches[i] for i in order)
+
+
+def batch_rows(sizes: np.ndarray, batch_size: int, seed: int, step: int, rank: int, world_size: int,
+               bucket_batches: int) -> np.ndarray:
+    """Positions into ``sizes`` of the batch that ``rank`` trains on at ``step``."""
+    n_per_epoch = len(sizes) // batch_size
+    k = step * world_size + rank
+    return epoch_batches(sizes, batch_size, seed, k // n_per_epoch, bucket_batches)[k % n_per_epoch]
