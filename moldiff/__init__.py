@@ -7,14 +7,15 @@ Python API (everything the CLI does)::
     result = moldiff.train(cfg)
     samples = moldiff.sample(result.checkpoint, 1000)
     metrics = moldiff.evaluate(result.checkpoint).metrics
+    print(moldiff.evaluate_molecule_file("samples.sdf").table())   # EDM's molecule metrics
 """
 
-from .api import evaluate, load_model, sample, train
+from .api import evaluate, evaluate_dataset, evaluate_molecule_file, load_model, sample, train
 from .config import ConfigError, ExperimentConfig, SamplerConfig, load_config
 from .tasks import EvalResult, Task, get_task, register_task
 
 __version__ = "0.1.0"
 __all__ = [
-    "train", "sample", "evaluate", "load_model", "load_config",
+    "train", "sample", "evaluate", "evaluate_molecule_file", "evaluate_dataset", "load_model", "load_config",
     "ConfigError", "ExperimentConfig", "SamplerConfig", "Task", "EvalResult", "get_task", "register_task",
 ]

@@ -319,7 +319,7 @@ def test_bad_device_is_a_clean_error(work, capsys):
 # every smoke config, as shipped
 # --------------------------------------------------------------------------------------------------
 def test_there_are_smoke_configs():
-    assert {p.stem for p in SMOKE} >= {"toy2d_vp", "toy2d_ve", "toy2d_subvp", "toy2d_ddpm"}
+    assert {p.stem for p in SMOKE} >= {"toy2d_vp", "toy2d_ve", "toy2d_subvp", "toy2d_ddpm", "qm9_edm"}
 
 
 @pytest.mark.parametrize("path", SMOKE, ids=[p.stem for p in SMOKE])
@@ -336,6 +336,11 @@ def test_every_smoke_config_trains(path, tmp_path, capsys):
     assert state["step"] == cfg.train.steps
     assert out.startswith(f"trained {cfg.train.steps} steps")
     metrics = _printed_metrics(out)
+    if cfg.task == "qm9":  # molecule metrics (fractions) from the EDM evaluator
+        for key in ("atom_stability", "mol_stability", "validity", "uniqueness", "valid_and_unique", "novelty"):
+            assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
+        assert metrics["n"] == cfg.eval.n_samples
+        return
     w2 = {k: v for k, v in metrics.items() if k.startswith("w2/")}
     assert set(w2) == {"w2/noise_floor", *(f"w2/{s}" for s in cfg.eval.samplers)}
     assert all(math.isfinite(v) and v > 0 for v in w2.values()), w2
