@@ -1,6 +1,7 @@
 """Backbones and embeddings: modules only (they never import samplers or processes)."""
 
+from .egnn import EGNN, EGNNDenoiser, from_dense, to_dense
 from .embeddings import SinusoidalEmbedding
 from .mlp import MLPDenoiser
 
-__all__ = ["SinusoidalEmbedding", "MLPDenoiser"]
+__all__ = ["SinusoidalEmbedding", "MLPDenoiser", "EGNN", "EGNNDenoiser", "to_dense", "from_dense"]
