@@ -59,7 +59,7 @@ def _printed_metrics(stdout: str) -> dict[str, float]:
     """The ``  key  value`` table that ``train`` and ``eval`` print."""
     out = {}
     for line in stdout.splitlines():
-        m = re.fullmatch(r"\s+(\S+/\S+)\s+(\S+)", line)
+        m = re.fullmatch(r"\s+(\S+)\s+([-+]?(?:[0-9.]+(?:[eE][-+]?\d+)?|nan|inf))", line)
         if m:
             out[m.group(1)] = float(m.group(2))
     return out
