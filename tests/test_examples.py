@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = {
     "gaussian_samplers.py": [],
     "toy2d_score_sde.py": ["--steps", "100", "--tiny"],
+    "qm9_edm.py": ["--steps", "20", "--tiny"],
 }
 
 
@@ -29,6 +30,9 @@ def test_example_runs(script, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     if script == "gaussian_samplers.py":
         assert "PF-ODE log-likelihood" in out.stdout
+    elif script == "qm9_edm.py":
+        assert "molecule stability" in out.stdout and "QM9 training molecules" in out.stdout
+        assert list((tmp_path / "runs").glob("example_qm9*.sdf"))
     else:
         assert "W2 to held-out data" in out.stdout
         assert list((tmp_path / "runs").glob("example_*.png"))
