@@ -229,6 +229,14 @@ class DiscreteVP(Process):
     num_steps: int = 1000
     precision: float = 1e-5
     _gamma: Tensor = field(init=False, repr=False, compare=False)
+    _tables: dict = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def _table(self, device, dtype) -> Tensor:
+        """The ``-log SNR`` table on a device, copied once (no host-to-device copy per training step)."""
+        key = (str(device), dtype)
+        if key not in self._tables:
+            self._tables[key] = self._gamma.to(device=device, dtype=dtype)
+        return self._tables[key]
 
     def __post_init__(self) -> None:
         abar = ddpm_alphas_cumprod(self.schedule, self.num_steps, self.precision)
@@ -251,7 +259,7 @@ class DiscreteVP(Process):
     def gamma(self, t: Tensor) -> Tensor:
         """``-log SNR(t)``, linear between levels; ``t`` is clamped to ``[t_min, 1]``."""
         T = self.num_steps
-        g = self._gamma.to(device=t.device, dtype=t.dtype if t.is_floating_point() else torch.float64)
+        g = self._table(t.device, t.dtype if t.is_floating_point() else torch.float64)
         u = t.clamp(self.t_min, 1.0) * T
         i0 = u.floor().long().clamp(max=T - 1)
         w = u - i0.to(u.dtype)
@@ -261,7 +269,7 @@ class DiscreteVP(Process):
 
     def dgamma(self, t: Tensor) -> Tensor:
         T = self.num_steps
-        g = self._gamma.to(device=t.device, dtype=t.dtype)
+        g = self._table(t.device, t.dtype)
         u = t.clamp(self.t_min, 1.0) * T
         i0 = u.floor().long().clamp(min=round(self.t_min * T), max=T - 1)
         return (g[i0 + 1] - g[i0]) * T

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Space", "EuclideanSpace", "PointCloudSpace", "center_of_mass", "remove_com"]
+__all__ = ["Space", "EuclideanSpace", "PointCloudSpace", "center_of_mass", "remove_com", "graph_sizes"]
 
 
 class Space:
@@ -78,11 +78,16 @@ class EuclideanSpace(Space):
         return v.reshape(v.shape[0], *([1] * (x.dim() - 1)))
 
 
+def graph_sizes(batch: Tensor, num_graphs: int) -> Tensor:
+    """Nodes per graph ``[G]`` (a ``scatter_add``: unlike ``bincount`` it does not sync on CUDA)."""
+    return torch.zeros(num_graphs, dtype=torch.long, device=batch.device).scatter_add_(0, batch, torch.ones_like(batch))
+
+
 def center_of_mass(pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     """Mean position of each graph: ``pos [N, P], batch [N] -> [G, P]``."""
     total = torch.zeros(num_graphs, pos.shape[1], device=pos.device, dtype=pos.dtype)
     total.index_add_(0, batch, pos)
-    counts = torch.bincount(batch, minlength=num_graphs).clamp(min=1).to(pos.dtype)
+    counts = graph_sizes(batch, num_graphs).clamp(min=1).to(pos.dtype)
     return total / counts[:, None]
 
 
@@ -112,7 +117,7 @@ class PointCloudSpace(Space):
         self.num_graphs = int(batch.max().item()) + 1 if num_graphs is None else int(num_graphs)
         self.pos_dims = pos_dims
         self.zero_com = zero_com
-        self.counts = torch.bincount(self.batch, minlength=self.num_graphs)
+        self.counts = graph_sizes(self.batch, self.num_graphs)
         if validate and bool((self.counts == 0).any()):
             raise ValueError("PointCloudSpace: every graph needs at least one node")
 
