@@ -334,6 +334,13 @@ def load_config(
     return cfg
 
 
+def raise_failed(checks: list[tuple[bool, str, str]]) -> None:
+    """Raise :class:`ConfigError` for the first failed ``(ok, key, message)`` check."""
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+
+
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -367,9 +374,7 @@ def validate(cfg: ExperimentConfig) -> None:
     pred = getattr(getattr(cfg, "model", None), "prediction", None)
     if pred is not None:
         checks.append((pred in ("eps", "x0", "score"), "model.prediction", "must be eps, x0 or score"))
-    for ok, key, msg in checks:
-        if not ok:
-            raise ConfigError(f"{key}: {msg}")
+    raise_failed(checks)
     task_checks = getattr(cfg, "check", None)  # a task config's own value checks
     if callable(task_checks):
         task_checks()

@@ -10,13 +10,11 @@ size (QM9: padding falls from ~60 % to a few % of the dense pair work).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MoleculeBatch", "epoch_batches", "batch_rows"]
+__all__ = ["MoleculeBatch", "BatchPlan", "epoch_batches", "batch_rows"]
 
 
 @dataclass
@@ -41,13 +39,7 @@ class MoleculeBatch:
 
 
 def epoch_batches(sizes: np.ndarray, batch_size: int, seed: int, epoch: int, bucket_batches: int) -> list[np.ndarray]:
-    """The batches of one epoch (positions into ``sizes``); the last partial batch is dropped."""
-    return list(_epoch_batches(sizes.tobytes(), sizes.dtype.str, batch_size, seed, epoch, bucket_batches))
-
-
-@lru_cache(maxsize=4)
-def _epoch_batches(sizes_bytes, dtype, batch_size, seed, epoch, bucket_batches) -> tuple[np.ndarray, ...]:
-    sizes = np.frombuffer(sizes_bytes, dtype=dtype)
+    """The batches of one epoch (positions into ``sizes``), in training order; the last partial batch is dropped."""
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(sizes))
     n_batches = len(sizes) // batch_size
@@ -58,13 +50,29 @@ def _epoch_batches(sizes_bytes, dtype, batch_size, seed, epoch, bucket_batches) 
         parts = [p[np.argsort(sizes[p], kind="stable")] for p in np.split(perm, range(chunk, len(perm), chunk))]
         perm = np.concatenate(parts)
     batches = [perm[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
-    order = rng.permutation(n_batches)
-    return tuple(batches[i] for i in order)
+    return [batches[i] for i in rng.permutation(n_batches)]
+
+
+class BatchPlan:
+    """:func:`epoch_batches` for consecutive steps, keeping the current epoch's batches (one permutation per
+    epoch instead of one per step)."""
+
+    def __init__(self, sizes: np.ndarray, batch_size: int, seed: int, bucket_batches: int):
+        self.sizes, self.batch_size, self.seed, self.bucket_batches = sizes, batch_size, seed, bucket_batches
+        self.per_epoch = len(sizes) // batch_size
+        self._epoch, self._batches = -1, []
+
+    def rows(self, step: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """Positions into ``sizes`` of the batch that ``rank`` trains on at ``step``."""
+        k = step * world_size + rank
+        epoch = k // max(self.per_epoch, 1)
+        if epoch != self._epoch:
+            self._batches = epoch_batches(self.sizes, self.batch_size, self.seed, epoch, self.bucket_batches)
+            self._epoch = epoch
+        return self._batches[k % self.per_epoch]
 
 
 def batch_rows(sizes: np.ndarray, batch_size: int, seed: int, step: int, rank: int, world_size: int,
                bucket_batches: int) -> np.ndarray:
     """Positions into ``sizes`` of the batch that ``rank`` trains on at ``step``."""
-    n_per_epoch = len(sizes) // batch_size
-    k = step * world_size + rank
-    return epoch_batches(sizes, batch_size, seed, k // n_per_epoch, bucket_batches)[k % n_per_epoch]
+    return BatchPlan(sizes, batch_size, seed, bucket_batches).rows(step, rank, world_size)

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError, ExperimentConfig, ProcessConfig, SamplerConfig
+from ..config import ConfigError, ExperimentConfig, ProcessConfig, SamplerConfig, raise_failed
 from ..diffusion import Denoiser, PointCloudSpace, denoising_loss
 from ..tasks import EvalResult, Task
-from .batches import MoleculeBatch, batch_rows
+from .batches import BatchPlan, MoleculeBatch
 from .features import MoleculeEncoding
 
 __all__ = ["QM9Config", "QM9Data", "QM9Model", "QM9Eval", "QM9Task", "Molecules"]
@@ -92,9 +92,7 @@ class QM9Config(ExperimentConfig):
             (self.eval.n_samples >= 0, "eval.n_samples", "must be >= 0"),
             (self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1"),
         ]
-        for ok, key, msg in checks:
-            if not ok:
-                raise ConfigError(f"{key}: {msg}")
+        raise_failed(checks)
 
 
 class QM9Task(Task):
@@ -138,14 +136,14 @@ class QM9Task(Task):
 
     def train_batches(self, *, start_step: int, rank: int, world_size: int, device) -> Iterator[MoleculeBatch]:
         rows = self.train_rows
-        sizes = self.qm9.num_atoms[rows]
-        bs, seed, bucket = self.cfg.train.batch_size, self.cfg.seed, self.cfg.data.bucket_batches
+        bs = self.cfg.train.batch_size
         if len(rows) < bs:
             raise ConfigError(f"train.batch_size={bs} exceeds the {len(rows)} training molecules (data.max_train)")
+        plan = BatchPlan(self.qm9.num_atoms[rows], bs, self.cfg.seed, self.cfg.data.bucket_batches)
         pin = torch.device(device).type == "cuda"
         step = start_step
         while True:
-            batch = self.make_batch(rows[batch_rows(sizes, bs, seed, step, rank, world_size, bucket)])
+            batch = self.make_batch(rows[plan.rows(step, rank, world_size)])
             if pin:
                 batch = MoleculeBatch(batch.x.pin_memory(), batch.graph.pin_memory(), batch.num_graphs, batch.max_nodes)
             yield batch.to(device, non_blocking=True)
