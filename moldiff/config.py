@@ -50,7 +50,7 @@ class ConfigError(ValueError):
 class ProcessConfig:
     """The noise process (see :mod:`moldiff.diffusion.processes`)."""
 
-    kind: str = "vp"  #: vp | subvp | ve | ddpm
+    kind: str = "vp"  #: vp | subvp | ve | ddpm | flow
     beta_min: float = 0.1  #: vp, subvp
     beta_max: float = 20.0  #: vp, subvp
     sigma_min: float = 0.01  #: ve
@@ -59,9 +59,12 @@ class ProcessConfig:
     num_steps: int = 1000  #: ddpm: number of levels T
     precision: float = 1e-5  #: ddpm polynomial_2: noise floor at level 0
     t_min: float | None = None  #: continuous SDEs: smallest time (default: the process's own)
+    sigma: float = 0.0  #: flow: path noise (I-CFM / OT-CFM: constant; SB-CFM: bridge scale)
+    noise: str = "constant"  #: flow: constant | bridge (sigma sqrt(t (1 - t)), SB-CFM)
+    prior_std: float = 1.0  #: flow: std of the Gaussian source
 
     def build(self):
-        from .diffusion.processes import DiscreteVP, SubVPSDE, VESDE, VPSDE
+        from .diffusion.processes import DiscreteVP, FlowPath, SubVPSDE, VESDE, VPSDE
 
         extra = {} if self.t_min is None else {"t_min": self.t_min}
         if self.kind == "vp":
@@ -72,7 +75,12 @@ class ProcessConfig:
             return VESDE(self.sigma_min, self.sigma_max, **extra)
         if self.kind == "ddpm":
             return DiscreteVP(self.schedule, self.num_steps, self.precision)
-        raise ConfigError(f"process.kind: unknown process {self.kind!r}; choose vp, subvp, ve or ddpm")
+        if self.kind == "flow":
+            try:
+                return FlowPath(sigma=self.sigma, noise=self.noise, prior_std=self.prior_std)
+            except ValueError as e:
+                raise ConfigError(f"process: {e}") from e
+        raise ConfigError(f"process.kind: unknown process {self.kind!r}; choose vp, subvp, ve, ddpm or flow")
 
 
 @dataclass

@@ -5,12 +5,13 @@ Pure math on states: no I/O, no MLflow, no RDKit.
 
 from .denoiser import PREDICTION_KINDS, Denoiser
 from .likelihood import LikelihoodResult, log_likelihood
-from .losses import denoising_loss, sample_time
+from .losses import denoising_loss, flow_matching_loss, sample_time
 from .ode import ODESolution, integrate_ode
 from .processes import (
     VESDE,
     VPSDE,
     DiscreteVP,
+    FlowPath,
     Process,
     SubVPSDE,
     build_process,

@@ -4,9 +4,12 @@ Integrating ``dx/dt = v(x, t)`` from ``t_min`` to 1 together with ``d delta/dt =
 
     log p_{t_min}(x) = log p_prior(x_1) + delta(1).
 
-The divergence is exact (one backward pass per dimension) for small Euclidean states and the Hutchinson
-estimator ``E[z^T (dv/dx) z]`` otherwise, with one probe per sample drawn in the state's space (so for
-zero-CoM point clouds it is the divergence on the subspace the density lives on).
+The divergence is exact (one backward pass per dimension of one sample) or the Hutchinson estimator
+``E[z^T (dv/dx) z]`` with one probe per sample drawn in the state's space.  For zero-CoM point clouds both
+are the divergence on the subspace the density lives on: the exact one is the trace of the Jacobian of
+``x -> v(P x)`` with ``P`` the projection, which equals the trace of ``P J P`` because ``v`` maps into the
+subspace.  Importance weights (effective sample size) need the exact one: Hutchinson's estimate of
+``log p`` is unbiased but its exponential is not.
 """
 
 from __future__ import annotations
@@ -39,13 +42,30 @@ class LikelihoodResult:
         return -self.logp / (self.dof * math.log(2))
 
 
-def divergence_exact(v: Tensor, x: Tensor) -> Tensor:
-    """Exact ``sum_i dv_i/dx_i`` per sample for Euclidean ``x [B, *]`` (``v`` computed from ``x`` with grad)."""
+def divergence_exact(v: Tensor, x: Tensor, space=None) -> Tensor:
+    """Exact ``sum_i dv_i/dx_i`` per sample (``v`` computed from ``x`` with grad): Euclidean ``x [B, *]``
+    (one backward pass per dimension) or a :class:`PointCloudSpace` ``x [N, D]`` (one backward pass per
+    (node slot, coordinate) of the largest graph, all graphs at once)."""
+    if space is not None and not isinstance(space, EuclideanSpace):
+        return _divergence_exact_graphs(v, x, space)
     flat_v = v.reshape(v.shape[0], -1)
     div = torch.zeros(v.shape[0], device=v.device, dtype=v.dtype)
     for i in range(flat_v.shape[1]):
         (g,) = torch.autograd.grad(flat_v[:, i].sum(), x, retain_graph=True)
         div = div + g.reshape(g.shape[0], -1)[:, i]
+    return div
+
+
+def _divergence_exact_graphs(v: Tensor, x: Tensor, space) -> Tensor:
+    counts = space.counts.to(x.device)
+    ptr = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(x.shape[0], device=x.device) - ptr[space.batch]
+    div = torch.zeros(space.num_graphs, device=v.device, dtype=v.dtype)
+    for k in range(int(counts.max())):
+        sel = (slot == k).to(v.dtype)
+        for d in range(x.shape[1]):
+            (g,) = torch.autograd.grad((v[:, d] * sel).sum(), x, retain_graph=True)
+            div.index_add_(0, space.batch, g[:, d] * sel)
     return div
 
 
@@ -73,8 +93,8 @@ def log_likelihood(
     Args:
         model: the denoiser (its process and space are used).
         x: data ``[B, *]`` (Euclidean) or ``[N, D]`` (point clouds, already zero-CoM).
-        divergence: ``exact``, ``hutchinson`` (Rademacher probe), or ``auto`` (exact when the state is
-            Euclidean with at most 16 dimensions).
+        divergence: ``exact``, ``hutchinson`` (Rademacher probe), or ``auto`` (exact when a sample has at
+            most 16 dimensions).
         method: ``rk45`` (adaptive) or ``euler`` / ``heun`` with ``steps`` uniform steps.
         t_min: lower integration limit (default: the process's ``t_min``).
     """
@@ -82,11 +102,10 @@ def log_likelihood(
     proc = model.process
     euclid = isinstance(space, EuclideanSpace)
     if divergence == "auto":
-        divergence = "exact" if euclid and x[0].numel() <= 16 else "hutchinson"
+        per_sample = x[0].numel() if euclid else x.numel() / space.num_samples(x)
+        divergence = "exact" if per_sample <= 16 else "hutchinson"
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"unknown divergence {divergence!r}; choose exact, hutchinson or auto")
-    if divergence == "exact" and not euclid:
-        raise ValueError("exact divergence is implemented for Euclidean states only; use hutchinson")
     lo = proc.t_min if t_min is None else t_min
     n = space.num_samples(x)
     numel = x.numel()
@@ -99,9 +118,9 @@ def log_likelihood(
         xs = y[:numel].reshape(x.shape)
         with torch.enable_grad():
             xs = xs.detach().requires_grad_(True)
-            vel = model.velocity(xs, model.batch_time(t, xs))
+            vel = model.velocity(space.project(xs), model.batch_time(t, xs))
             if divergence == "exact":
-                div = divergence_exact(vel, xs)
+                div = divergence_exact(vel, xs, space)
             else:
                 div = divergence_hutchinson(vel, xs, probe, space)
         return torch.cat([vel.detach().reshape(-1), div.detach()])

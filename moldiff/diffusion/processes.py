@@ -8,6 +8,12 @@ That is all samplers, losses and likelihoods need: :meth:`Process.marginal`, :me
 :meth:`Process.g2`, the prior and its log-density.  Time arguments are tensors of any shape; results
 have the same shape.
 
+Flow matching (Lipman et al. 2023; Tong et al. 2023) uses the same convention -- ``t = 0`` is the data,
+``t = 1`` the source (prior) -- through :class:`FlowPath`: ``x_t = (1 - t) x_0 + t x_1 + s(t) eps`` with a
+constant (I-CFM) or Brownian-bridge ``s(t) = sigma sqrt(t (1 - t))`` (SB-CFM) noise.  With a Gaussian source
+and independent pairs it is a linear Gaussian process like the others, so the shared ODE samplers and the
+likelihood serve flow-matching models unchanged.
+
 Discrete DDPM schedules (``linear``, ``cosine``, EDM's ``polynomial_2``) are VP processes whose
 ``alpha(t)^2`` is a table over ``T + 1`` levels at ``t = i / T``; between levels the log-SNR is
 interpolated linearly, so the continuous-time samplers work on them too, and on the grid ``i / T`` they
@@ -31,6 +37,7 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "DiscreteVP",
+    "FlowPath",
     "ddpm_alphas_cumprod",
     "time_grid",
     "build_process",
@@ -63,6 +70,12 @@ class Process:
         return 1.0
 
     # -- derived --------------------------------------------------------------------------------------
+    def marginal_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(d alpha / dt, d sigma / dt)``, from ``d alpha = f alpha dt`` and ``d sigma^2 = (2 f sigma^2 + g^2) dt``."""
+        alpha, sigma = self.marginal(t)
+        f = self.f(t)
+        return f * alpha, (2 * f * sigma**2 + self.g2(t)) / (2 * sigma)
+
     def snr(self, t: Tensor) -> Tensor:
         """Signal-to-noise ratio ``alpha^2 / sigma^2``."""
         alpha, sigma = self.marginal(t)
@@ -287,6 +300,93 @@ class DiscreteVP(Process):
 
 
 # --------------------------------------------------------------------------------------------------
+# flow-matching paths
+# --------------------------------------------------------------------------------------------------
+FLOW_NOISE = ("constant", "bridge")
+
+
+@dataclass(frozen=True)
+class FlowPath(Process):
+    """The conditional flow-matching path between a data point ``x_0`` (``t = 0``) and a source point ``x_1``
+    (``t = 1``, drawn from ``N(0, prior_std^2 I)`` or any other source):
+
+        x_t = (1 - t) x_0 + t x_1 + s(t) eps,    u_t = x_1 - x_0 + s'(t) eps,
+
+    ``s(t) = sigma`` (``noise="constant"``: I-CFM and OT-CFM, Tong et al. 2023) or
+    ``s(t) = sigma sqrt(t (1 - t))`` (``noise="bridge"``: the Brownian bridge of SB-CFM, whose conditional
+    variance is ``sigma^2 t (1 - t)``).  ``u_t`` is the conditional velocity regressed by
+    :func:`~moldiff.diffusion.losses.flow_matching_loss` (direction of increasing ``t``, data to source).
+
+    As a :class:`Process` it describes the *marginal* path for a Gaussian source and independent pairs:
+    ``alpha = 1 - t``, ``sigma_t^2 = prior_std^2 t^2 + s(t)^2``; that is what the ODE samplers and the
+    likelihood use (a model that predicts the velocity needs only ``t_min`` and the prior from it).
+    """
+
+    sigma: float = 0.0
+    noise: str = "constant"
+    prior_std: float = 1.0  # type: ignore[assignment]  (a field here, a property on Process)
+    t_min: float = 0.0
+    #: times are clamped to ``[eps_t, 1 - eps_t]`` where the bridge's ``s'(t)`` is singular
+    eps_t: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.noise not in FLOW_NOISE:
+            raise ValueError(f"unknown flow noise {self.noise!r}; choose one of {FLOW_NOISE}")
+        if self.sigma < 0 or self.prior_std <= 0:
+            raise ValueError(f"FlowPath needs sigma >= 0 and prior_std > 0, got {self.sigma}, {self.prior_std}")
+
+    def noise_std(self, t: Tensor) -> Tensor:
+        """``s(t)``: the conditional path's standard deviation."""
+        if self.noise == "constant":
+            return torch.full_like(t, self.sigma)
+        return self.sigma * torch.sqrt((t * (1 - t)).clamp(min=0))
+
+    def noise_std_derivative(self, t: Tensor) -> Tensor:
+        """``s'(t)`` (0 for constant noise; ``sigma (1 - 2t) / (2 sqrt(t (1 - t)))`` for the bridge)."""
+        if self.noise == "constant":
+            return torch.zeros_like(t)
+        t = t.clamp(self.eps_t, 1 - self.eps_t)
+        return self.sigma * (1 - 2 * t) / (2 * torch.sqrt(t * (1 - t)))
+
+    def conditional(
+        self, x0: Tensor, x1: Tensor, t: Tensor, space: Space | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``x_t`` on the path between paired ``x0`` (data) and ``x1`` (source) and return
+        ``(x_t, u_t)``; ``t`` is per sample ``[B]``."""
+        space = space or EuclideanSpace()
+        eps = space.randn_like(x0, generator)
+        tt = space.expand(t, x0).to(x0.dtype)
+        s = space.expand(self.noise_std(t), x0).to(x0.dtype)
+        ds = space.expand(self.noise_std_derivative(t), x0).to(x0.dtype)
+        x_t = (1 - tt) * x0 + tt * x1 + s * eps
+        return x_t, x1 - x0 + ds * eps
+
+    # -- the marginal Gaussian process (Gaussian source, independent pairs) -------------------------
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return 1 - t, torch.sqrt((self.prior_std * t) ** 2 + self.noise_std(t) ** 2)
+
+    def marginal_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Analytic: ``alpha' = -1``, ``sigma' = (prior_std^2 t + s s') / sigma_t`` (``prior_std`` at ``t = 0``
+        when ``sigma = 0``)."""
+        if self.noise == "bridge":
+            t = t.clamp(self.eps_t, 1 - self.eps_t)
+        _, sig = self.marginal(t)
+        num = self.prior_std**2 * t + self.noise_std(t) * self.noise_std_derivative(t)
+        dsig = torch.where(sig > 0, num / sig.clamp(min=1e-30), torch.full_like(t, self.prior_std))
+        return -torch.ones_like(t), dsig
+
+    def f(self, t: Tensor) -> Tensor:
+        return -1 / (1 - t).clamp(min=self.eps_t)
+
+    def g2(self, t: Tensor) -> Tensor:
+        # d sigma^2 / dt - 2 f sigma^2
+        _, sigma = self.marginal(t)
+        s, ds = self.noise_std(t), self.noise_std_derivative(t)
+        dsig2 = 2 * self.prior_std**2 * t + 2 * s * ds
+        return dsig2 - 2 * self.f(t) * sigma**2
+
+
+# --------------------------------------------------------------------------------------------------
 def time_grid(process: Process, steps: int, *, t_min: float | None = None, device=None, dtype=torch.float32) -> Tensor:
     """Decreasing sampling times ``[steps + 1]`` from 1 to ``t_min``.
 
@@ -307,8 +407,8 @@ def time_grid(process: Process, steps: int, *, t_min: float | None = None, devic
 
 
 def build_process(kind: str, **kwargs) -> Process:
-    """Process from a name: ``vp``, ``subvp``, ``ve`` or ``ddpm`` (kwargs: the dataclass fields)."""
-    kinds = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "ddpm": DiscreteVP}
+    """Process from a name: ``vp``, ``subvp``, ``ve``, ``ddpm`` or ``flow`` (kwargs: the dataclass fields)."""
+    kinds = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "ddpm": DiscreteVP, "flow": FlowPath}
     if kind not in kinds:
         raise ValueError(f"unknown process kind {kind!r}; choose one of {sorted(kinds)}")
     return kinds[kind](**kwargs)
