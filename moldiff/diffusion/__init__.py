@@ -4,7 +4,7 @@ Pure math on states: no I/O, no MLflow, no RDKit.
 """
 
 from .denoiser import PREDICTION_KINDS, Denoiser
-from .likelihood import LikelihoodResult, log_likelihood
+from .likelihood import LikelihoodResult, log_likelihood, sample_with_log_likelihood
 from .losses import denoising_loss, flow_matching_loss, sample_time
 from .ode import ODESolution, integrate_ode
 from .processes import (

@@ -24,12 +24,12 @@ from .denoiser import Denoiser
 from .ode import integrate_ode
 from .spaces import EuclideanSpace
 
-__all__ = ["LikelihoodResult", "log_likelihood", "divergence_exact", "divergence_hutchinson"]
+__all__ = ["LikelihoodResult", "log_likelihood", "sample_with_log_likelihood", "divergence_exact", "divergence_hutchinson"]
 
 
 @dataclass
 class LikelihoodResult:
-    """Per-sample results, all ``[B]`` in nats, except ``z`` (the latent at ``t = 1``) and ``nfe``."""
+    """Per-sample results, all ``[B]`` in nats, except ``z`` (the latent at ``t = 1``), ``x`` and ``nfe``."""
 
     logp: Tensor
     prior_logp: Tensor
@@ -37,6 +37,8 @@ class LikelihoodResult:
     z: Tensor
     nfe: int
     dof: Tensor
+    #: the samples, for :func:`sample_with_log_likelihood` (``None`` for :func:`log_likelihood`)
+    x: Tensor | None = None
 
     def bits_per_dim(self) -> Tensor:
         return -self.logp / (self.dof * math.log(2))
@@ -75,6 +77,49 @@ def divergence_hutchinson(v: Tensor, x: Tensor, probe: Tensor, space) -> Tensor:
     return space.sum(vjp * probe)
 
 
+def _resolve_divergence(divergence: str, x: Tensor, space) -> str:
+    if divergence == "auto":
+        euclid = isinstance(space, EuclideanSpace)
+        per_sample = x[0].numel() if euclid else x.numel() / space.num_samples(x)
+        divergence = "exact" if per_sample <= 16 else "hutchinson"
+    if divergence not in ("exact", "hutchinson"):
+        raise ValueError(f"unknown divergence {divergence!r}; choose exact, hutchinson or auto")
+    return divergence
+
+
+def _integrate_with_divergence(model: Denoiser, x: Tensor, ts: Tensor, divergence: str, method: str, rtol: float,
+                               atol: float, generator, progress: bool):
+    """Integrate ``(x, delta)`` with ``dx/dt = v``, ``d delta/dt = div v`` along ``ts``; returns the final
+    ``(x, delta [B], nfe)``."""
+    space = model.space
+    n, numel = space.num_samples(x), x.numel()
+    probe = None
+    if divergence == "hutchinson":
+        r = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+        probe = space.project(r)
+
+    def f(y: Tensor, t: Tensor) -> Tensor:
+        xs = y[:numel].reshape(x.shape)
+        with torch.enable_grad():
+            xs = xs.detach().requires_grad_(True)
+            vel = model.velocity(space.project(xs), model.batch_time(t, xs))
+            if divergence == "exact":
+                div = divergence_exact(vel, xs, space)
+            else:
+                div = divergence_hutchinson(vel, xs, probe, space)
+        return torch.cat([vel.detach().reshape(-1), div.detach()])
+
+    y0 = torch.cat([x.detach().reshape(-1), torch.zeros(n, device=x.device, dtype=x.dtype)])
+    sol = integrate_ode(f, y0, ts, method=method, rtol=rtol, atol=atol, progress=progress)
+    return sol.x[:numel].reshape(x.shape), sol.x[numel:], sol.nfe
+
+
+def _ode_times(lo: float, hi: float, method: str, steps: int, x: Tensor) -> Tensor:
+    if method == "rk45":
+        return torch.tensor([lo, hi], device=x.device, dtype=x.dtype)
+    return torch.linspace(lo, hi, steps + 1, device=x.device, dtype=x.dtype)
+
+
 def log_likelihood(
     model: Denoiser,
     x: Tensor,
@@ -98,42 +143,42 @@ def log_likelihood(
         method: ``rk45`` (adaptive) or ``euler`` / ``heun`` with ``steps`` uniform steps.
         t_min: lower integration limit (default: the process's ``t_min``).
     """
-    space = model.space
     proc = model.process
-    euclid = isinstance(space, EuclideanSpace)
-    if divergence == "auto":
-        per_sample = x[0].numel() if euclid else x.numel() / space.num_samples(x)
-        divergence = "exact" if per_sample <= 16 else "hutchinson"
-    if divergence not in ("exact", "hutchinson"):
-        raise ValueError(f"unknown divergence {divergence!r}; choose exact, hutchinson or auto")
+    divergence = _resolve_divergence(divergence, x, model.space)
     lo = proc.t_min if t_min is None else t_min
-    n = space.num_samples(x)
-    numel = x.numel()
-    probe = None
-    if divergence == "hutchinson":
-        r = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
-        probe = space.project(r)
+    ts = _ode_times(lo, 1.0, method, steps, x)
+    z, delta, nfe = _integrate_with_divergence(model, x, ts, divergence, method, rtol, atol, generator, progress)
+    prior = proc.prior_logp(z, model.space)
+    return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z, nfe=nfe,
+                            dof=model.space.dof(x))
 
-    def f(y: Tensor, t: Tensor) -> Tensor:
-        xs = y[:numel].reshape(x.shape)
-        with torch.enable_grad():
-            xs = xs.detach().requires_grad_(True)
-            vel = model.velocity(space.project(xs), model.batch_time(t, xs))
-            if divergence == "exact":
-                div = divergence_exact(vel, xs, space)
-            else:
-                div = divergence_hutchinson(vel, xs, probe, space)
-        return torch.cat([vel.detach().reshape(-1), div.detach()])
 
-    y0 = torch.cat([x.detach().reshape(-1), torch.zeros(n, device=x.device, dtype=x.dtype)])
-    if method == "rk45":
-        ts = torch.tensor([lo, 1.0], device=x.device, dtype=x.dtype)
-    else:
-        ts = torch.linspace(lo, 1.0, steps + 1, device=x.device, dtype=x.dtype)
-    sol = integrate_ode(f, y0, ts, method=method, rtol=rtol, atol=atol, progress=progress)
-    z = sol.x[:numel].reshape(x.shape)
-    delta = sol.x[numel:]
-    prior = proc.prior_logp(z, space)
-    return LikelihoodResult(
-        logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z, nfe=sol.nfe, dof=space.dof(x)
-    )
+def sample_with_log_likelihood(
+    model: Denoiser,
+    z: Tensor,
+    *,
+    divergence: str = "exact",
+    method: str = "heun",
+    steps: int = 100,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_min: float | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> LikelihoodResult:
+    """Sample by the probability-flow ODE from a prior draw ``z`` (``t = 1``) to ``t_min`` and get the model's
+    log-density of each sample in the same pass (FFJORD-style): ``log q(x) = log p_prior(z) - delta`` where
+    ``delta`` integrates the divergence from 1 down to ``t_min``.  The result holds the samples in ``x`` and
+    the latent in ``z``.
+
+    This is what importance weights need: ``log w = -u(x) - log q(x)`` with the exact divergence
+    (``divergence="exact"``; Hutchinson's ``log q`` is unbiased, ``exp`` of it is not).
+    """
+    proc = model.process
+    divergence = _resolve_divergence(divergence, z, model.space)
+    lo = proc.t_min if t_min is None else t_min
+    ts = _ode_times(1.0, lo, method, steps, z)
+    x, delta, nfe = _integrate_with_divergence(model, z, ts, divergence, method, rtol, atol, generator, progress)
+    prior = proc.prior_logp(z, model.space)
+    return LikelihoodResult(logp=prior - delta, prior_logp=prior, delta_logp=-delta, z=z, nfe=nfe,
+                            dof=model.space.dof(z), x=x)
