@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "ProcessConfig",
     "SamplerConfig",
+    "CouplingConfig",
     "TrainConfig",
     "TrackingConfig",
     "ExperimentConfig",
@@ -117,6 +118,26 @@ class SamplerConfig:
         if self.name == "ode_rk45":
             return {"rtol": self.rtol, "atol": self.atol, "denoise": self.denoise}
         return {"denoise": self.denoise}
+
+
+@dataclass
+class CouplingConfig:
+    """How flow matching pairs a minibatch of data with source samples (see :mod:`moldiff.diffusion.couplings`)."""
+
+    kind: str = "independent"  #: independent | ot | sinkhorn | eq_ot | eq_sinkhorn
+    reg: float = 0.05  #: sinkhorn: entropic regularisation (SB-CFM: 2 sigma^2 with normalize_cost false)
+    normalize_cost: bool = True  #: divide the cost by its maximum before solving (torchcfm's default)
+    starts: str = "pca"  #: eq_*: initial rotations of the alignment: pca | pca+identity | identity
+    iterations: int = 10  #: eq_*: Hungarian / Kabsch alternations
+
+    def build(self):
+        from .diffusion.couplings import Coupler
+
+        try:
+            return Coupler(kind=self.kind, reg=self.reg, normalize_cost=self.normalize_cost, starts=self.starts,
+                           iterations=self.iterations)
+        except ValueError as e:
+            raise ConfigError(f"coupling: {e}") from e
 
 
 @dataclass
@@ -367,7 +388,9 @@ def validate(cfg: ExperimentConfig) -> None:
         (t.log_every >= 1, "train.log_every", "must be >= 1"),
         (t.ckpt_every >= 1, "train.ckpt_every", "must be >= 1"),
         (len(t.betas) == 2, "train.betas", "needs two values"),
-        (cfg.process.kind in ("vp", "subvp", "ve", "ddpm"), "process.kind", "must be vp, subvp, ve or ddpm"),
+        (cfg.process.kind in ("vp", "subvp", "ve", "ddpm", "flow"), "process.kind", "must be vp, subvp, ve, ddpm or flow"),
+        (cfg.process.noise in ("constant", "bridge"), "process.noise", "must be constant or bridge"),
+        (cfg.process.sigma >= 0 and cfg.process.prior_std > 0, "process.sigma", "needs sigma >= 0 and prior_std > 0"),
         (cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {sorted(SAMPLERS)}"),
         (cfg.sampler.steps >= 1, "sampler.steps", "must be >= 1"),
         (cfg.sampler.predictor in ("euler_maruyama", "ancestral", "none"), "sampler.predictor",
@@ -381,7 +404,7 @@ def validate(cfg: ExperimentConfig) -> None:
         checks.append((name in SAMPLERS, f"eval.samplers[{i}]", f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}"))
     pred = getattr(getattr(cfg, "model", None), "prediction", None)
     if pred is not None:
-        checks.append((pred in ("eps", "x0", "score"), "model.prediction", "must be eps, x0 or score"))
+        checks.append((pred in ("eps", "x0", "score", "velocity"), "model.prediction", "must be eps, x0, score or velocity"))
     raise_failed(checks)
     task_checks = getattr(cfg, "check", None)  # a task config's own value checks
     if callable(task_checks):

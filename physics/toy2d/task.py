@@ -1,7 +1,10 @@
-"""Score-SDE on 2D targets: the shared core's first customer.
+"""Score-SDE and flow matching on 2D targets: the shared core's first customer.
 
 Data: ``data.n_train`` points of the target (fixed seed) for training, an independent held-out set for
-evaluation.  Evaluation samples with every sampler in ``eval.samplers`` and reports the Wasserstein-2
+evaluation.  With ``process.kind: flow`` the model is trained by conditional flow matching from
+``data.source`` -- the Gaussian prior, or another 2D target (the 8-Gaussians-to-two-moons morphing
+benchmark of Tong et al. 2023) -- with the pairing given by ``coupling`` (I-CFM, OT-CFM, SB-CFM); flow
+models are sampled with the ODE samplers, starting from held-out source points.  Evaluation samples with every sampler in ``eval.samplers`` and reports the Wasserstein-2
 distance to the held-out set, beside the noise floor: the W2 between two independent data samples of the
 same size.  Also the held-out negative log-likelihood through the probability-flow ODE.
 """
@@ -18,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from moldiff.config import ExperimentConfig, SamplerConfig
-from moldiff.diffusion import Denoiser, denoising_loss, log_likelihood
+from moldiff.config import ConfigError, CouplingConfig, ExperimentConfig, SamplerConfig, raise_failed
+from moldiff.diffusion import Denoiser, FlowPath, denoising_loss, flow_matching_loss, log_likelihood
 from moldiff.metrics import wasserstein2
 from moldiff.nn import MLPDenoiser
 from moldiff.tasks import EvalResult, Task, register_task
@@ -30,11 +33,13 @@ from .targets import TARGETS, sample_target
 __all__ = ["Toy2DConfig", "Toy2DTask", "Toy2DData", "Toy2DModel", "Toy2DEval"]
 
 ALL_SAMPLERS = ["ancestral", "euler_maruyama", "pc", "ode_euler", "ode_heun", "ode_rk45"]
+ODE_SAMPLERS = ["ode_euler", "ode_heun", "ode_rk45"]
 
 
 @dataclass
 class Toy2DData:
     target: str = "8gaussians"  #: 8gaussians | two_moons | checkerboard
+    source: str = "gaussian"  #: flow matching: gaussian (the process prior) or a target name (morphing)
     n_train: int = 100_000
     seed: int = 0  #: data seed (independent of the training seed)
 
@@ -44,7 +49,7 @@ class Toy2DModel:
     width: int = 256
     depth: int = 4
     time_dim: int = 64
-    prediction: str = "eps"  #: eps | x0 | score
+    prediction: str = "eps"  #: eps | x0 | score | velocity (flow processes)
 
 
 @dataclass
@@ -61,6 +66,20 @@ class Toy2DConfig(ExperimentConfig):
     data: Toy2DData = field(default_factory=Toy2DData)
     model: Toy2DModel = field(default_factory=Toy2DModel)
     eval: Toy2DEval = field(default_factory=Toy2DEval)
+    coupling: CouplingConfig = field(default_factory=CouplingConfig)
+
+    def check(self) -> None:
+        flow = self.process.kind == "flow"
+        sources = ["gaussian", *TARGETS]
+        raise_failed([
+            (self.data.target in TARGETS, "data.target", f"unknown target {self.data.target!r}; choose one of {sorted(TARGETS)}"),
+            (self.data.source in sources, "data.source", f"unknown source {self.data.source!r}; choose one of {sources}"),
+            (flow or self.data.source == "gaussian", "data.source", "a non-Gaussian source needs process.kind: flow"),
+            (flow or self.coupling.kind == "independent", "coupling.kind", "couplings pair data with source points for flow matching (process.kind: flow)"),
+            (flow == (self.model.prediction == "velocity"), "model.prediction", "flow processes predict 'velocity'; score-SDE processes eps, x0 or score"),
+            (not flow or all(s in ODE_SAMPLERS for s in self.eval.samplers), "eval.samplers", f"flow models are sampled with {ODE_SAMPLERS}"),
+            (not flow or self.sampler.name in ODE_SAMPLERS, "sampler.name", f"flow models are sampled with {ODE_SAMPLERS}"),
+        ])
 
 
 @register_task
@@ -71,19 +90,30 @@ class Toy2DTask(Task):
 
     def __init__(self, cfg: Toy2DConfig):
         super().__init__(cfg)
-        if cfg.data.target not in TARGETS:
-            from moldiff.config import ConfigError
-
-            raise ConfigError(f"data.target: unknown target {cfg.data.target!r}; choose one of {sorted(TARGETS)}")
+        cfg.check()
         self.process = cfg.process.build()
+        self.is_flow = isinstance(self.process, FlowPath)
+        self.coupler = cfg.coupling.build()
         self._train: Tensor | None = None
+        self._source: Tensor | None = None
 
     # -- data ------------------------------------------------------------------------------------------
     def data(self, split: str, n: int) -> Tensor:
-        """Deterministic draws: ``train`` (the training set), ``heldout``, ``floor_a`` / ``floor_b``."""
-        offsets = {"train": 0, "heldout": 1, "floor_a": 2, "floor_b": 3}
+        """Deterministic draws: ``train`` (the training set), ``heldout``, ``floor_a`` / ``floor_b``; and of
+        the source for morphing: ``source_train``, ``source_heldout``."""
+        offsets = {"train": 0, "heldout": 1, "floor_a": 2, "floor_b": 3, "source_train": 4, "source_heldout": 5}
         g = torch.Generator().manual_seed(self.cfg.data.seed * 10 + offsets[split])
-        return sample_target(self.cfg.data.target, n, g)
+        name = self.cfg.data.source if split.startswith("source") else self.cfg.data.target
+        return sample_target(name, n, g)
+
+    def source_batch(self, like: Tensor, generator: torch.Generator) -> Tensor:
+        """Source points paired with a data batch: prior draws, or training points of the source target."""
+        if self.cfg.data.source == "gaussian":
+            return self.process.prior_sample(like, generator=generator)
+        if self._source is None or self._source.device != like.device:
+            self._source = self.data("source_train", self.cfg.data.n_train).to(like.device)
+        idx = torch.randint(0, len(self._source), (len(like),), generator=generator, device=like.device)
+        return self._source[idx]
 
     def train_batches(self, *, start_step: int, rank: int, world_size: int, device) -> Iterator[Tensor]:
         if self._train is None or self._train.device != torch.device(device):
@@ -105,14 +135,26 @@ class Toy2DTask(Task):
         return Denoiser(model, self.process, kind=self.cfg.model.prediction)
 
     def loss(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
-        return denoising_loss(model, batch, self.process, kind=self.cfg.model.prediction, generator=generator)
+        if not self.is_flow:
+            return denoising_loss(model, batch, self.process, kind=self.cfg.model.prediction, generator=generator)
+        x0, x1 = self.coupler(batch, self.source_batch(batch, generator), generator)
+        return flow_matching_loss(model, x0, x1, self.process, generator=generator)
 
     # -- sampling and evaluation -----------------------------------------------------------------------
     def sample(self, model, n, *, generator, sampler: SamplerConfig | None = None, progress=True) -> Tensor:
         sampler = sampler or self.cfg.sampler
         device = next(model.parameters()).device
         den = self.denoiser(model)
-        x = self.process.prior_sample(torch.zeros(n, 2, device=device), generator=generator)
+        if self.is_flow:
+            if sampler.name not in ODE_SAMPLERS:
+                raise ConfigError(f"sampler.name: flow models are sampled with {ODE_SAMPLERS}, not {sampler.name!r}")
+            sampler = dataclasses.replace(sampler, denoise=False)
+        if self.cfg.data.source == "gaussian":
+            x = self.process.prior_sample(torch.zeros(n, 2, device=device), generator=generator)
+        else:  # held-out source points, drawn with the caller's generator
+            pool = self.data("source_heldout", max(n, self.cfg.eval.n_samples))
+            perm = torch.randperm(len(pool), generator=generator, device=generator.device)[:n].cpu()
+            x = pool[perm].to(device)
         with torch.no_grad():
             out = sampler.run(den, x, generator=generator, progress=progress)
         self.last_nfe = den.nfe
@@ -132,12 +174,13 @@ class Toy2DTask(Task):
             metrics[f"w2/{name}"] = wasserstein2(x, heldout)
             metrics[f"nfe/{name}"] = float(self.last_nfe)
             panels[f"{name}  W2={metrics[f'w2/{name}']:.3f}"] = x
-        if ev.nll_points:
+        if ev.nll_points and self.cfg.data.source == "gaussian":
             device = next(model.parameters()).device
             pts = self.data("heldout", max(n, ev.nll_points))[: ev.nll_points].to(device)
             res = log_likelihood(self.denoiser(model), pts, divergence="exact", generator=generator)
             metrics["nll/heldout"] = float(-res.logp.mean())
-        title = (f"{self.cfg.data.target}, {self.cfg.process.kind} process; "
+        what = f"{self.cfg.data.source} -> " if self.cfg.data.source != "gaussian" else ""
+        title = (f"{what}{self.cfg.data.target}, {self.cfg.process.kind} process; "
                  f"noise floor W2={metrics['w2/noise_floor']:.3f}")
         return EvalResult(metrics=metrics, figures={"samples": scatter_grid(panels, title=title)})
 
