@@ -12,6 +12,7 @@ TINY_ARGS = {
     "gaussian_samplers.py": [],
     "toy2d_score_sde.py": ["--steps", "100", "--tiny"],
     "qm9_edm.py": ["--steps", "20", "--tiny"],
+    "particles_flow_matching.py": ["--steps", "30", "--tiny"],
 }
 
 
@@ -33,6 +34,10 @@ def test_example_runs(script, tmp_path):
     elif script == "qm9_edm.py":
         assert "molecule stability" in out.stdout and "QM9 training molecules" in out.stdout
         assert list((tmp_path / "runs").glob("example_qm9*.sdf"))
+    elif script == "particles_flow_matching.py":
+        assert "energy W1" in out.stdout and "coupling       eq_ot" in out.stdout
+        assert list((tmp_path / "runs").glob("example_dw4_*.extxyz"))
+        assert list((tmp_path / "runs").glob("example_dw4_*.png"))
     else:
         assert "W2 to held-out data" in out.stdout
         assert list((tmp_path / "runs").glob("example_*.png"))
