@@ -3,6 +3,7 @@
 Pure math on states: no I/O, no MLflow, no RDKit.
 """
 
+from .couplings import COUPLING_KINDS, Coupler, CouplingStats, CouplingWarning, align, equivariant_cost_matrix, ot_plan
 from .denoiser import PREDICTION_KINDS, Denoiser
 from .likelihood import LikelihoodResult, log_likelihood, sample_with_log_likelihood
 from .losses import denoising_loss, flow_matching_loss, sample_time
