@@ -341,6 +341,12 @@ def test_every_smoke_config_trains(path, tmp_path, capsys):
             assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
         assert metrics["n"] == cfg.eval.n_samples
         return
+    if cfg.task == "particles":  # Boltzmann-sampling metrics against the MCMC test split
+        for key in ("energy/w1", "energy/w2", "nll", "nfe"):
+            assert math.isfinite(metrics[key]), (key, metrics)
+        assert 0.0 <= metrics["distance/tv"] <= 1.0 and 0.0 <= metrics["ess"] <= 1.0, metrics
+        assert metrics["n_samples"] == cfg.eval.n_samples
+        return
     w2 = {k: v for k, v in metrics.items() if k.startswith("w2/")}
     assert set(w2) == {"w2/noise_floor", *(f"w2/{s}" for s in cfg.eval.samplers)}
     assert all(math.isfinite(v) and v > 0 for v in w2.values()), w2

@@ -60,9 +60,12 @@ ODE_SAMPLERS = ("ode_euler", "ode_heun", "ode_rk45")
 
 @dataclass
 class ParticleData:
-    system: str = "dw4"  #: dw4 | lj13 | lj55
+    system: str = "dw4"  #: dw4 | lj13 | lj55 | lj13_efm | lj55_efm (see physics.particles.energies)
     n_train: int = 0  #: train on the first k configurations of the train split (0: all)
     cache_dir: str | None = None  #: reference-data cache (default $MOLDIFF_CACHE/particles)
+    #: full: the system's recipe in reference.py; smoke: 4,000 / 500 / 1,000 samples from short chains
+    #: (seconds to build, for smoke tests -- not equilibrated enough to measure anything)
+    reference: str = "full"
 
 
 @dataclass
@@ -111,12 +114,14 @@ class ParticleConfig(ExperimentConfig):
     eval: ParticleEval = field(default_factory=ParticleEval)
 
     def check(self) -> None:
-        from .energies import SYSTEMS
+        from .energies import SYSTEM_VARIANTS, SYSTEMS
 
+        systems = sorted({**SYSTEMS, **SYSTEM_VARIANTS})
         flow = self.process.kind == "flow"
         checks = [
-            (self.data.system in SYSTEMS, "data.system", f"unknown system {self.data.system!r}; choose one of {sorted(SYSTEMS)}"),
+            (self.data.system in systems, "data.system", f"unknown system {self.data.system!r}; choose one of {systems}"),
             (self.data.n_train >= 0, "data.n_train", "must be >= 0 (0: the whole train split)"),
+            (self.data.reference in ("full", "smoke"), "data.reference", "full | smoke"),
             (self.coupling.kind in COUPLING_KINDS, "coupling.kind", f"unknown coupling {self.coupling.kind!r}; choose one of {COUPLING_KINDS}"),
             (flow or self.coupling.kind == "independent", "coupling.kind",
              f"{self.coupling.kind!r} pairs data with noise for flow matching; score-SDE processes "
@@ -156,9 +161,14 @@ class ParticleTask(Task):
     # -- data ------------------------------------------------------------------------------------------
     def reference(self, split: str, n: int | None = None, progress: bool = True) -> Tensor:
         """MCMC reference configurations ``[N, n, d]`` (float32, zero CoM) of the config's system."""
-        from .reference import reference_samples
+        from .reference import RECIPES, reference_samples
 
-        return reference_samples(self.system.name, split, cache_dir=self.cfg.data.cache_dir, n=n, progress=progress)
+        recipe = None
+        if self.cfg.data.reference == "smoke":
+            recipe = dataclasses.replace(RECIPES[self.system.name], sizes=(4000, 500, 1000), samples_per_chain=(20, 20, 20),
+                                         burn_in=1000, thin=20, trace_chains=4)
+        return reference_samples(self.system.name, split, cache_dir=self.cfg.data.cache_dir, n=n, progress=progress,
+                                 recipe=recipe)
 
     def train_data(self) -> Tensor:
         if self._train is None:

@@ -43,7 +43,7 @@ def tiny_reference(tmp_path, monkeypatch):
 
 
 def _cfg(tmp_path, system="dw4", extra=()):
-    sets = [f"data.system={system}", f"runs_root={tmp_path / 'runs'}", "tracking.enabled=false", "train.steps=6",
+    sets = [f"data.system={system}", "data.reference=full", f"runs_root={tmp_path / 'runs'}", "tracking.enabled=false", "train.steps=6",
             "train.batch_size=16", "train.log_every=3", "model.hidden=16", "model.layers=2", "sampler.steps=5",
             "eval.n_samples=40", "eval.nll_points=10", "eval.n_reference=200", "eval.likelihood_steps=5",
             "eval.batch_size=32", *extra]
@@ -114,7 +114,7 @@ def test_train_and_evaluate_end_to_end(method, tiny_reference):
 
 
 def test_lj13_score_model_samples_and_saves(tiny_reference):
-    cfg = _cfg(tiny_reference, "lj13", METHODS["vp"])
+    cfg = _cfg(tiny_reference, "lj13", METHODS["vp"])  # (the eps = 1 cluster: its tiny recipe is patched in)
     res = moldiff.train(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, n_samples=0)), progress=False)
     out = tiny_reference / "s.extxyz"
     x = moldiff.sample(res.checkpoint, 5, out=out, progress=False)
