@@ -268,8 +268,8 @@ SYSTEMS: dict[str, ParticleSystem] = {
 }
 
 
-#: Klein et al.'s (2023) LJ13 / LJ55: bgflow's ``LennardJonesPotential`` with ``energy_factor = 1`` sums the pair
-#: term over *ordered* pairs, i.e. ``eps = 2`` in our each-pair-once convention (see module docstring)
+#: the LJ13 / LJ55 of Klein et al.'s (2023) data: the pair term summed over *ordered* pairs without halving (as in
+#: DEM/iDEM), i.e. ``eps = 2`` in our each-pair-once convention (see module docstring)
 SYSTEM_VARIANTS: dict[str, ParticleSystem] = {
     "lj13_efm": LennardJones(name="lj13_efm", n_particles=13, eps=2.0),
     "lj55_efm": LennardJones(name="lj55_efm", n_particles=55, eps=2.0),
