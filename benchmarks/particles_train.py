@@ -34,8 +34,10 @@ def machine() -> str:
     return f"{cpu} CPU, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
-def run(system: str, method: str, steps: int, overrides: list[str]) -> dict:
-    sets = [f"train.steps={steps}", f"name={system}_{method}", "tracking.experiment=particles-benchmark", *overrides]
+def run(system: str, method: str, steps: int, overrides: list[str], tag: str = "") -> dict:
+    suffix = f"_{tag}" if tag else ""
+    sets = [f"train.steps={steps}", f"name={system}_{method}{suffix}", "tracking.experiment=particles-benchmark",
+            *overrides]
     cfg = moldiff.load_config(ROOT / "configs" / f"{system}_{method}.yaml", sets)
     t0 = time.time()
     res = moldiff.train(cfg, progress=False)
@@ -44,16 +46,16 @@ def run(system: str, method: str, steps: int, overrides: list[str]) -> dict:
            "total_seconds": total, "metrics": res.metrics, "overrides": sets, "machine": machine(),
            "batch_size": cfg.train.batch_size, "model": f"EGNN {cfg.model.layers} x {cfg.model.hidden}",
            "sampler": f"{cfg.sampler.name} {cfg.sampler.steps}", "date": time.strftime("%Y-%m-%d"),
-           "run_id": res.run_id}
+           "run_id": res.run_id, "tag": tag}
     RUNS.mkdir(parents=True, exist_ok=True)
-    (RUNS / f"{cfg.data.system}_{method}.json").write_text(json.dumps(rec, indent=1, sort_keys=True))
+    (RUNS / f"{cfg.data.system}_{method}{suffix}.json").write_text(json.dumps(rec, indent=1, sort_keys=True))
     return rec
 
 
 def collect() -> None:
     recs = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
     order = {m: i for i, m in enumerate(METHODS)}
-    recs.sort(key=lambda r: (r["system"], order[r["method"]]))
+    recs.sort(key=lambda r: (r["system"], order[r["method"]], r["steps"]))
     lines = [
         "# Particle systems: method x system",
         "",
@@ -97,11 +99,12 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--tag", default="", help="suffix of the run name and results file (e.g. long)")
     ap.add_argument("--collect", action="store_true", help="only rebuild the table")
     args = ap.parse_args()
     if not args.collect:
         for method in args.methods:
-            rec = run(args.system, method, args.steps, args.overrides)
+            rec = run(args.system, method, args.steps, args.overrides, args.tag)
             print(args.system, method, {k: round(v, 4) for k, v in rec["metrics"].items()}, flush=True)
             collect()
     collect()

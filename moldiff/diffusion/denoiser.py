@@ -44,6 +44,11 @@ class Denoiser:
     ):
         if kind not in PREDICTION_KINDS:
             raise ValueError(f"unknown prediction kind {kind!r}; choose one of {PREDICTION_KINDS}")
+        from .processes import FlowPath
+
+        if isinstance(process, FlowPath) and kind != "velocity":
+            # alpha(1) = 0 makes x0 unidentifiable at the source end and f, g^2 singular there
+            raise ValueError(f"a FlowPath model predicts the velocity, not {kind!r}")
         self.fn = fn
         self.process = process
         self.kind = kind

@@ -317,6 +317,9 @@ class FlowPath(Process):
     variance is ``sigma^2 t (1 - t)``).  ``u_t`` is the conditional velocity regressed by
     :func:`~moldiff.diffusion.losses.flow_matching_loss` (direction of increasing ``t``, data to source).
 
+    With constant ``sigma > 0`` the path's ``t = 1`` marginal is the source blurred by ``sigma``, while sampling
+    starts from the source itself (as in torchcfm); keep ``sigma`` small against the source's scale.
+
     As a :class:`Process` it describes the *marginal* path for a Gaussian source and independent pairs:
     ``alpha = 1 - t``, ``sigma_t^2 = prior_std^2 t^2 + s(t)^2``; that is what the ODE samplers and the
     likelihood use (a model that predicts the velocity needs only ``t_min`` and the prior from it).
