@@ -30,6 +30,7 @@ energy / distance histograms, a few configurations, and the samples as extxyz.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -342,6 +343,15 @@ class ParticleTask(Task):
             test = self.reference("test", max(ev.nll_points, 1), progress=progress)[: ev.nll_points]
             nll = self.test_nll(model, test, generator=generator, progress=progress)
             metrics["nll_seconds"] = time.time() - t1
+        if log_w is not None:
+            # log Z by importance sampling, and with it the target's entropy E_p[u] + log Z: the lowest NLL any
+            # model can reach (an estimate: biased low when the ESS is small)
+            lw = torch.as_tensor(log_w, dtype=torch.float64)
+            lw = lw[torch.isfinite(lw)]
+            if len(lw):
+                log_z = float(torch.logsumexp(lw, 0) - math.log(len(log_w)))
+                metrics["log_z"] = log_z
+                metrics["nll/target_entropy"] = float(e_ref.mean()) / self.system.temperature + log_z
         pm = particle_metrics(x, e_model, ref, e_ref, logp=None if nll is None else -nll, log_w=log_w, nfe=nfe,
                               bins=ev.bins)
         metrics.update(pm.as_dict())

@@ -101,7 +101,7 @@ def test_log_q_from_the_sampling_pass_matches_the_likelihood_of_the_samples(tiny
 def test_train_and_evaluate_end_to_end(method, tiny_reference):
     res = moldiff.train(_cfg(tiny_reference, extra=METHODS[method]), progress=False)
     m = res.metrics
-    for key in ["energy/w1", "energy/w2", "distance/tv", "nll", "ess", "nfe", "sample_seconds"]:
+    for key in ["energy/w1", "energy/w2", "distance/tv", "nll", "ess", "nfe", "sample_seconds", "nll/target_entropy"]:
         assert key in m and m[key] == m[key], key  # present and not NaN
     assert 0.0 <= m["distance/tv"] <= 1.0 and 0.0 < m["ess"] <= 1.0
     task, model = moldiff.load_model(res.checkpoint, device="cpu")
