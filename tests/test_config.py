@@ -69,13 +69,18 @@ def test_every_shipped_config_loads(path):
     assert cfg.task != "toy2d" or isinstance(cfg, Toy2DConfig)
     assert cfg.name == raw.get("name", path.stem)  # run name: from the file name unless given
     # what the YAML says is what the dataclass holds (values, not just keys)
-    for section in ("process", "train", "sampler", "data", "model", "eval", "tracking"):
+    for section in ("process", "train", "sampler", "data", "model", "eval", "tracking", "coupling"):
         for key, value in (raw.get(section) or {}).items():
             got = getattr(getattr(cfg, section), key)
             assert got == value, f"{section}.{key}: YAML {value!r}, config {got!r}"
-    # file name and process agree (toy2d_<kind>[_...].yaml; qm9 configs name their recipe)
-    if cfg.task == "toy2d":
+    # file name and process agree (toy2d_<kind>[_...].yaml, toy2d_morph_<method>.yaml for flow matching;
+    # particle configs are <system>_<method>; qm9 configs name their recipe)
+    if cfg.task == "toy2d" and cfg.process.kind != "flow":
         assert re.search(rf"_{cfg.process.kind}(_|$)", path.stem), (path.stem, cfg.process.kind)
+    if cfg.task == "toy2d" and cfg.process.kind == "flow":
+        assert "_morph_" in path.stem or path.stem.endswith("_flow"), path.stem
+    if cfg.task == "particles":
+        assert cfg.data.system.split("_")[0] in path.stem, (path.stem, cfg.data.system)
     # the process builds and the sampler exists
     proc = cfg.process.build()
     assert proc.t_min >= 0
