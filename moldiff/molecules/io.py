@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 from rdkit import Chem
 
+from moldiff.fileio import write_atomically as _write_atomically
 from moldiff.molecules.bonds import _as_numpy
 from moldiff.molecules.evaluate import build_rdkit_mol, rdkit_log_silenced
 
@@ -119,28 +119,6 @@ def _molecule(m: tuple[Any, Any]) -> Molecule:
     if pos.shape != (len(z), 3):
         raise ValueError(f"positions must have shape [{len(z)}, 3], got {pos.shape}")
     return z, pos
-
-
-def _write_atomically(path: str | os.PathLike[str], write: Callable[[IO[str]], None]) -> Path:
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def write_sdf(path: str | os.PathLike[str], molecules: Iterable[tuple[Any, Any]]) -> Path:

@@ -13,7 +13,6 @@ Splits are EDM's (Hoogeboom et al. 2022, after Cormorant): molecules sorted by t
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import json
 import os
@@ -26,6 +25,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
+from ..fileio import array_checksum, write_atomically
 
 __all__ = [
     "QM9",
@@ -144,13 +145,7 @@ def _read_csvs(data_dir: Path, progress: bool) -> dict[str, np.ndarray]:
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in _ARRAYS:
-        a = np.ascontiguousarray(arrays[k])
-        h.update(k.encode())
-        h.update(str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    return array_checksum(arrays, _ARRAYS)
 
 
 def _validate(arrays: dict[str, np.ndarray]) -> None:
@@ -192,15 +187,7 @@ def _read_cache(path: Path) -> tuple[dict[str, np.ndarray], str]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda fh: fh.write(text))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ argon by default).  2D systems are written with ``z = 0``; every frame has ``pbc
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from moldiff.fileio import write_atomically
 
 __all__ = ["ParticleFileError", "write_extxyz", "read_extxyz", "read_extxyz_energies"]
 
@@ -92,24 +93,11 @@ def write_extxyz(
             atoms.info["energy"] = float(e[i])
         frames.append(atoms)
 
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            if frames:
-                ase.io.write(fh, frames, format="extxyz")
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    def write(fh) -> None:
+        if frames:
+            ase.io.write(fh, frames, format="extxyz")
+
+    return write_atomically(path, write)
 
 
 def _read_frames(path: str | os.PathLike[str]) -> tuple[Path, list[Any]]:

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from moldiff.fileio import array_checksum
+
 from .energies import ParticleSystem, get_system, pairwise_distances, remove_mean
 from .mcmc import integrated_autocorr_time, mala
 
@@ -224,13 +226,7 @@ class ReferenceData:
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in _ARRAYS:
-        a = np.ascontiguousarray(arrays[k])
-        h.update(k.encode())
-        h.update(str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    return array_checksum(arrays, _ARRAYS)
 
 
 def _energies_float64(system: ParticleSystem, samples: np.ndarray, chunk: int = 4096) -> np.ndarray:
