@@ -270,10 +270,13 @@ class ParticleTask(Task):
         self.last_nfe = nfe
         return torch.cat(out) if out else torch.zeros(0, *self.system.event_shape, device=device)
 
-    def sample_with_log_q(self, model, n, *, generator, progress: bool = True) -> tuple[Tensor, Tensor, int]:
+    def sample_with_log_q(self, model, n, *, generator, method: str | None = None, steps: int | None = None,
+                          progress: bool = True) -> tuple[Tensor, Tensor, int]:
         """``n`` samples from the probability-flow ODE with their model log-density ``log q`` (nats, on the
-        zero-CoM subspace): ``(x [n, n_particles, d], log_q [n], nfe per batch)``."""
+        zero-CoM subspace): ``(x [n, n_particles, d], log_q [n], nfe per batch)``.  The ODE is ``method`` /
+        ``steps`` (default: ``eval.likelihood_method`` / ``eval.likelihood_steps``)."""
         ev = self.cfg.eval
+        method, steps = method or ev.likelihood_method, steps or ev.likelihood_steps
         device = next(model.parameters()).device
         xs, logq, nfe = [], [], 0
         for start in range(0, n, ev.batch_size):
@@ -281,8 +284,8 @@ class ParticleTask(Task):
             den = self.denoiser(model, num, device)
             z = self._prior(num, den.space, model, generator)
             # exact: importance weights exponentiate log q, and exp of Hutchinson's unbiased estimate is biased
-            res = sample_with_log_likelihood(den, z, divergence="exact", method=ev.likelihood_method,
-                                             steps=ev.likelihood_steps, generator=generator, progress=progress)
+            res = sample_with_log_likelihood(den, z, divergence="exact", method=method, steps=steps,
+                                             generator=generator, progress=progress)
             xs.append(res.x.reshape(num, *self.system.event_shape))
             logq.append(res.logp)
             nfe = res.nfe
@@ -319,10 +322,9 @@ class ParticleTask(Task):
         sampler = self._sampler(None)
         if ev.ess and self.is_flow and sampler.name != "ode_rk45":
             # one ODE pass gives the samples and their log q (the sampler's method and steps)
-            ev_pass = dataclasses.replace(ev, likelihood_method=sampler.name.removeprefix("ode_"),
-                                          likelihood_steps=sampler.steps)
-            x, log_q, nfe = self._with_eval(ev_pass).sample_with_log_q(model, ev.n_samples, generator=generator,
-                                                                       progress=progress)
+            x, log_q, nfe = self.sample_with_log_q(model, ev.n_samples, generator=generator,
+                                                   method=sampler.name.removeprefix("ode_"), steps=sampler.steps,
+                                                   progress=progress)
         else:
             x = self.sample(model, ev.n_samples, generator=generator, progress=progress)
             nfe, log_q = self.last_nfe, None
@@ -369,12 +371,6 @@ class ParticleTask(Task):
         files = {"samples": out / "samples.extxyz"}
         write_extxyz(x.cpu().numpy(), files["samples"], energies=_finite_or_nan(e_model))
         return EvalResult(metrics=metrics, figures=figures, files=files)
-
-    def _with_eval(self, ev: ParticleEval) -> "ParticleTask":
-        clone = object.__new__(ParticleTask)
-        clone.__dict__.update(self.__dict__)
-        clone.cfg = dataclasses.replace(self.cfg, eval=ev)
-        return clone
 
     def method_label(self) -> str:
         """A short name of the method: I-CFM, OT-CFM, eq-OT-CFM, SB-CFM, VP or VE score-SDE."""
