@@ -88,11 +88,11 @@ class ProcessConfig:
 class SamplerConfig:
     """A sampler and its settings (see :mod:`moldiff.diffusion.samplers`)."""
 
-    name: str = "ode_heun"  #: ancestral | euler_maruyama | pc | ode_euler | ode_heun | ode_rk45
+    name: str = "ode_heun"  #: ancestral | ddim | euler_maruyama | pc | ode_euler | ode_heun | ode_rk45
     steps: int = 500  #: grid steps (ignored by ode_rk45, which picks its own)
     snr: float = 0.16  #: pc: Langevin signal-to-noise ratio
     corrector_steps: int = 1  #: pc
-    predictor: str = "euler_maruyama"  #: pc: euler_maruyama | ancestral | none
+    predictor: str = "euler_maruyama"  #: pc: euler_maruyama | ancestral | ddim | none
     rtol: float = 1e-5  #: ode_rk45
     atol: float = 1e-5  #: ode_rk45
     denoise: bool = True  #: replace the last state by the model's x0 prediction
@@ -393,8 +393,8 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.process.sigma >= 0 and cfg.process.prior_std > 0, "process.sigma", "needs sigma >= 0 and prior_std > 0"),
         (cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {sorted(SAMPLERS)}"),
         (cfg.sampler.steps >= 1, "sampler.steps", "must be >= 1"),
-        (cfg.sampler.predictor in ("euler_maruyama", "ancestral", "none"), "sampler.predictor",
-         "must be euler_maruyama, ancestral or none"),
+        (cfg.sampler.predictor in ("euler_maruyama", "ancestral", "ddim", "none"), "sampler.predictor",
+         "must be euler_maruyama, ancestral, ddim or none"),
         (_DEVICE_RE.fullmatch(t.device) is not None, "train.device", "must be auto, cpu, cuda or cuda:N"),
         (cfg.process.sigma_max > cfg.process.sigma_min > 0, "process.sigma_min", "needs 0 < sigma_min < sigma_max"),
         (cfg.process.beta_max > cfg.process.beta_min > 0, "process.beta_min", "needs 0 < beta_min < beta_max"),

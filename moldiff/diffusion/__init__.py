@@ -5,6 +5,7 @@ Pure math on states: no I/O, no MLflow, no RDKit.
 
 from .couplings import COUPLING_KINDS, Coupler, CouplingStats, CouplingWarning, align, equivariant_cost_matrix, ot_plan
 from .denoiser import PREDICTION_KINDS, Denoiser
+from .guidance import GaussianObservation, PosteriorDenoiser, sample_dps
 from .likelihood import LikelihoodResult, log_likelihood, sample_with_log_likelihood
 from .losses import denoising_loss, flow_matching_loss, sample_time
 from .ode import ODESolution, integrate_ode
@@ -22,7 +23,10 @@ from .processes import (
 from .samplers import (
     SAMPLERS,
     get_sampler,
+    ancestral_update,
+    langevin_correct,
     sample_ancestral,
+    sample_ddim,
     sample_euler_maruyama,
     sample_ode,
     sample_pc,

@@ -9,9 +9,12 @@ denoising step).  ``callback`` receives ``{"i", "t", "x"}`` after each step.  Ra
 
 * :func:`sample_ancestral` -- ancestral sampling from the Gaussian posterior ``q(x_s | x_t, x0_hat)``;
   on a DDPM schedule's full grid it is the DDPM chain.
+* :func:`sample_ddim` -- the deterministic DDIM update ``x_s = alpha_s x0_hat + sigma_s eps_hat`` (the
+  exponential integrator of the probability-flow ODE in eps form).
 * :func:`sample_euler_maruyama` -- the reverse-time SDE, Euler-Maruyama.
 * :func:`sample_pc` -- predictor-corrector: a Langevin corrector with target ``snr`` before each
-  predictor step (Song et al. 2021).
+  predictor step (Song et al. 2021); the predictor is Euler-Maruyama, ancestral or DDIM (the latter is
+  the sampler of score-based data assimilation, Rozet & Louppe 2023).
 * :func:`sample_ode` -- the probability-flow ODE (Euler, Heun, adaptive RK45).
 """
 
@@ -26,7 +29,18 @@ from tqdm.auto import tqdm
 from .denoiser import Denoiser
 from .ode import integrate_ode
 
-__all__ = ["sample_ancestral", "sample_euler_maruyama", "sample_pc", "sample_ode", "SAMPLERS", "get_sampler"]
+__all__ = [
+    "sample_ancestral",
+    "sample_ddim",
+    "sample_euler_maruyama",
+    "sample_pc",
+    "sample_ode",
+    "ancestral_update",
+    "langevin_correct",
+    "SAMPLERS",
+    "PREDICTORS",
+    "get_sampler",
+]
 
 Callback = Callable[[dict], None]
 
@@ -39,18 +53,29 @@ def _finish(model: Denoiser, x: Tensor, ts: Tensor, denoise: bool) -> Tensor:
     return model.x0(x, model.batch_time(ts[-1], x)) if denoise else x
 
 
-def _ancestral_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator) -> Tensor:
-    """One draw from ``q(x_s | x_t, x0 = x0_hat(x_t))`` for ``s < t``."""
+def ancestral_update(model: Denoiser, x: Tensor, eps: Tensor, t: Tensor, s: Tensor, generator) -> Tensor:
+    """One draw from ``q(x_s | x_t, x0 = x0_hat)`` for ``s < t``, given the noise prediction ``eps`` at
+    ``(x, t)`` (exposed so that guided samplers such as DPS reuse it with their own ``eps``)."""
     proc, space = model.process, model.space
-    tb = model.batch_time(t, x)
     a_t, s_t = proc.marginal(t)
     a_s, s_s = proc.marginal(s)
     a_ts = a_t / a_s
     var_ts = s_t**2 - a_ts**2 * s_s**2
-    eps = model.eps(x, tb)
     mean = x / a_ts - (var_ts / (a_ts * s_t)) * eps
     std = torch.sqrt(var_ts.clamp(min=0)) * s_s / s_t
     return mean + std * space.randn_like(x, generator)
+
+
+def _ancestral_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator) -> Tensor:
+    return ancestral_update(model, x, model.eps(x, model.batch_time(t, x)), t, s, generator)
+
+
+def _ddim_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator=None) -> Tensor:
+    """``x_s = alpha_s x0_hat + sigma_s eps_hat`` (deterministic; ``generator`` unused)."""
+    eps = model.eps(x, model.batch_time(t, x))
+    a_t, s_t = model.process.marginal(t)
+    a_s, s_s = model.process.marginal(s)
+    return (a_s / a_t) * x + (s_s - (a_s / a_t) * s_t) * eps
 
 
 def _em_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator) -> Tensor:
@@ -75,6 +100,24 @@ def sample_ancestral(
     """Ancestral sampling along ``ts`` (see module docstring)."""
     for i in _steps(ts, progress, "ancestral"):
         x = _ancestral_step(model, x, ts[i], ts[i + 1], generator)
+        if callback is not None:
+            callback({"i": i, "t": ts[i + 1], "x": x})
+    return _finish(model, x, ts, denoise)
+
+
+def sample_ddim(
+    model: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = True,
+    denoise: bool = True,
+) -> Tensor:
+    """Deterministic DDIM along ``ts`` (``generator`` is accepted for a uniform signature)."""
+    for i in _steps(ts, progress, "ddim"):
+        x = _ddim_step(model, x, ts[i], ts[i + 1])
         if callback is not None:
             callback({"i": i, "t": ts[i + 1], "x": x})
     return _finish(model, x, ts, denoise)
@@ -133,11 +176,10 @@ def sample_pc(
     denoise: bool = True,
 ) -> Tensor:
     """Predictor-corrector: at each grid time, ``corrector_steps`` Langevin steps, then one predictor step
-    (``euler_maruyama``, ``ancestral`` or ``none`` for corrector-only annealed Langevin)."""
-    predictors = {"euler_maruyama": _em_step, "ancestral": _ancestral_step, "none": None}
-    if predictor not in predictors:
-        raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(predictors)}")
-    step = predictors[predictor]
+    (``euler_maruyama``, ``ancestral``, ``ddim`` or ``none`` for corrector-only annealed Langevin)."""
+    if predictor not in PREDICTORS:
+        raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
+    step = PREDICTORS[predictor]
     for i in _steps(ts, progress, "predictor-corrector"):
         t, s = ts[i], ts[i + 1]
         x = langevin_correct(model, x, t, s, snr=snr, steps=corrector_steps, generator=generator)
@@ -171,8 +213,11 @@ def sample_ode(
     return _finish(model, sol.x, ts, denoise)
 
 
+PREDICTORS = {"euler_maruyama": _em_step, "ancestral": _ancestral_step, "ddim": _ddim_step, "none": None}
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ancestral": sample_ancestral,
+    "ddim": sample_ddim,
     "euler_maruyama": sample_euler_maruyama,
     "pc": sample_pc,
     "ode_euler": lambda *a, **k: sample_ode(*a, method="euler", **k),
@@ -182,7 +227,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
-    """Sampler by name: ancestral, euler_maruyama, pc, ode_euler, ode_heun, ode_rk45."""
+    """Sampler by name: ancestral, ddim, euler_maruyama, pc, ode_euler, ode_heun, ode_rk45."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name]

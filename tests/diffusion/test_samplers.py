@@ -30,6 +30,7 @@ PROCESSES = {
 }
 SAMPLER_KW = {
     "ancestral": {},
+    "ddim": {},
     "euler_maruyama": {},
     "pc": {"snr": 0.05},  # Langevin's own O(step) variance bias is ~snr^2: keep it below the test's resolution
     "ode_euler": {},
@@ -41,7 +42,7 @@ MU, S2 = [1.0, -2.0], [0.25, 4.0]
 
 # Fine enough grids for the first-order methods; ancestral sampling of a narrow target (var 0.25 against
 # a unit-variance prior) converges slowly (see test_sde_weak_error_falls_with_steps).
-STEPS = {"ancestral": 1000, "euler_maruyama": 1000, "ode_euler": 1000, "pc": 400, "ode_heun": 400, "ode_rk45": 1}
+STEPS = {"ancestral": 1000, "ddim": 1000, "euler_maruyama": 1000, "ode_euler": 1000, "pc": 400, "ode_heun": 400, "ode_rk45": 1}
 
 
 def _run(target, name, steps, n, seed, *, matched=False, **kw):
