@@ -16,7 +16,7 @@ from .training.distributed import resolve_device
 from .training.trainer import TrainResult
 from .training.trainer import train as _train
 
-__all__ = ["train", "load_model", "sample", "evaluate", "evaluate_molecule_file", "evaluate_dataset", "load_config"]
+__all__ = ["train", "load_model", "sample", "assimilate", "evaluate", "evaluate_molecule_file", "evaluate_dataset", "load_config"]
 
 
 def train(
@@ -91,6 +91,86 @@ def sample(
         out.parent.mkdir(parents=True, exist_ok=True)
         task.save_samples(samples, out)
     return samples
+
+
+def assimilate(
+    checkpoint: str | Path,
+    observations: str | Path | torch.Tensor,
+    *,
+    n: int,
+    length: int | None = None,
+    method: str = "sda",
+    out: str | Path | None = None,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    use_ema: bool = True,
+    device: str = "auto",
+    progress: bool = True,
+) -> torch.Tensor:
+    """Posterior samples given observations, from a checkpoint whose task conditions on them (``trajectory``).
+
+    Args:
+        observations: ``y [B, P]`` (a tensor), or an ``.npz`` file with ``y`` (and optionally ``length``).  The
+            observation operator and noise are the checkpoint config's ``observation`` section (plus overrides).
+        n: posterior samples per observed trajectory.
+        length: states per trajectory (default: the file's ``length``, else the config's ``eval.length``).
+        method: sda | dps.
+        out: write the samples ``[B, n, length, ...]`` here (``.npz`` key ``samples``, or ``.npy``).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if out is not None and Path(out).suffix not in (".npz", ".npy"):
+        raise ValueError(f"{out}: posterior samples are written as .npz or .npy")
+    if not isinstance(observations, torch.Tensor):
+        observations, length = _read_observations(observations, length)
+    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device)
+    if length is None:
+        length = getattr(getattr(task.cfg, "eval", None), "length", None)
+        if length is None:
+            raise ValueError("give the trajectory length")
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    samples = task.assimilate(model, observations.float(), n=n, length=length, method=method, generator=gen,
+                              progress=progress)
+    if out is not None:
+        import numpy as np
+
+        from .fileio import write_npz_cache
+
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        arr = samples.cpu().numpy()
+        if out.suffix == ".npz":
+            write_npz_cache(out, {"samples": arr, "y": observations.cpu().numpy()},
+                            {"method": method, "n": n, "length": length, "checkpoint": str(checkpoint)})
+        else:
+            np.save(out, arr)
+    return samples
+
+
+def _read_observations(path: str | Path, length: int | None) -> tuple[torch.Tensor, int | None]:
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"observations file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "y" not in z:
+                raise ValueError(f"{path}: no array 'y' (observations [B, P]) in the file; it has {sorted(z.files)}")
+            y = np.asarray(z["y"], dtype=np.float64)
+            file_length = int(z["length"]) if "length" in z else None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npz file ({e})") from e
+    if y.ndim == 1:
+        y = y[None]
+    if y.ndim != 2:
+        raise ValueError(f"{path}: observations must be [B, P], got shape {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError(f"{path}: observations contain NaN or inf")
+    return torch.from_numpy(y), length if length is not None else file_length
 
 
 def evaluate(

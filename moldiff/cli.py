@@ -38,6 +38,22 @@ def _parser() -> argparse.ArgumentParser:
     add_set(s)
     s.add_argument("--no-progress", action="store_true")
 
+    a = sub.add_parser("assimilate", help="posterior samples given observations (trajectory checkpoints)",
+                       description="Reconstruct trajectories from noisy observations with a trained trajectory prior. "
+                                   "The observation operator and noise level are the checkpoint config's "
+                                   "`observation` section (change them with --set observation.every=10 etc.).")
+    a.add_argument("checkpoint")
+    a.add_argument("--observations", required=True, metavar="OBS.npz", help="an .npz with y [B, P] (and optionally length)")
+    a.add_argument("--out", required=True, help="posterior samples [B, n, L, ...]: .npz (key samples) or .npy")
+    a.add_argument("-n", "--num", type=int, default=16, help="posterior samples per observed trajectory")
+    a.add_argument("--length", type=int, default=None, help="states per trajectory (default: the file's, else eval.length)")
+    a.add_argument("--method", default="sda", choices=["sda", "dps"])
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="auto")
+    a.add_argument("--no-ema", action="store_true")
+    add_set(a)
+    a.add_argument("--no-progress", action="store_true")
+
     e = sub.add_parser("eval", help="evaluate a checkpoint, a molecule file (.sdf/.xyz/.extxyz) or a dataset split",
                        description="CHECKPOINT (.pt): the task's evaluation. FILE.sdf|.xyz|.extxyz: the EDM molecule "
                                    "metrics. --dataset qm9 --split S: the same metrics on the data itself.")
@@ -105,6 +121,12 @@ def _run(args) -> int:
                    overrides=args.overrides, use_ema=not args.no_ema, device=args.device,
                    progress=not args.no_progress)
         print(f"wrote {args.num} samples to {args.out}")
+        return 0
+    if args.command == "assimilate":
+        x = api.assimilate(args.checkpoint, args.observations, n=args.num, length=args.length, method=args.method,
+                           out=args.out, seed=args.seed, overrides=args.overrides, use_ema=not args.no_ema,
+                           device=args.device, progress=not args.no_progress)
+        print(f"wrote {x.shape[1]} posterior samples of {x.shape[0]} trajectories ({x.shape[2]} states each) to {args.out}")
         return 0
     if args.command == "eval" and (args.dataset or _is_molecule_file(args.checkpoint)):
         if args.dataset and args.checkpoint:

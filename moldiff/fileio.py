@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -11,7 +12,7 @@ from typing import IO
 
 import numpy as np
 
-__all__ = ["write_atomically", "array_checksum"]
+__all__ = ["write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache"]
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[str]], None]) -> Path:
@@ -47,3 +48,35 @@ def array_checksum(arrays: dict[str, np.ndarray], keys: Iterable[str]) -> str:
         h.update(str(a.dtype).encode() + str(a.shape).encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def write_npz_cache(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict,
+                    keys: Iterable[str] | None = None) -> dict:
+    """Write ``arrays`` and ``meta`` (JSON, plus the checksum of the arrays named in ``keys``, default all, in
+    that order) to an ``.npz`` atomically (a temporary file in the same folder, then ``os.replace``); returns
+    the stored metadata.  ``OSError`` on failure, with nothing left behind."""
+    path = Path(path)
+    meta = dict(meta, checksum=array_checksum(arrays, list(arrays) if keys is None else list(keys)))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return meta
+
+
+def read_npz_cache(path: str | os.PathLike[str], keys: Iterable[str]) -> tuple[dict[str, np.ndarray], dict]:
+    """Read the arrays ``keys`` of a cache written by :func:`write_npz_cache` (with the same ``keys``) and verify
+    its checksum: ``(arrays, meta)``.
+    ``ValueError`` (bad checksum, missing metadata), ``KeyError`` (missing array) or ``OSError`` when unusable."""
+    keys = list(keys)
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed even if np.load fails
+        meta = json.loads(str(z["meta"]))
+        arrays = {k: z[k] for k in keys}
+    if meta.get("checksum") != array_checksum(arrays, keys):
+        raise ValueError("checksum mismatch")
+    return arrays, meta

@@ -3,5 +3,6 @@
 from .egnn import EGNN, EGNNDenoiser, from_dense, to_dense
 from .embeddings import SinusoidalEmbedding
 from .mlp import MLPDenoiser
+from .unet import UNet
 
-__all__ = ["SinusoidalEmbedding", "MLPDenoiser", "EGNN", "EGNNDenoiser", "to_dense", "from_dense"]
+__all__ = ["SinusoidalEmbedding", "MLPDenoiser", "EGNN", "EGNNDenoiser", "to_dense", "from_dense", "UNet"]

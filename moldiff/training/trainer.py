@@ -169,7 +169,7 @@ def _train(cfg, info: DistInfo, device, resume, progress, task) -> TrainResult:
             opt.found_inf = bad  # fused AdamW skips the update (and its step count) when 1
             opt.step()
             sched.step()
-            ema.update(model, gate=ok)
+            ema.update(model, gate=ok, step=step)
             loss_sum += torch.where(ok, loss.detach(), zero)
             loss_n += ok.float()
             skipped += bad

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moldiff.fileio import array_checksum
+from moldiff.fileio import read_npz_cache, write_npz_cache
 
 from .energies import ParticleSystem, get_system, pairwise_distances, remove_mean
 from .mcmc import integrated_autocorr_time, mala
@@ -225,10 +225,6 @@ class ReferenceData:
         return self.arrays["energies"]
 
 
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    return array_checksum(arrays, _ARRAYS)
-
-
 def _energies_float64(system: ParticleSystem, samples: np.ndarray, chunk: int = 4096) -> np.ndarray:
     x = torch.from_numpy(samples).to(torch.float64)
     with torch.no_grad():
@@ -313,32 +309,19 @@ def _check_writable(folder: Path) -> None:
 
 
 def _write_cache(path: Path, data: ReferenceData) -> None:
-    meta = dict(data.meta, checksum=_checksum(data.arrays))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.asarray(json.dumps(meta)), **data.arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        meta = write_npz_cache(path, data.arrays, data.meta, keys=_ARRAYS)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise ReferenceCacheError(f"cannot write the particle reference cache {path}: {e}") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     data.meta = meta
     data.path = path
 
 
 def _read_cache(path: Path, spec: dict[str, Any]) -> ReferenceData:
     """Load and verify a cache; raises ``ValueError``/``OSError``/``KeyError`` on anything wrong."""
-    with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed even if np.load fails
-        meta = json.loads(str(z["meta"]))
-        arrays = {k: z[k] for k in _ARRAYS}
+    arrays, meta = read_npz_cache(path, _ARRAYS)
     if meta.get("version") != CACHE_VERSION:
         raise ValueError(f"cache version {meta.get('version')}, expected {CACHE_VERSION}")
-    if meta.get("checksum") != _checksum(arrays):
-        raise ValueError("checksum mismatch")
     if meta.get("spec") != json.loads(json.dumps(spec)):
         raise ValueError("made by a different recipe")
     n, d = spec["system_params"]["n_particles"], spec["system_params"]["dim"]

@@ -1,0 +1,352 @@
+"""The trajectory task: a diffusion prior over trajectories of a dynamical system, judged by data assimilation.
+
+Training: windows of ``2k + 1`` consecutive states from the cached training trajectories
+(:mod:`physics.fields.datasets`), normalised, denoised by a :class:`~physics.fields.models.LocalScoreNet`
+(an MLP for Lorenz states, a U-Net for vorticity fields) with the shared core's loss and trainer.
+
+Evaluation = assimilation of held-out test trajectories: each is observed through the config's
+:class:`~physics.assimilation.observations.ObservationOperator` with Gaussian noise, and every method in
+``eval.methods`` reconstructs it from those observations alone:
+
+* ``sda`` -- score-based data assimilation: the config's sampler (predictor-corrector with a DDIM
+  predictor by default) on :class:`~moldiff.diffusion.guidance.PosteriorDenoiser`;
+* ``dps`` -- diffusion posterior sampling (:func:`~moldiff.diffusion.guidance.sample_dps`);
+* ``enkf`` / ``etkf`` -- the stochastic ensemble Kalman filter and the ensemble transform Kalman filter
+  with the true dynamics (Lorenz systems), started from climatology.
+
+Metrics per method: RMSE of the ensemble mean against the truth (all states, and the second half, where
+the filters have spun up), ensemble spread and CRPS; the climatological RMSE for scale.  Figures: the
+assimilated trajectory (time series / Hovmoller for Lorenz; vorticity fields, energy spectra and the
+observation mask for Kolmogorov) and an animation.  The diffusion methods smooth (they see every
+observation of the window); the filters only see the past.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from moldiff.config import ConfigError, ExperimentConfig, SamplerConfig, raise_failed
+from moldiff.diffusion import Denoiser, GaussianObservation, PosteriorDenoiser, denoising_loss, sample_dps, time_grid
+from moldiff.tasks import EvalResult, Task, register_task
+from physics.assimilation.observations import OBSERVATION_KINDS, ObservationOperator, observe
+
+from .datasets import DATASETS, get_dataset, load_trajectories, normalization, simulator, state_shape
+from .models import FlatWindow, LocalScoreNet
+
+__all__ = ["TrajectoryTask", "TrajectoryConfig", "TrajectoryData", "TrajectoryModel", "ObservationConfig",
+           "AssimilationEval", "METHODS"]
+
+METHODS = ("sda", "dps", "enkf", "etkf")
+
+
+@dataclass
+class TrajectoryData:
+    system: str = "lorenz63"  #: lorenz63 | lorenz96 | kolmogorov
+    size: str = "full"  #: full | smoke (a few short trajectories, for CPU smoke runs)
+    cache_dir: str | None = None  #: default $MOLDIFF_CACHE/fields
+    n_train: int = 0  #: use the first n training trajectories (0: all)
+
+
+@dataclass
+class TrajectoryModel:
+    window: int = 2  #: k: the local score sees 2k + 1 consecutive states
+    backbone: str = "mlp"  #: mlp (Lorenz) | unet (fields)
+    width: int = 256  #: mlp
+    depth: int = 4  #: mlp
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])  #: unet, per level
+    blocks_per_level: int = 2  #: unet
+    time_dim: int = 64
+    prediction: str = "eps"  #: eps | x0 | score
+
+
+@dataclass
+class ObservationConfig:
+    """``y = A(x) + noise_std * N(0, I)`` (see :class:`~physics.assimilation.observations.ObservationOperator`)."""
+
+    kind: str = "full"  #: full | subsample | coarsen | mask
+    every: int = 1  #: observe one state in `every`
+    offset: int = 0  #: first observed state
+    stride: int = 1  #: subsample: every stride-th variable / pixel
+    factor: int = 1  #: coarsen: block size
+    fraction: float = 1.0  #: mask: fraction observed
+    noise_std: float = 1.0
+    seed: int = 0  #: mask pattern and observation noise
+
+    def build(self, shape: tuple[int, ...]) -> ObservationOperator:
+        try:
+            return ObservationOperator(shape, kind=self.kind, every=self.every, offset=self.offset, stride=self.stride,
+                                       factor=self.factor, fraction=self.fraction, seed=self.seed)
+        except ValueError as e:
+            raise ConfigError(f"observation: {e}") from e
+
+
+@dataclass
+class AssimilationEval:
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    n_trajectories: int = 8  #: test trajectories assimilated
+    length: int = 128  #: states per assimilated trajectory (at most the test split's length)
+    ensemble: int = 16  #: posterior samples / filter members per trajectory
+    gamma: float = 1e-2  #: sda: variance of the denoiser error per unit (sigma_t / alpha_t)^2
+    zeta: float = 1.0  #: dps: step size
+    dps_steps: int = 0  #: dps: ancestral steps (0: sampler.steps)
+    inflation: float = 1.0  #: enkf / etkf: multiplicative inflation of the forecast anomalies
+    localization: float = 0.0  #: enkf / etkf on lorenz96: Gaspari-Cohn radius in grid points (0: none)
+    batch_size: int = 0  #: posterior samples drawn at once (0: all)
+    animation: bool = True  #: write an animated GIF of the first assimilated trajectory
+
+
+@dataclass
+class TrajectoryConfig(ExperimentConfig):
+    task: str = "trajectory"
+    data: TrajectoryData = field(default_factory=TrajectoryData)
+    model: TrajectoryModel = field(default_factory=TrajectoryModel)
+    observation: ObservationConfig = field(default_factory=ObservationConfig)
+    eval: AssimilationEval = field(default_factory=AssimilationEval)
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(name="pc", predictor="ddim", steps=256,
+                                                                         snr=0.1, corrector_steps=1))
+
+    def check(self) -> None:
+        m, ev, ob = self.model, self.eval, self.observation
+        lorenz = self.data.system in ("lorenz63", "lorenz96")
+        raise_failed([
+            (self.data.system in DATASETS, "data.system", f"unknown system {self.data.system!r}; choose one of {sorted(DATASETS)}"),
+            (self.data.size in ("full", "smoke"), "data.size", "must be full or smoke"),
+            (self.data.n_train >= 0, "data.n_train", "must be >= 0 (0: all)"),
+            (m.window >= 0, "model.window", "must be >= 0"),
+            (m.backbone in ("mlp", "unet"), "model.backbone", "must be mlp or unet"),
+            (m.backbone == "mlp" or not lorenz, "model.backbone", "Lorenz states are vectors: use mlp"),
+            (m.backbone == "unet" or lorenz, "model.backbone", "fields need the unet backbone"),
+            (m.prediction in ("eps", "x0", "score"), "model.prediction", "must be eps, x0 or score"),
+            (self.process.kind != "flow", "process.kind", "the trajectory prior is a score-SDE (vp, subvp, ve or ddpm)"),
+            (ob.kind in OBSERVATION_KINDS, "observation.kind", f"must be one of {OBSERVATION_KINDS}"),
+            (ob.noise_std > 0, "observation.noise_std", "must be > 0"),
+            (all(x in METHODS for x in ev.methods), "eval.methods", f"choose from {METHODS}"),
+            (lorenz or not {"enkf", "etkf"} & set(ev.methods), "eval.methods", "the ensemble filters run on the Lorenz systems"),
+            (ev.n_trajectories >= 0 and ev.ensemble >= 2, "eval.ensemble", "needs n_trajectories >= 0 and ensemble >= 2"),
+            (ev.length >= 2 * m.window + 1, "eval.length", f"must be at least 2 * model.window + 1 = {2 * m.window + 1}"),
+            (ev.gamma >= 0 and ev.zeta >= 0 and ev.inflation >= 1.0, "eval.gamma", "needs gamma >= 0, zeta >= 0, inflation >= 1"),
+            (ev.localization >= 0, "eval.localization", "must be >= 0"),
+        ])
+        self.observation.build(state_shape(get_dataset(self.data.system, self.data.size)))
+
+
+@register_task
+class TrajectoryTask(Task):
+    name = "trajectory"
+    config_class = TrajectoryConfig
+    sample_formats = (".npy", ".npz")
+
+    def __init__(self, cfg: TrajectoryConfig):
+        super().__init__(cfg)
+        cfg.check()
+        self.process = cfg.process.build()
+        self.spec = get_dataset(cfg.data.system, cfg.data.size)
+        self.shape = state_shape(self.spec)
+        self.operator = cfg.observation.build(self.shape)
+        self._data: dict[str, Tensor] = {}
+        self._train_dev: Tensor | None = None
+
+    # -- data ----------------------------------------------------------------------------------------
+    def trajectories(self, split: str, *, progress: bool = True) -> Tensor:
+        """Physical trajectories ``[n, L, *S]`` of a split (cached)."""
+        if split not in self._data:
+            x = load_trajectories(self.cfg.data.system, split, cache_dir=self.cfg.data.cache_dir, spec=self.spec,
+                                  progress=progress)
+            if split == "train" and self.cfg.data.n_train:
+                x = x[: self.cfg.data.n_train]
+            self._data[split] = x
+        return self._data[split]
+
+    @property
+    def stats(self) -> tuple[Tensor, Tensor]:
+        if not hasattr(self, "_stats"):
+            self._stats = normalization(self.cfg.data.system, self.trajectories("train"))
+        return self._stats
+
+    def normalize(self, x: Tensor) -> Tensor:
+        mean, std = self.stats
+        return (x - mean.to(x)) / std.to(x)
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        mean, std = self.stats
+        return z * std.to(z) + mean.to(z)
+
+    def train_batches(self, *, start_step: int, rank: int, world_size: int, device) -> Iterator[Tensor]:
+        """Random windows of ``2k + 1`` states, normalised: ``[batch, 2k + 1, *S]``."""
+        if self._train_dev is None or self._train_dev.device != torch.device(device):
+            self._train_dev = self.normalize(self.trajectories("train")).to(device)
+        data = self._train_dev
+        n, length = data.shape[:2]
+        w = 2 * self.cfg.model.window + 1
+        if length < w:
+            raise ConfigError(f"model.window: windows of {w} states do not fit trajectories of {length}")
+        g = torch.Generator()
+        span = torch.arange(w)
+        step = start_step
+        while True:
+            g.manual_seed(hash((self.cfg.seed, rank, step)) % (2**62))
+            traj = torch.randint(0, n, (self.cfg.train.batch_size,), generator=g)
+            start = torch.randint(0, length - w + 1, (self.cfg.train.batch_size,), generator=g)
+            idx_t = (start[:, None] + span[None]).to(data.device)
+            yield data[traj.to(data.device)[:, None], idx_t]
+            step += 1
+
+    # -- model ---------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        m = self.cfg.model
+        w = 2 * m.window + 1
+        if m.backbone == "mlp":
+            backbone = FlatWindow(w * int(np.prod(self.shape)), width=m.width, depth=m.depth, time_dim=m.time_dim)
+        else:
+            from moldiff.nn import UNet
+
+            backbone = UNet(w, w, channels=tuple(m.channels), blocks_per_level=m.blocks_per_level, time_dim=m.time_dim)
+        return LocalScoreNet(backbone, m.window)
+
+    def denoiser(self, model: nn.Module) -> Denoiser:
+        return Denoiser(model, self.process, kind=self.cfg.model.prediction)
+
+    def loss(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
+        return denoising_loss(model, batch, self.process, kind=self.cfg.model.prediction, generator=generator)
+
+    # -- sampling ------------------------------------------------------------------------------------
+    def _prior(self, n: int, length: int, device, generator) -> Tensor:
+        like = torch.zeros(n, length, *self.shape, device=device)
+        return self.process.prior_sample(like, generator=generator)
+
+    def sample(self, model, n, *, generator, sampler: SamplerConfig | None = None, progress=True,
+               length: int | None = None) -> Tensor:
+        """``n`` unconditional trajectories ``[n, length, *S]`` (physical units; default ``eval.length``)."""
+        device = next(model.parameters()).device
+        x = self._prior(n, length or self.cfg.eval.length, device, generator)
+        with torch.no_grad():
+            z = (sampler or self.cfg.sampler).run(self.denoiser(model), x, generator=generator, progress=progress)
+        return self.denormalize(z)
+
+    def observation_model(self, y: Tensor) -> GaussianObservation:
+        """The Gaussian likelihood of observations ``y [B, P]`` as a function of *normalised* trajectories.
+
+        Observations and noise are divided by the data's typical scale ``s`` (the mean per-variable std), so
+        that SDA's ``gamma (sigma_t / alpha_t)^2`` -- an error variance in normalised units -- compares with the
+        observation noise in the same units (the likelihood itself is unchanged)."""
+        s = float(self.stats[1].mean())
+        return GaussianObservation(y / s, lambda z: self.operator(self.denormalize(z)) / s,
+                                   self.cfg.observation.noise_std / s)
+
+    def assimilate(self, model, y: Tensor, *, n: int, length: int, method: str = "sda", generator: torch.Generator,
+                   progress: bool = True) -> Tensor:
+        """Posterior trajectories given observations ``y [B, P]`` of ``B`` trajectories of ``length`` states:
+        ``[B, n, length, *S]`` in physical units.  ``method``: sda | dps."""
+        if method not in ("sda", "dps"):
+            raise ValueError(f"assimilate: method must be sda or dps (the filters are run by evaluate), got {method!r}")
+        expected = self.operator.num_observations(length)
+        if y.dim() != 2 or y.shape[1] != expected:
+            raise ValueError(f"observations must have shape [B, {expected}] for {length} states with this operator, "
+                             f"got {tuple(y.shape)}")
+        if not torch.isfinite(y).all():
+            raise ValueError("observations contain NaN or inf")
+        device = next(model.parameters()).device
+        ev = self.cfg.eval
+        rows = y.to(device).repeat_interleave(n, 0)  # [B * n, P]
+        chunk = ev.batch_size or len(rows)
+        out = []
+        prior = self.denoiser(model)
+        for s in range(0, len(rows), chunk):
+            yb = rows[s : s + chunk]
+            x = self._prior(len(yb), length, device, generator)
+            obs = self.observation_model(yb)
+            if method == "sda":
+                z = self.cfg.sampler.run(PosteriorDenoiser(prior, obs, gamma=ev.gamma), x, generator=generator,
+                                         progress=progress)
+            else:
+                steps = ev.dps_steps or self.cfg.sampler.steps
+                z = sample_dps(prior, x, time_grid(self.process, steps, device=device), observation=obs, zeta=ev.zeta,
+                               generator=generator, progress=progress)
+            out.append(self.denormalize(z.detach()))
+        return torch.cat(out).reshape(len(y), n, length, *self.shape)
+
+    def observe(self, truth: Tensor, generator: torch.Generator) -> Tensor:
+        """Noisy observations ``[B, P]`` of physical trajectories ``[B, L, *S]``."""
+        return observe(truth, self.operator, self.cfg.observation.noise_std, generator)
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def run_filter(self, truth_len: int, y: Tensor, method: str, generator: torch.Generator, *,
+                   progress: bool = False) -> Tensor:
+        """An ensemble filter on one observed trajectory ``y [P]``: the analysis ensembles ``[M, L, D]``."""
+        from physics.assimilation.enkf import ring_localization, run_filter
+
+        ev = self.cfg.eval
+        sim = simulator(self.spec)
+        train = self.trajectories("train").reshape(-1, *self.shape)
+        pick = torch.randint(0, len(train), (ev.ensemble,), generator=generator)
+        ens0 = train[pick].double()
+        times = torch.tensor(self.operator.times(truth_len))
+        ys = self.operator.split(y[None].double())[0]
+        loc = None
+        if ev.localization > 0 and self.cfg.data.system == "lorenz96":
+            loc = ring_localization(self.shape[0], ev.localization).double()
+        res = run_filter(sim.advance, ens0, (times, ys), self.operator.matrix(torch.float64),
+                         self.cfg.observation.noise_std, interval=self.spec.interval, num_states=truth_len,
+                         method=method, inflation=ev.inflation, localization=loc, generator=generator,
+                         keep_ensemble=True, progress=progress)
+        return res.ensemble.transpose(0, 1).float()  # [M, L, D]
+
+    def evaluate(self, model, *, generator, progress=True) -> EvalResult:
+        from physics.assimilation.metrics import score_ensemble
+
+        from . import plots
+
+        ev = self.cfg.eval
+        if ev.n_trajectories == 0:
+            return EvalResult()
+        test = self.trajectories("test", progress=progress)
+        if ev.length > test.shape[1]:
+            raise ConfigError(f"eval.length: the test trajectories have {test.shape[1]} states, asked for {ev.length}")
+        truth = test[: ev.n_trajectories, : ev.length]
+        g_obs = torch.Generator().manual_seed(self.cfg.observation.seed + 7919)
+        y = self.observe(truth.double(), g_obs).float()
+        metrics: dict[str, float] = {}
+        ensembles: dict[str, Tensor] = {}
+        for method in ev.methods:
+            t0 = time.time()
+            if method in ("sda", "dps"):
+                ens = self.assimilate(model, y, n=ev.ensemble, length=ev.length, method=method, generator=generator,
+                                      progress=progress).cpu()  # [B, M, L, *S]
+            else:
+                g = torch.Generator().manual_seed(self.cfg.seed + 31)
+                ens = torch.stack([self.run_filter(ev.length, y[i], method, g) for i in range(len(y))])
+            metrics[f"{method}/seconds"] = time.time() - t0
+            ensembles[method] = ens
+            members_first = ens.transpose(0, 1)  # [M, B, L, *S]
+            half = ev.length // 2
+            for key, (e, tr) in {"": (members_first, truth), "_second_half": (members_first[:, :, half:], truth[:, half:])}.items():
+                sc = score_ensemble(e, tr)
+                metrics[f"{method}/rmse{key}"] = float(sc.rmse)
+                if not key:
+                    metrics[f"{method}/spread"] = float(sc.spread)
+                    metrics[f"{method}/crps"] = float(sc.crps)
+        mean = self.stats[0]
+        metrics["climatology/rmse"] = float((truth - mean).square().mean().sqrt())
+        metrics["observation/count"] = float(y.shape[1])
+        figures, files = plots.assimilation_figures(self, truth, y, ensembles, metrics, animation=ev.animation)
+        return EvalResult(metrics=metrics, figures=figures, files=files)
+
+    def save_samples(self, samples: Tensor, path: Path) -> None:
+        """``.npy`` or ``.npz`` (key ``trajectories``) ``[n, L, *S]``."""
+        path = Path(path)
+        arr = samples.detach().cpu().numpy()
+        if path.suffix == ".npy":
+            np.save(path, arr)
+        elif path.suffix == ".npz":
+            np.savez(path, trajectories=arr)
+        else:
+            raise ValueError(f"{path}: trajectories are written as .npy or .npz")
