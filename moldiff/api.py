@@ -158,12 +158,13 @@ def _read_observations(path: str | Path, length: int | None) -> tuple[torch.Tens
         raise FileNotFoundError(f"observations file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            if "y" not in z:
-                raise ValueError(f"{path}: no array 'y' (observations [B, P]) in the file; it has {sorted(z.files)}")
-            y = np.asarray(z["y"], dtype=np.float64)
-            file_length = int(z["length"]) if "length" in z else None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+            arrays = {k: np.asarray(z[k]) for k in z.files} if hasattr(z, "files") else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"{path}: not a readable .npz file ({e})") from e
+    if arrays is None or "y" not in arrays:
+        raise ValueError(f"{path}: no array 'y' (observations [B, P]) in the file; it has {sorted(arrays or [])}")
+    y = arrays["y"].astype(np.float64)
+    file_length = int(arrays["length"]) if "length" in arrays else None
     if y.ndim == 1:
         y = y[None]
     if y.ndim != 2:

@@ -347,6 +347,13 @@ def test_every_smoke_config_trains(path, tmp_path, capsys):
         assert 0.0 <= metrics["distance/tv"] <= 1.0 and 0.0 <= metrics["ess"] <= 1.0, metrics
         assert metrics["n_samples"] == cfg.eval.n_samples
         return
+    if cfg.task == "trajectory":  # assimilation scores of every method, and the climatological scale
+        for m in cfg.eval.methods:
+            assert metrics[f"{m}/rmse"] > 0 and metrics[f"{m}/spread"] >= 0, (m, metrics)
+        assert metrics["climatology/rmse"] > 0
+        if {"enkf", "etkf"} & set(cfg.eval.methods):  # the filters beat climatology even at smoke size
+            assert min(metrics.get("enkf/rmse", 1e9), metrics.get("etkf/rmse", 1e9)) < metrics["climatology/rmse"]
+        return
     w2 = {k: v for k, v in metrics.items() if k.startswith("w2/")}
     assert set(w2) == {"w2/noise_floor", *(f"w2/{s}" for s in cfg.eval.samplers)}
     assert all(math.isfinite(v) and v > 0 for v in w2.values()), w2

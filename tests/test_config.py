@@ -69,7 +69,7 @@ def test_every_shipped_config_loads(path):
     assert cfg.task != "toy2d" or isinstance(cfg, Toy2DConfig)
     assert cfg.name == raw.get("name", path.stem)  # run name: from the file name unless given
     # what the YAML says is what the dataclass holds (values, not just keys)
-    for section in ("process", "train", "sampler", "data", "model", "eval", "tracking", "coupling"):
+    for section in ("process", "train", "sampler", "data", "model", "eval", "tracking", "coupling", "observation"):
         for key, value in (raw.get(section) or {}).items():
             got = getattr(getattr(cfg, section), key)
             assert got == value, f"{section}.{key}: YAML {value!r}, config {got!r}"
@@ -81,6 +81,8 @@ def test_every_shipped_config_loads(path):
         assert "_morph_" in path.stem or path.stem.endswith("_flow"), path.stem
     if cfg.task == "particles":
         assert cfg.data.system.split("_")[0] in path.stem, (path.stem, cfg.data.system)
+    if cfg.task == "trajectory":  # <system>_<setting>.yaml, smoke/trajectory_<system>.yaml
+        assert path.stem.startswith(cfg.data.system) or path.stem == f"trajectory_{cfg.data.system}", path.stem
     # the process builds and the sampler exists
     proc = cfg.process.build()
     assert proc.t_min >= 0
@@ -91,6 +93,11 @@ def test_every_shipped_config_loads(path):
 def test_smoke_configs_are_small(path):
     cfg = load_config(path)
     assert cfg.train.steps <= 1000
+    if cfg.task == "trajectory":
+        assert cfg.data.size == "smoke"
+        assert (cfg.model.width if cfg.model.backbone == "mlp" else max(cfg.model.channels)) <= 128
+        assert cfg.eval.n_trajectories * cfg.eval.ensemble <= 16 and cfg.sampler.steps <= 50
+        return
     width = getattr(cfg.model, "width", None) or getattr(cfg.model, "hidden")
     assert width <= 128
     assert cfg.eval.n_samples <= 1000

@@ -13,6 +13,7 @@ TINY_ARGS = {
     "toy2d_score_sde.py": ["--steps", "100", "--tiny"],
     "qm9_edm.py": ["--steps", "20", "--tiny"],
     "particles_flow_matching.py": ["--steps", "30", "--tiny"],
+    "assimilation_lorenz.py": ["--steps", "40", "--tiny"],
 }
 
 
@@ -38,6 +39,9 @@ def test_example_runs(script, tmp_path):
         assert "energy W1" in out.stdout and "coupling       eq_ot" in out.stdout
         assert list((tmp_path / "runs").glob("example_dw4_*.extxyz"))
         assert list((tmp_path / "runs").glob("example_dw4_*.png"))
+    elif script == "assimilation_lorenz.py":
+        assert "SDA   RMSE" in out.stdout and "ETKF  RMSE" in out.stdout and "climatology RMSE" in out.stdout
+        assert (tmp_path / "runs" / "example_lorenz63_assimilation.png").is_file()
     else:
         assert "W2 to held-out data" in out.stdout
         assert list((tmp_path / "runs").glob("example_*.png"))

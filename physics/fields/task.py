@@ -23,8 +23,6 @@ observation of the window); the filters only see the past.
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +93,8 @@ class AssimilationEval:
     n_trajectories: int = 8  #: test trajectories assimilated
     length: int = 128  #: states per assimilated trajectory (at most the test split's length)
     ensemble: int = 16  #: posterior samples / filter members per trajectory
-    gamma: float = 1e-2  #: sda: variance of the denoiser error per unit (sigma_t / alpha_t)^2
-    zeta: float = 1.0  #: dps: step size
+    gamma: float = 0.1  #: sda: variance of the denoiser error per unit (sigma_t / alpha_t)^2
+    zeta: float = 0.1  #: dps: step size (of the whitened residual norm's gradient)
     dps_steps: int = 0  #: dps: ancestral steps (0: sampler.steps)
     inflation: float = 1.0  #: enkf / etkf: multiplicative inflation of the forecast anomalies
     localization: float = 0.0  #: enkf / etkf on lorenz96: Gaspari-Cohn radius in grid points (0: none)
@@ -279,26 +277,27 @@ class TrajectoryTask(Task):
         return observe(truth, self.operator, self.cfg.observation.noise_std, generator)
 
     # -- evaluation ----------------------------------------------------------------------------------
-    def run_filter(self, truth_len: int, y: Tensor, method: str, generator: torch.Generator, *,
+    def run_filter(self, y: Tensor, length: int, method: str, generator: torch.Generator, *,
                    progress: bool = False) -> Tensor:
-        """An ensemble filter on one observed trajectory ``y [P]``: the analysis ensembles ``[M, L, D]``."""
+        """An ensemble filter (``enkf`` | ``etkf``, the true dynamics) on each observed trajectory ``y [B, P]``,
+        all as one batch, from ``eval.ensemble`` random training states (climatology): the analysis
+        ensembles ``[B, M, length, D]``."""
         from physics.assimilation.enkf import ring_localization, run_filter
 
         ev = self.cfg.eval
         sim = simulator(self.spec)
         train = self.trajectories("train").reshape(-1, *self.shape)
-        pick = torch.randint(0, len(train), (ev.ensemble,), generator=generator)
-        ens0 = train[pick].double()
-        times = torch.tensor(self.operator.times(truth_len))
-        ys = self.operator.split(y[None].double())[0]
+        pick = torch.randint(0, len(train), (len(y), ev.ensemble), generator=generator)
+        ys = self.operator.split(y.double())  # [B, K, p]
+        obs = {t: ys[:, i] for i, t in enumerate(self.operator.times(length))}
         loc = None
         if ev.localization > 0 and self.cfg.data.system == "lorenz96":
-            loc = ring_localization(self.shape[0], ev.localization).double()
-        res = run_filter(sim.advance, ens0, (times, ys), self.operator.matrix(torch.float64),
-                         self.cfg.observation.noise_std, interval=self.spec.interval, num_states=truth_len,
+            loc = ring_localization(self.shape[0], ev.localization)
+        res = run_filter(sim.advance, train[pick].double(), obs, self.operator.matrix(torch.float64),
+                         self.cfg.observation.noise_std, interval=self.spec.interval, num_states=length,
                          method=method, inflation=ev.inflation, localization=loc, generator=generator,
                          keep_ensemble=True, progress=progress)
-        return res.ensemble.transpose(0, 1).float()  # [M, L, D]
+        return res.ensemble.transpose(1, 2).float()  # [B, T, M, D] -> [B, M, T, D]
 
     def evaluate(self, model, *, generator, progress=True) -> EvalResult:
         from physics.assimilation.metrics import score_ensemble
@@ -323,7 +322,7 @@ class TrajectoryTask(Task):
                                       progress=progress).cpu()  # [B, M, L, *S]
             else:
                 g = torch.Generator().manual_seed(self.cfg.seed + 31)
-                ens = torch.stack([self.run_filter(ev.length, y[i], method, g) for i in range(len(y))])
+                ens = self.run_filter(y, ev.length, method, g, progress=progress)
             metrics[f"{method}/seconds"] = time.time() - t0
             ensembles[method] = ens
             members_first = ens.transpose(0, 1)  # [M, B, L, *S]

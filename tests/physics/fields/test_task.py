@@ -1,0 +1,105 @@
+"""The trajectory task end to end on the Lorenz-63 smoke set: training, assimilation by every method, the
+``assimilate`` CLI with its error paths, and config checks that name the key."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import moldiff
+from moldiff.cli import main
+from moldiff.config import ConfigError, load_config
+
+SMOKE = "configs/smoke/trajectory_lorenz63.yaml"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config(SMOKE, [f"runs_root={root}", "tracking.enabled=false", "train.steps=60", "eval.n_trajectories=0"])
+    return moldiff.train(cfg, progress=False).checkpoint
+
+
+def test_assimilate_api_shapes_and_every_method(checkpoint):
+    task, model = moldiff.load_model(checkpoint, overrides=["sampler.steps=6"])
+    truth = task.trajectories("test")[:2, :20]
+    y = task.observe(truth.double(), torch.Generator().manual_seed(0)).float()
+    assert y.shape == (2, task.operator.num_observations(20)) == (2, 4 * 3)
+    for method in ("sda", "dps"):
+        post = task.assimilate(model, y, n=3, length=20, method=method, generator=torch.Generator().manual_seed(1),
+                               progress=False)
+        assert post.shape == (2, 3, 20, 3) and torch.isfinite(post).all()
+    ens = task.run_filter(y.double(), 20, "etkf", torch.Generator().manual_seed(2))
+    assert ens.shape == (2, task.cfg.eval.ensemble, 20, 3)
+    with pytest.raises(ValueError, match="shape"):
+        task.assimilate(model, y[:, :5], n=2, length=20, generator=torch.Generator())
+    with pytest.raises(ValueError, match="NaN"):
+        task.assimilate(model, torch.full_like(y, float("nan")), n=2, length=20, generator=torch.Generator())
+    with pytest.raises(ValueError, match="method"):
+        task.assimilate(model, y, n=2, length=20, method="enkf", generator=torch.Generator())
+
+
+def test_assimilate_cli_and_bad_inputs(checkpoint, tmp_path, capsys):
+    task, _ = moldiff.load_model(checkpoint)
+    truth = task.trajectories("test")[:1, :15]
+    obs = tmp_path / "obs.npz"
+    np.savez(obs, y=task.observe(truth.double(), torch.Generator().manual_seed(0)).numpy(), length=15)
+    out = tmp_path / "post.npz"
+    rc = main(["assimilate", str(checkpoint), "--observations", str(obs), "--out", str(out), "-n", "2",
+               "--no-progress", "--set", "sampler.steps=4"])
+    assert rc == 0, capsys.readouterr().err
+    with np.load(out) as z:
+        assert z["samples"].shape == (1, 2, 15, 3)
+    capsys.readouterr()
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, y=np.full((1, 9), np.nan))
+    cases = [
+        (tmp_path / "missing.npz", "not found"),
+        (bad, "NaN"),
+    ]
+    np.savez(tmp_path / "noy.npz", z=np.zeros(3))
+    cases.append((tmp_path / "noy.npz", "no array 'y'"))
+    (tmp_path / "junk.npz").write_text("not a zip")
+    cases.append((tmp_path / "junk.npz", "not a readable"))
+    for path, needle in cases:
+        dest = tmp_path / f"out_{path.stem}.npz"
+        rc = main(["assimilate", str(checkpoint), "--observations", str(path), "--out", str(dest), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err, (needle, err)
+        assert not dest.exists()
+    # observations that do not fit the operator (wrong length) are named as such
+    rc = main(["assimilate", str(checkpoint), "--observations", str(obs), "--out", str(tmp_path / "x.npz"),
+               "--length", "30", "--no-progress"])
+    assert rc == 2 and "shape" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.backbone=unet", "model.backbone"),
+    ("data.system=kolmogorov", "model.backbone"),
+    ("observation.kind=blur", "observation.kind"),
+    ("observation.kind=coarsen", None),
+    ("observation.noise_std=0", "observation.noise_std"),
+    ("eval.methods=[sda,kalman]", "eval.methods"),
+    ("eval.length=3", "eval.length"),
+    ("data.size=big", "data.size"),
+])
+def test_config_errors_name_the_key(override, key):
+    extra = ["observation.factor=2"] if override == "observation.kind=coarsen" else []
+    with pytest.raises(ConfigError) as e:
+        load_config(SMOKE, [override, *extra])
+    assert (key or "observation") in str(e.value)
+
+
+def test_filters_are_for_lorenz_systems():
+    with pytest.raises(ConfigError, match="eval.methods"):
+        load_config("configs/smoke/trajectory_kolmogorov.yaml", ["eval.methods=[sda,enkf]"])
+
+
+def test_other_tasks_do_not_assimilate(tmp_path):
+    cfg = load_config("configs/smoke/toy2d_vp.yaml", [f"runs_root={tmp_path}", "tracking.enabled=false",
+                                                        "train.steps=2", "eval.samplers=[ode_euler]",
+                                                        "eval.nll_points=0", "eval.n_samples=10"])
+    ckpt = moldiff.train(cfg, progress=False).checkpoint
+    with pytest.raises(ConfigError, match="does not assimilate"):
+        moldiff.api.assimilate(ckpt, torch.zeros(1, 2), n=1, length=4)
