@@ -1,12 +1,14 @@
-"""Train the Lorenz trajectory priors and compare SDA, DPS, EnKF and ETKF in the standard and sparse settings.
+"""Train trajectory priors and compare SDA, DPS, EnKF and ETKF (Lorenz) in two observation settings each.
 
-    python benchmarks/assimilation_lorenz.py --system lorenz63 --steps 6000     # train, then both settings
-    python benchmarks/assimilation_lorenz.py --system lorenz63 --eval-only      # re-evaluate the checkpoint
-    python benchmarks/assimilation_lorenz.py --collect                          # rebuild the table
+    python benchmarks/assimilation.py --system lorenz63 --steps 6000     # train, then both settings
+    python benchmarks/assimilation.py --system lorenz63 --eval-only      # re-evaluate the checkpoint
+    python benchmarks/assimilation.py --system kolmogorov --steps 2000 --set model.channels=[16,32,64] ...
+    python benchmarks/assimilation.py --collect                          # rebuild the table
 
-One prior per system (``configs/<system>_sda.yaml``, an MLflow run in experiment ``assimilation-benchmark``);
-each setting (``<system>_sda.yaml``: standard, ``<system>_sparse.yaml``: sparse) is an evaluation of that
-checkpoint with the setting's ``observation`` section.  Records go to
+One prior per system (trained from the first setting's config, an MLflow run in experiment
+``assimilation-benchmark``); each setting -- Lorenz: ``<system>_sda.yaml`` (standard) and
+``<system>_sparse.yaml``; Kolmogorov: ``kolmogorov_coarse.yaml`` and ``kolmogorov_sparse.yaml`` -- is an
+evaluation of that checkpoint with the setting's ``observation``, ``eval`` and ``sampler`` sections.  Records go to
 ``benchmarks/results/assimilation/<system>_<setting>.json``; ``--collect`` writes
 ``benchmarks/results/assimilation.md``.
 """
@@ -27,7 +29,8 @@ import moldiff
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "results" / "assimilation"
 TABLE = ROOT / "benchmarks" / "results" / "assimilation.md"
-SETTINGS = {"standard": "sda", "sparse": "sparse"}
+SETTINGS = {"lorenz63": {"standard": "sda", "sparse": "sparse"}, "lorenz96": {"standard": "sda", "sparse": "sparse"},
+            "kolmogorov": {"coarse": "coarse", "sparse": "sparse"}}
 METHODS = ("sda", "dps", "enkf", "etkf")
 
 
@@ -42,7 +45,8 @@ def _ckpt(system: str) -> Path:
 def train(system: str, steps: int, overrides: list[str]) -> None:
     sets = [f"train.steps={steps}", f"name={system}_prior", "tracking.experiment=assimilation-benchmark",
             "eval.n_trajectories=0", f"runs_root={ROOT / 'runs'}", *overrides]
-    cfg = moldiff.load_config(ROOT / "configs" / f"{system}_sda.yaml", sets)
+    first = next(iter(SETTINGS[system].values()))
+    cfg = moldiff.load_config(ROOT / "configs" / f"{system}_{first}.yaml", sets)
     res = moldiff.train(cfg, progress=False)
     (RUNS / f"{system}_train.json").write_text(json.dumps(
         {"steps": res.step, "seconds": res.seconds, "run_id": res.run_id, "overrides": sets, "machine": machine(),
@@ -50,7 +54,7 @@ def train(system: str, steps: int, overrides: list[str]) -> None:
 
 
 def evaluate(system: str, setting: str, overrides: list[str]) -> dict:
-    raw = yaml.safe_load((ROOT / "configs" / f"{system}_{SETTINGS[setting]}.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "configs" / f"{system}_{SETTINGS[system][setting]}.yaml").read_text())
     sets = [f"observation.{k}={v}" for k, v in raw["observation"].items()]
     sets += [f"eval.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in raw["eval"].items()]
     sets += [f"sampler.{k}={v}" for k, v in raw.get("sampler", {}).items()]
@@ -69,8 +73,8 @@ def evaluate(system: str, setting: str, overrides: list[str]) -> dict:
 
 
 def collect() -> None:
-    lines = ["# Data assimilation on Lorenz-63 and Lorenz-96: SDA, DPS, EnKF, ETKF", "",
-             "Written by `python benchmarks/assimilation_lorenz.py --collect` from "
+    lines = ["# Data assimilation: SDA, DPS, EnKF, ETKF on Lorenz-63, Lorenz-96 and Kolmogorov flow", "",
+             "Written by `python benchmarks/assimilation.py --collect` from "
              "`benchmarks/results/assimilation/*.json`.  RMSE of the ensemble (posterior) mean against the "
              "truth over all states and variables of the assimilated test trajectories; \"2nd half\" leaves out "
              "the first half, where the filters spin up from climatology.  Spread: ensemble std; CRPS: fair "
@@ -103,9 +107,9 @@ def collect() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--system", choices=["lorenz63", "lorenz96"])
+    p.add_argument("--system", choices=list(SETTINGS))
     p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=None, help="default: both of the system's settings")
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--collect", action="store_true")
     p.add_argument("--threads", type=int, default=1)
@@ -117,7 +121,7 @@ def main() -> None:
     if args.system:
         if not args.eval_only:
             train(args.system, args.steps, args.overrides)
-        for setting in args.settings:
+        for setting in args.settings or list(SETTINGS[args.system]):
             evaluate(args.system, setting, args.eval_overrides)
     collect()
 
