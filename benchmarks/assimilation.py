@@ -49,8 +49,8 @@ def train(system: str, steps: int, overrides: list[str]) -> None:
     cfg = moldiff.load_config(ROOT / "configs" / f"{system}_{first}.yaml", sets)
     res = moldiff.train(cfg, progress=False)
     (RUNS / f"{system}_train.json").write_text(json.dumps(
-        {"steps": res.step, "seconds": res.seconds, "run_id": res.run_id, "overrides": sets, "machine": machine(),
-         "final_loss": res.metrics.get("train/loss")}, indent=1))
+        {"steps": res.step, "seconds": res.seconds, "run_id": res.run_id, "overrides": sets, "machine": machine()},
+        indent=1))
 
 
 def evaluate(system: str, setting: str, overrides: list[str]) -> dict:
@@ -63,13 +63,35 @@ def evaluate(system: str, setting: str, overrides: list[str]) -> dict:
     res = moldiff.evaluate(_ckpt(system), overrides=sets, progress=False)
     figdir = RUNS / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    for name, fig in res.figures.items():
-        fig.savefig(figdir / f"{system}_{setting}_{name}.png", dpi=90)
+    subset = "_" + "_".join(res_methods(sets)) if any(o.startswith("eval.methods=") for o in overrides) else ""
+    for name, fig in res.figures.items():  # a re-run of some methods does not overwrite the full figures
+        fig.savefig(figdir / f"{system}_{setting}_{name}{subset}.png", dpi=90)
     rec = {"system": system, "setting": setting, "metrics": res.metrics, "overrides": sets, "machine": machine(),
            "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d"),
            "checkpoint_steps": torch.load(_ckpt(system), weights_only=True, map_location="cpu")["step"]}
-    (RUNS / f"{system}_{setting}.json").write_text(json.dumps(rec, indent=1, sort_keys=True))
+    path = RUNS / f"{system}_{setting}.json"
+    if path.exists():  # a re-run of some methods (--eval-set eval.methods=[...]) keeps the others' figures
+        old = json.loads(path.read_text())
+        rec["metrics"] = {**old["metrics"], **rec["metrics"]}
+        rec["earlier_overrides"] = old.get("earlier_overrides", []) + [old["overrides"]]
+    path.write_text(json.dumps(rec, indent=1, sort_keys=True))
     return rec
+
+
+def res_methods(sets: list[str]) -> list[str]:
+    """The methods of the last ``eval.methods=[...]`` override."""
+    last = [o for o in sets if o.startswith("eval.methods=")][-1]
+    return yaml.safe_load(last.split("=", 1)[1])
+
+
+def _short(override: str) -> str:
+    """``observation.noise_std=1.4142135623730951`` -> ``noise_std=1.41``; ``observation.kind=full`` -> ``full``."""
+    key, value = override.removeprefix("observation.").split("=", 1)
+    try:
+        value = f"{float(value):.3g}"
+    except ValueError:
+        pass
+    return value if key == "kind" else f"{key}={value}"
 
 
 def collect() -> None:
@@ -86,8 +108,7 @@ def collect() -> None:
     machines = set()
     for r in recs:
         m = r["metrics"]
-        obs = ", ".join(o.split("=", 1)[1] if "kind" in o else o.removeprefix("observation.")
-                        for o in r["overrides"] if o.startswith("observation.") and "seed" not in o)
+        obs = ", ".join(_short(o) for o in r["overrides"] if o.startswith("observation.") and "seed" not in o)
         for meth in METHODS:
             if f"{meth}/rmse" not in m:
                 continue
