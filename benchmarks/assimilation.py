@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -66,6 +67,8 @@ def evaluate(system: str, setting: str, overrides: list[str]) -> dict:
     subset = "_" + "_".join(res_methods(sets)) if any(o.startswith("eval.methods=") for o in overrides) else ""
     for name, fig in res.figures.items():  # a re-run of some methods does not overwrite the full figures
         fig.savefig(figdir / f"{system}_{setting}_{name}{subset}.png", dpi=90)
+    for name, src in res.files.items():  # the animation
+        shutil.copyfile(src, figdir / f"{system}_{setting}_{name}{subset}{Path(src).suffix}")
     rec = {"system": system, "setting": setting, "metrics": res.metrics, "overrides": sets, "machine": machine(),
            "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d"),
            "checkpoint_steps": torch.load(_ckpt(system), weights_only=True, map_location="cpu")["step"]}
