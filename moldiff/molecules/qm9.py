@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import os
 import sys
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import array_checksum, write_atomically
+from ..fileio import array_checksum, read_npz_cache, write_atomically, write_npz_cache
 
 __all__ = [
     "QM9",
@@ -144,10 +142,6 @@ def _read_csvs(data_dir: Path, progress: bool) -> dict[str, np.ndarray]:
     }
 
 
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    return array_checksum(arrays, _ARRAYS)
-
-
 def _validate(arrays: dict[str, np.ndarray]) -> None:
     n = len(arrays["index"])
     if n != NUM_MOLECULES:
@@ -160,30 +154,16 @@ def _validate(arrays: dict[str, np.ndarray]) -> None:
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"version": CACHE_VERSION, "checksum": _checksum(arrays), "properties": [list(p) for p in PROPERTIES]}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".qm9-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_npz_cache(path, arrays, {"version": CACHE_VERSION, "properties": [list(p) for p in PROPERTIES]}, keys=_ARRAYS)
 
 
 def _read_cache(path: Path) -> tuple[dict[str, np.ndarray], str]:
     """Load and verify a cache; raises ``ValueError``/``OSError``/``KeyError`` on anything wrong."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        arrays = {k: z[k] for k in _ARRAYS}
+    arrays, meta = read_npz_cache(path, _ARRAYS)
     if meta.get("version") != CACHE_VERSION:
         raise ValueError(f"cache version {meta.get('version')}, expected {CACHE_VERSION}")
-    checksum = _checksum(arrays)
-    if meta.get("checksum") != checksum:
-        raise ValueError("checksum mismatch")
     _validate(arrays)
-    return arrays, checksum
+    return arrays, meta["checksum"]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -205,7 +185,7 @@ class QM9:
     def __init__(self, arrays: dict[str, np.ndarray], path: Path | None = None, checksum: str | None = None):
         self.arrays = arrays
         self.path = path
-        self.checksum = checksum or _checksum(arrays)
+        self.checksum = checksum or array_checksum(arrays, _ARRAYS)
         self.index = arrays["index"]  #: QM9 molecule numbers (1-based, as in dsgdb9nsd_NNNNNN)
         self.num_atoms = arrays["num_atoms"]
         self.offsets = arrays["offsets"]
