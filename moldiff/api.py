@@ -156,6 +156,8 @@ def _read_observations(path: str | Path, length: int | None) -> tuple[torch.Tens
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"observations file not found: {path}")
+    if path.suffix != ".npz":
+        raise ValueError(f"{path}: observations are read from an .npz file with an array 'y' [B, P]")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files} if hasattr(z, "files") else None

@@ -60,6 +60,8 @@ def test_assimilate_cli_and_bad_inputs(checkpoint, tmp_path, capsys):
     ]
     np.savez(tmp_path / "noy.npz", z=np.zeros(3))
     cases.append((tmp_path / "noy.npz", "no array 'y'"))
+    np.save(tmp_path / "plain.npy", np.zeros((1, 9)))
+    cases.append((tmp_path / "plain.npy", "an .npz file"))
     (tmp_path / "junk.npz").write_text("not a zip")
     cases.append((tmp_path / "junk.npz", "not a readable"))
     for path, needle in cases:
