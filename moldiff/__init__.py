@@ -8,14 +8,17 @@ Python API (everything the CLI does)::
     samples = moldiff.sample(result.checkpoint, 1000)
     metrics = moldiff.evaluate(result.checkpoint).metrics
     print(moldiff.evaluate_molecule_file("samples.sdf").table())   # EDM's molecule metrics
+    mols = moldiff.pretrained("qm9").sample(100)                    # shipped model: molecules with bonds
+    rdkit_mols = [m.to_rdkit() for m in mols]
 """
 
 from .api import evaluate, evaluate_dataset, evaluate_molecule_file, load_model, sample, train
+from .pretrained import pretrained
 from .config import ConfigError, ExperimentConfig, SamplerConfig, load_config
 from .tasks import EvalResult, Task, get_task, register_task
 
 __version__ = "0.1.0"
 __all__ = [
-    "train", "sample", "evaluate", "evaluate_molecule_file", "evaluate_dataset", "load_model", "load_config",
+    "train", "sample", "pretrained", "evaluate", "evaluate_molecule_file", "evaluate_dataset", "load_model", "load_config",
     "ConfigError", "ExperimentConfig", "SamplerConfig", "Task", "EvalResult", "get_task", "register_task",
 ]

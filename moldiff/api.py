@@ -16,7 +16,7 @@ from .training.distributed import resolve_device
 from .training.trainer import TrainResult
 from .training.trainer import train as _train
 
-__all__ = ["train", "load_model", "sample", "assimilate", "evaluate", "evaluate_molecule_file", "evaluate_dataset", "load_config"]
+__all__ = ["train", "load_model", "sample", "assimilate", "evaluate", "evaluate_molecule_file", "evaluate_graph_file", "evaluate_dataset", "load_config"]
 
 
 def train(
@@ -35,13 +35,24 @@ def train(
 
 
 def load_model(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None = None,
     *,
     overrides: list[str] | None = None,
     use_ema: bool = True,
     device: str = "auto",
+    pretrained: str | None = None,
 ) -> tuple[Task, nn.Module]:
-    """Rebuild a checkpoint's task (its saved config, plus overrides) and model (EMA weights by default)."""
+    """Rebuild a checkpoint's task (its saved config, plus overrides) and model (EMA weights by default), or
+    a shipped model's (``pretrained="qm9"``; see :mod:`moldiff.pretrained`)."""
+    if (checkpoint is None) == (pretrained is None):
+        raise ValueError("give either a checkpoint or a pretrained model name, not both or neither")
+    if pretrained is not None:
+        from .pretrained import load_pretrained_file, pretrained_path
+
+        if overrides:
+            raise ValueError("overrides apply to training checkpoints, not to shipped models")
+        task, model, _ = load_pretrained_file(pretrained_path(pretrained), device)
+        return task, model
     state = load_checkpoint(checkpoint)
     data = apply_overrides(state["config"], parse_overrides(overrides))
     cfg = from_dict(get_task(data["task"]).config_class, data)
@@ -54,7 +65,7 @@ def load_model(
 
 
 def sample(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     n: int,
     *,
     out: str | Path | None = None,
@@ -65,11 +76,14 @@ def sample(
     use_ema: bool = True,
     device: str = "auto",
     progress: bool = True,
+    pretrained: str | None = None,
 ) -> Any:
-    """Draw ``n`` samples from a checkpoint; write them to ``out`` (format by suffix) if given."""
+    """Draw ``n`` samples from a checkpoint (or a shipped model, ``pretrained="qm9"``); write them to ``out``
+    (format by suffix) if given.  QM9 graph models return
+    :class:`~moldiff.molecules.graph_mol.GraphMolecule` s (``.to_rdkit()`` for RDKit molecules)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device)
+    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained)
     if out is not None and task.sample_formats and Path(out).suffix not in task.sample_formats:
         raise ValueError(f"{out}: {task.name} samples are written as {', '.join(task.sample_formats)}")
     scfg = task.cfg.sampler
@@ -177,20 +191,46 @@ def _read_observations(path: str | Path, length: int | None) -> tuple[torch.Tens
 
 
 def evaluate(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None = None,
     *,
     overrides: list[str] | None = None,
     use_ema: bool = True,
     device: str = "auto",
     seed: int | None = None,
     progress: bool = True,
+    pretrained: str | None = None,
 ) -> EvalResult:
-    """Run the task's evaluation on a checkpoint's model."""
-    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device)
+    """Run the task's evaluation on a checkpoint's model (or a shipped model's, ``pretrained="qm9"``)."""
+    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained)
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(task.cfg.seed + 2**31 if seed is None else seed)
     with torch.no_grad():
         return task.evaluate(model, generator=gen, progress=progress)
+
+
+def evaluate_graph_file(
+    path: str | Path, *, novelty: bool = True, reference: int = 2000, mmff: int = 200,
+    cache_dir: str | Path | None = None, progress: bool = True,
+):
+    """Score the molecules of an SDF file *with their own bonds and charges* (the generated-graph protocol,
+    :mod:`moldiff.molecules.graph_metrics`) and with EDM's distance rule; distribution distances against
+    ``reference`` molecules of QM9's test split, novelty against its training graphs.  Elements outside QM9's
+    (H, C, N, O, F) and formal charges outside -1..1 are an error naming them; chemically invalid graphs are
+    scored as invalid."""
+    from .config import load_config as _load
+    from .molecules.flow_task import QM9FlowTask, check_vocabulary
+    from .molecules.graph_metrics import evaluate_graphs
+    from .molecules.graph_mol import read_graph_sdf
+
+    if Path(path).suffix.lower() != ".sdf":
+        raise ValueError(f"{path}: the generated-graph protocol reads bonds and charges from an .sdf file")
+    mols = read_graph_sdf(path)
+    check_vocabulary(mols, where=str(path))
+    cfg = _load({"task": "qm9_flow", "data": {"cache_dir": None if cache_dir is None else str(cache_dir)},
+                 "eval": {"reference": reference}})
+    task = QM9FlowTask(cfg)
+    return evaluate_graphs(mols, reference=task.reference(), training_smiles=task.training_smiles() if novelty else None,
+                           mmff=mmff, progress=progress)
 
 
 def _qm9_reference(novelty: bool, cache_dir, progress: bool) -> set[str] | None:

@@ -26,8 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    s = sub.add_parser("sample", help="draw samples from a checkpoint")
-    s.add_argument("checkpoint")
+    s = sub.add_parser("sample", help="draw samples from a checkpoint or a shipped model (--pretrained qm9)")
+    s.add_argument("checkpoint", nargs="?", default=None)
+    s.add_argument("--pretrained", default=None, metavar="NAME", help="a model shipped with moldiff (qm9)")
     s.add_argument("-n", "--num", type=int, required=True, help="number of samples")
     s.add_argument("--out", required=True, help="output file (format by suffix, task-dependent)")
     s.add_argument("--sampler", default=None, help="sampler name (default: the config's)")
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="CHECKPOINT (.pt): the task's evaluation. FILE.sdf|.xyz|.extxyz: the EDM molecule "
                                    "metrics. --dataset qm9 --split S: the same metrics on the data itself.")
     e.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT|FILE")
+    e.add_argument("--pretrained", default=None, metavar="NAME", help="evaluate a shipped model (qm9)")
+    e.add_argument("--graph", action="store_true",
+                   help="FILE.sdf: score the file's own bonds and charges (generated-graph protocol) besides EDM's rule")
     e.add_argument("--dataset", default=None, choices=["qm9"], help="score a dataset split instead of a file")
     e.add_argument("--split", default="train", choices=["train", "valid", "test"])
     e.add_argument("--limit", type=int, default=None, help="with --dataset: only the split's first N molecules")
@@ -117,7 +121,7 @@ def _run(args) -> int:
             print(f"MLflow run {res.run_id}: mlflow ui --backend-store-uri sqlite:///{Path(cfg.runs_root).resolve()}/mlflow.db")
         return 0
     if args.command == "sample":
-        api.sample(args.checkpoint, args.num, out=args.out, sampler=args.sampler, steps=args.steps, seed=args.seed,
+        api.sample(args.checkpoint, args.num, pretrained=args.pretrained, out=args.out, sampler=args.sampler, steps=args.steps, seed=args.seed,
                    overrides=args.overrides, use_ema=not args.no_ema, device=args.device,
                    progress=not args.no_progress)
         print(f"wrote {args.num} samples to {args.out}")
@@ -131,6 +135,14 @@ def _run(args) -> int:
     if args.command == "eval" and (args.dataset or _is_molecule_file(args.checkpoint)):
         if args.dataset and args.checkpoint:
             raise ValueError("give either a file or --dataset, not both")
+        if args.graph:
+            if args.dataset:
+                raise ValueError("--graph scores an .sdf file's own bonds; it does not apply to --dataset")
+            g = api.evaluate_graph_file(args.checkpoint, novelty=not args.no_novelty, progress=not args.no_progress)
+            print(g.table())
+            if args.json:
+                _write_json(args.json, {**g.flat(), "failures": g.failures})
+            return 0
         if args.dataset:
             m = api.evaluate_dataset(args.dataset, args.split, limit=args.limit, novelty=not args.no_novelty,
                                      progress=not args.no_progress)
@@ -141,9 +153,9 @@ def _run(args) -> int:
             _write_json(args.json, m.as_dict())
         return 0
     if args.command == "eval":
-        if args.checkpoint is None:
-            raise ValueError("eval needs a checkpoint, a molecule file or --dataset")
-        res = api.evaluate(args.checkpoint, overrides=args.overrides, use_ema=not args.no_ema, device=args.device,
+        if args.checkpoint is None and args.pretrained is None:
+            raise ValueError("eval needs a checkpoint, --pretrained NAME, a molecule file or --dataset")
+        res = api.evaluate(args.checkpoint, pretrained=args.pretrained, overrides=args.overrides, use_ema=not args.no_ema, device=args.device,
                            seed=args.seed, progress=not args.no_progress)
         _print_metrics(res.metrics)
         if args.json:

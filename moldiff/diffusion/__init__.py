@@ -3,10 +3,21 @@
 Pure math on states: no I/O, no MLflow, no RDKit.
 """
 
-from .couplings import COUPLING_KINDS, Coupler, CouplingStats, CouplingWarning, align, equivariant_cost_matrix, ot_plan
+from .categorical import CATEGORICAL_PRIORS, CategoricalPath
+from .couplings import (
+    COUPLING_KINDS,
+    Coupler,
+    CouplingStats,
+    CouplingWarning,
+    align,
+    align_source_per_graph,
+    equivariant_cost_matrix,
+    ot_plan,
+)
 from .denoiser import PREDICTION_KINDS, Denoiser
 from .guidance import GaussianObservation, PosteriorDenoiser, sample_dps
 from .likelihood import LikelihoodResult, log_likelihood, sample_with_log_likelihood
+from .mixed import MixedPrediction, MixedState, flow_time_grid, sample_mixed_flow
 from .losses import denoising_loss, flow_matching_loss, sample_time
 from .ode import ODESolution, integrate_ode
 from .processes import (

@@ -273,11 +273,21 @@ class QM9:
         atoms = np.repeat(starts, counts) + within
         return self.atomic_numbers[atoms], self.positions[atoms], graph
 
-    def to_pyg(self, i: int):
-        """Molecule ``i`` as a ``torch_geometric.data.Data`` (``z``, ``pos``, ``y`` properties, ``idx``)."""
+    def to_pyg(self, i: int, graphs=None):
+        """Molecule ``i`` as a ``torch_geometric.data.Data`` (``z``, ``pos``, ``y`` properties, ``idx``).  With a
+        :class:`~moldiff.molecules.graphs.QM9Graphs` table it also has the bonds -- ``edge_index [2, 2b]``
+        (both directions) and ``edge_attr [2b]`` (bond order 1, 2, 3; kekulized) -- and ``charges [n]``
+        (formal charges)."""
         import torch
         from torch_geometric.data import Data
 
         m = self.molecule(i)
-        return Data(z=torch.from_numpy(m.atomic_numbers.astype(np.int64)), pos=torch.from_numpy(m.positions.copy()),
+        data = Data(z=torch.from_numpy(m.atomic_numbers.astype(np.int64)), pos=torch.from_numpy(m.positions.copy()),
                     y=torch.from_numpy(self.properties[i : i + 1].astype(np.float32)), idx=int(self.index[i]))
+        if graphs is not None:
+            g = graphs.graph(i)
+            b = torch.from_numpy(g.bonds)
+            data.edge_index = torch.cat([b[:, :2].T, b[:, :2].T.flip(0)], dim=1)
+            data.edge_attr = torch.cat([b[:, 2], b[:, 2]])
+            data.charges = torch.from_numpy(g.charges)
+        return data

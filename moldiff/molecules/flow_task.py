@@ -1,0 +1,448 @@
+"""QM9 with the modern recipe: the molecular graph generated with its geometry by flow matching.
+
+State of a molecule: positions (Å, zero CoM), element, formal charge per atom, and a bond type for every
+unordered atom pair (none / single / double / triple, kekulized; see :mod:`moldiff.molecules.graphs`).
+
+* Positions follow the linear :class:`~moldiff.diffusion.processes.FlowPath` from the data to a zero-CoM
+  Gaussian; every molecule's Gaussian draw is relabelled and rotated onto it first
+  (:func:`~moldiff.diffusion.couplings.align_source_per_graph`: Hungarian + Kabsch, equivariant OT).
+* Elements, charges and bonds follow :class:`~moldiff.diffusion.categorical.CategoricalPath` s (discrete flow
+  matching; ``flow.categorical: mask | uniform``).
+* :class:`~moldiff.nn.molgraph.MolGraphNet` predicts the clean molecule; the loss per molecule is
+  ``w_pos * MSE(pos) + w_atoms * CE(atoms) + w_charges * CE(charges) + w_bonds * CE(bonds)`` (means over
+  atoms / pairs), with ``t ~ U[0, 1]`` per molecule.
+* Sampling: :func:`~moldiff.diffusion.mixed.sample_mixed_flow` with ``sampler.steps`` network evaluations.
+* Evaluation: both protocols on the same samples -- EDM's distance-based rule
+  (:mod:`moldiff.molecules.evaluate`) and the generated graph (:mod:`moldiff.molecules.graph_metrics`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ConfigError, ExperimentConfig, ProcessConfig, SamplerConfig, raise_failed
+from ..diffusion import (
+    CategoricalPath,
+    MixedPrediction,
+    MixedState,
+    PointCloudSpace,
+    align_source_per_graph,
+    flow_time_grid,
+    sample_mixed_flow,
+)
+from ..tasks import EvalResult, Task
+from .batches import BatchPlan
+from .features import ELEMENTS, UnsupportedElementError
+from .graph_mol import GraphMolecule
+from .graphs import BOND_ORDERS, CHARGES
+
+__all__ = ["QM9FlowConfig", "QM9FlowTask", "GraphBatch", "batch_from_molecules", "check_vocabulary", "pair_layout"]
+
+
+@dataclass
+class FlowData:
+    cache_dir: str | None = None  #: default $MOLDIFF_CACHE/qm9 or ~/.cache/moldiff/qm9
+    max_train: int = 0  #: train on the first k molecules of the EDM train split (0: all); graphs built in memory
+    bucket_batches: int = 32  #: size-bucketing window in batches (1: plain random batches)
+
+
+@dataclass
+class FlowModel:
+    """:class:`~moldiff.nn.molgraph.MolGraphNet` sizes."""
+
+    hidden: int = 128
+    edge: int = 32
+    layers: int = 6
+    rbf: int = 16
+    cutoff: float = 6.0  #: Å, range of the radial basis
+    coords_range: float = 2.0  #: Å, bound of one layer's pairwise coordinate update
+
+
+@dataclass
+class FlowRecipe:
+    categorical: str = "mask"  #: mask | uniform (the categorical source)
+    align: bool = True  #: equivariant OT: relabel + rotate each molecule's Gaussian draw onto it
+    align_iterations: int = 3  #: Hungarian / Kabsch alternations
+    w_pos: float = 3.0
+    w_atoms: float = 0.4
+    w_charges: float = 1.0
+    w_bonds: float = 2.0
+    time_grid: str = "uniform"  #: sampling grid: uniform | cosine
+
+
+@dataclass
+class FlowEval:
+    n_samples: int = 1000  #: molecules sampled per evaluation
+    batch_size: int = 500  #: molecules per sampling batch
+    grid: int = 16  #: molecules drawn in the picture
+    novelty: bool = True  #: novelty against the training graphs' SMILES
+    edm_protocol: bool = True  #: also score with EDM's distance-based rule
+    reference: int = 2000  #: test-split molecules for the distribution distances (0: all)
+    mmff: int = 200  #: molecules whose MMFF strain energy is computed (0: none)
+
+
+def _flow_process() -> ProcessConfig:
+    return ProcessConfig(kind="flow", sigma=0.0, prior_std=1.0)
+
+
+def _flow_sampler() -> SamplerConfig:
+    return SamplerConfig(name="ode_euler", steps=50)
+
+
+@dataclass
+class QM9FlowConfig(ExperimentConfig):
+    task: str = "qm9_flow"
+    process: ProcessConfig = field(default_factory=_flow_process)
+    sampler: SamplerConfig = field(default_factory=_flow_sampler)
+    data: FlowData = field(default_factory=FlowData)
+    model: FlowModel = field(default_factory=FlowModel)
+    flow: FlowRecipe = field(default_factory=FlowRecipe)
+    eval: FlowEval = field(default_factory=FlowEval)
+
+    def check(self) -> None:
+        f = self.flow
+        raise_failed([
+            (self.process.kind == "flow" and self.process.sigma == 0.0, "process",
+             "qm9_flow needs kind: flow with sigma: 0 (the deterministic linear path)"),
+            (self.sampler.name == "ode_euler", "sampler.name",
+             "qm9_flow samples with the joint flow sampler: use ode_euler (Euler on positions, jumps on tokens)"),
+            (f.categorical in ("mask", "uniform"), "flow.categorical", "must be mask or uniform"),
+            (f.time_grid in ("uniform", "cosine"), "flow.time_grid", "must be uniform or cosine"),
+            (f.align_iterations >= 1, "flow.align_iterations", "must be >= 1"),
+            (min(f.w_pos, f.w_atoms, f.w_charges, f.w_bonds) >= 0, "flow.w_pos", "loss weights must be >= 0"),
+            (self.data.max_train >= 0, "data.max_train", "must be >= 0 (0: the whole train split)"),
+            (self.data.bucket_batches >= 1, "data.bucket_batches", "must be >= 1"),
+            (self.model.hidden >= 1 and self.model.layers >= 1 and self.model.edge >= 1, "model.hidden",
+             "hidden, edge and layers must be >= 1"),
+            (self.eval.n_samples >= 0, "eval.n_samples", "must be >= 0"),
+            (self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1"),
+        ])
+
+
+@dataclass
+class GraphBatch:
+    """Molecules as the network sees them (concatenated, PyG-style).
+
+    Attributes:
+        pos: ``[N, 3]`` Å, zero CoM per molecule.  atoms, charges: ``[N]`` class indices.
+        bonds: ``[P]`` class indices of the unordered pairs ``pair_index [2, P]`` (global atom numbers, i < j).
+        batch: ``[N]`` molecule of each atom (sorted).  pair_graph: ``[P]`` molecule of each pair.
+    """
+
+    pos: torch.Tensor
+    atoms: torch.Tensor
+    charges: torch.Tensor
+    bonds: torch.Tensor
+    batch: torch.Tensor
+    pair_index: torch.Tensor
+    pair_graph: torch.Tensor
+    num_graphs: int
+    max_nodes: int
+
+    def to(self, device) -> "GraphBatch":
+        t = {k: getattr(self, k).to(device) for k in ("pos", "atoms", "charges", "bonds", "batch", "pair_index",
+                                                     "pair_graph")}
+        return GraphBatch(**t, num_graphs=self.num_graphs, max_nodes=self.max_nodes)
+
+
+_TRIU: dict[int, np.ndarray] = {}
+
+
+def _triu(n: int) -> np.ndarray:
+    if n not in _TRIU:
+        _TRIU[n] = np.stack(np.triu_indices(n, 1))
+    return _TRIU[n]
+
+
+def pair_layout(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pair_index [2, P]`` (every unordered pair of every molecule, global atom numbers) and ``pair_graph [P]``."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    idx = [_triu(int(n)) + o for n, o in zip(sizes, offsets)]
+    graph = [np.full(int(n) * (int(n) - 1) // 2, g) for g, n in enumerate(sizes)]
+    return (np.concatenate(idx, axis=1) if idx else np.zeros((2, 0), np.int64)).astype(np.int64), \
+        (np.concatenate(graph) if graph else np.zeros(0, np.int64)).astype(np.int64)
+
+
+def check_vocabulary(mols: list[GraphMolecule], where: str = "molecules") -> None:
+    """Raise (naming the molecule and value) for an element outside :data:`ELEMENTS`, a formal charge outside
+    :data:`CHARGES` or a bond order outside 1..3."""
+    for i, m in enumerate(mols):
+        bad_z = sorted(set(m.atomic_numbers.tolist()) - set(ELEMENTS))
+        if bad_z:
+            raise UnsupportedElementError(f"{where}: molecule {i}: unsupported element(s) with atomic number {bad_z}; "
+                                          f"QM9 models know {list(ELEMENTS)}")
+        bad_q = sorted(set(m.charges.tolist()) - set(CHARGES))
+        if bad_q:
+            raise ValueError(f"{where}: molecule {i}: formal charge(s) {bad_q} outside the vocabulary {list(CHARGES)}")
+        if len(m.bonds) and not np.isin(m.bonds[:, 2], BOND_ORDERS[1:]).all():
+            raise ValueError(f"{where}: molecule {i}: bond orders must be 1, 2 or 3")
+
+
+def batch_from_molecules(mols: list[GraphMolecule]) -> GraphBatch:
+    """A :class:`GraphBatch` from molecules (positions centred); unknown elements or charges raise."""
+    check_vocabulary(mols)
+    table = np.full(256, -1, dtype=np.int64)
+    table[list(ELEMENTS)] = np.arange(len(ELEMENTS))
+    sizes = np.array([m.num_atoms for m in mols], dtype=np.int64)
+    z = np.concatenate([m.atomic_numbers for m in mols])
+    q = np.concatenate([m.charges for m in mols])
+    pos = np.concatenate([m.positions - m.positions.mean(0) for m in mols])
+    if not np.isfinite(pos).all():
+        raise ValueError("non-finite atom positions")
+    pair_index, pair_graph = pair_layout(sizes)
+    bonds = [m.adjacency()[tuple(_triu(m.num_atoms))] for m in mols]
+    bond_tok = np.concatenate(bonds) if bonds else np.zeros(0, np.int64)
+    if not np.isin(bond_tok, BOND_ORDERS).all():
+        raise ValueError(f"bond orders outside {list(BOND_ORDERS)}")
+    return GraphBatch(torch.from_numpy(pos).float(), torch.from_numpy(table[z]), torch.from_numpy(q + 1),
+                      torch.from_numpy(bond_tok), torch.from_numpy(np.repeat(np.arange(len(mols)), sizes)),
+                      torch.from_numpy(pair_index), torch.from_numpy(pair_graph), len(mols), int(sizes.max()))
+
+
+class QM9FlowTask(Task):
+    name = "qm9_flow"
+    config_class = QM9FlowConfig
+    sample_formats = (".sdf",)
+
+    def __init__(self, cfg: QM9FlowConfig):
+        super().__init__(cfg)
+        cfg.check()
+        self.path = cfg.process.build()
+        prior = cfg.flow.categorical
+        self.paths = {"atoms": CategoricalPath(len(ELEMENTS), prior), "charges": CategoricalPath(len(CHARGES), prior),
+                      "bonds": CategoricalPath(len(BOND_ORDERS), prior)}
+        self._qm9 = None
+        self._graphs = None
+        self._train_rows = None
+        self._size_dist = None
+        self._smiles: set[str] | None = None
+
+    # -- data ------------------------------------------------------------------------------------------
+    @property
+    def qm9(self):
+        if self._qm9 is None:
+            from .qm9 import QM9
+
+            self._qm9 = QM9.load(self.cfg.data.cache_dir)
+        return self._qm9
+
+    def graphs_for(self, rows: np.ndarray):
+        """The graph table: the cached full table, or (``data.max_train``) only the rows needed, in memory."""
+        from .graphs import QM9Graphs
+
+        if not self.cfg.data.max_train:
+            if self._graphs is None:
+                self._graphs = QM9Graphs.load(self.qm9)
+            return self._graphs
+        return QM9Graphs.build(self.qm9, rows, progress=False)
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        if self._train_rows is None:
+            rows = self.qm9.split("train")
+            k = self.cfg.data.max_train
+            rows = rows[:k] if k else rows
+            self._train_graphs = self.graphs_for(rows)
+            self._train_rows = self._train_graphs.usable(rows)
+        return self._train_rows
+
+    def molecule(self, row: int, graphs=None) -> GraphMolecule:
+        graphs = graphs or self._train_graphs
+        m, g = self.qm9.molecule(row), graphs.graph(row)
+        return GraphMolecule(m.atomic_numbers, g.charges, m.positions, g.bonds)
+
+    def size_distribution(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sizes, probabilities)`` of the training molecules' atom counts."""
+        if self._size_dist is None:
+            sizes, counts = np.unique(self.qm9.num_atoms[self.train_rows], return_counts=True)
+            self._size_dist = (sizes, counts / counts.sum())
+        return self._size_dist
+
+    def train_batches(self, *, start_step: int, rank: int, world_size: int, device) -> Iterator[GraphBatch]:
+        rows = self.train_rows
+        bs = self.cfg.train.batch_size
+        if len(rows) < bs:
+            raise ConfigError(f"train.batch_size={bs} exceeds the {len(rows)} training molecules (data.max_train)")
+        plan = BatchPlan(self.qm9.num_atoms[rows], bs, self.cfg.seed, self.cfg.data.bucket_batches)
+        step = start_step
+        while True:
+            picked = rows[plan.rows(step, rank, world_size)]
+            yield batch_from_molecules([self.molecule(r) for r in picked]).to(device)
+            step += 1
+
+    # -- model and loss --------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        from ..nn.molgraph import MolGraphNet
+
+        m, p = self.cfg.model, self.paths
+        return MolGraphNet(len(ELEMENTS), len(CHARGES), len(BOND_ORDERS), atom_states=p["atoms"].num_states,
+                           charge_states=p["charges"].num_states, bond_states=p["bonds"].num_states,
+                           hidden=m.hidden, edge=m.edge, layers=m.layers, rbf=m.rbf, cutoff=m.cutoff,
+                           coords_range=m.coords_range)
+
+    def predictor(self, model: nn.Module, batch: GraphBatch):
+        """The network as a :data:`~moldiff.diffusion.mixed.MixedModel` on this batch's layout."""
+
+        def predict(state: MixedState, t: torch.Tensor) -> MixedPrediction:
+            tok = state.tokens
+            pos0, a, c, b = model(state.x, tok["atoms"], tok["charges"], tok["bonds"], t, batch.batch,
+                                  batch.pair_index, batch.num_graphs, batch.max_nodes)
+            return MixedPrediction(pos0, {"atoms": a, "charges": c, "bonds": b})
+
+        return predict
+
+    def loss(self, model: nn.Module, batch: GraphBatch, generator: torch.Generator) -> torch.Tensor:
+        f, G = self.cfg.flow, batch.num_graphs
+        space = PointCloudSpace(batch.batch, G, validate=False)
+        dev = batch.pos.device
+        t = torch.rand(G, generator=generator, device=dev)
+        x1 = space.randn_like(batch.pos, generator) * self.path.prior_std
+        if f.align:
+            x1 = align_source_per_graph(batch.pos, x1, batch.batch, G, iterations=f.align_iterations)
+        x_t, _ = self.path.conditional(batch.pos, x1, t, space, generator)
+        tokens = {"atoms": self.paths["atoms"].corrupt(batch.atoms, t[batch.batch], generator=generator),
+                  "charges": self.paths["charges"].corrupt(batch.charges, t[batch.batch], generator=generator),
+                  "bonds": self.paths["bonds"].corrupt(batch.bonds, t[batch.pair_graph], generator=generator)}
+        pred = self.predictor(model, batch)(MixedState(x_t, tokens), t)
+        counts = space.counts.float()
+        pairs = (counts * (counts - 1) / 2).clamp(min=1)
+
+        def per_graph(v: torch.Tensor, index: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(G, device=dev).index_add_(0, index, v.float()) / norm
+
+        l_pos = per_graph((pred.x0.float() - batch.pos).square().sum(-1), batch.batch, counts)
+        l_atoms = per_graph(self.paths["atoms"].loss(pred.logits["atoms"], batch.atoms), batch.batch, counts)
+        l_charges = per_graph(self.paths["charges"].loss(pred.logits["charges"], batch.charges), batch.batch, counts)
+        l_bonds = per_graph(self.paths["bonds"].loss(pred.logits["bonds"], batch.bonds), batch.pair_graph, pairs)
+        return f.w_pos * l_pos + f.w_atoms * l_atoms + f.w_charges * l_charges + f.w_bonds * l_bonds
+
+    # -- sampling --------------------------------------------------------------------------------------
+    def sample(self, model, n, *, generator, sampler: SamplerConfig | None = None, progress: bool = True,
+               sizes: np.ndarray | None = None) -> list[GraphMolecule]:
+        """``n`` molecules with atom counts drawn from the training histogram (or the given ``sizes``), in
+        batches of ``eval.batch_size`` grouped by size; ``sampler.steps`` network evaluations each."""
+        from tqdm.auto import tqdm
+
+        steps = (sampler or self.cfg.sampler).steps
+        device = next(model.parameters()).device
+        if sizes is None:
+            support, probs = self.size_distribution()
+            draw = torch.multinomial(torch.as_tensor(probs, device=device), n, replacement=True, generator=generator)
+            sizes = support[draw.cpu().numpy()]
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if (sizes < 1).any():
+            raise ValueError("every molecule needs at least one atom")
+        order = np.argsort(sizes, kind="stable")
+        out: list = [None] * n
+        bs = self.cfg.eval.batch_size
+        ts = flow_time_grid(steps, kind=self.cfg.flow.time_grid, device=device)
+        chunks = list(range(0, n, bs))
+        for start in tqdm(chunks, disable=not progress or len(chunks) < 2, desc="sampling molecules"):
+            idx = order[start : start + bs]
+            sz = sizes[idx]
+            pair_index, pair_graph = pair_layout(sz)
+            layout = GraphBatch(torch.zeros(int(sz.sum()), 3), torch.zeros(0), torch.zeros(0), torch.zeros(0),
+                                torch.from_numpy(np.repeat(np.arange(len(idx)), sz)), torch.from_numpy(pair_index),
+                                torch.from_numpy(pair_graph), len(idx), int(sz.max())).to(device)
+            space = PointCloudSpace(layout.batch, len(idx), validate=False)
+            x = space.randn_like(layout.pos, generator) * self.path.prior_std
+            shapes = {"atoms": len(layout.batch), "charges": len(layout.batch), "bonds": pair_index.shape[1]}
+            tokens = {k: self.paths[k].prior_sample((s,), generator=generator, device=device) for k, s in shapes.items()}
+            with torch.no_grad():
+                final = sample_mixed_flow(self.predictor(model, layout), MixedState(x, tokens), ts, path=self.path,
+                                          categorical=self.paths, space=space, generator=generator,
+                                          progress=progress and len(chunks) < 2)
+            for k, mol in zip(idx, self.decode(final, layout, sz)):
+                out[k] = mol
+        return out
+
+    @staticmethod
+    def decode(state: MixedState, layout: GraphBatch, sizes: np.ndarray) -> list[GraphMolecule]:
+        """Final tokens and positions -> molecules."""
+        pos = state.x.detach().double().cpu().numpy()
+        z = np.asarray(ELEMENTS)[state.tokens["atoms"].cpu().numpy()]
+        q = np.asarray(CHARGES)[state.tokens["charges"].cpu().numpy()]
+        orders = np.asarray(BOND_ORDERS)[state.tokens["bonds"].cpu().numpy()]
+        pi = layout.pair_index.cpu().numpy()
+        pg = layout.pair_graph.cpu().numpy()
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        out = []
+        for g, (s, n) in enumerate(zip(starts, sizes)):
+            sel = (pg == g) & (orders > 0)
+            bonds = np.stack([pi[0, sel] - s, pi[1, sel] - s, orders[sel]], axis=1)
+            out.append(GraphMolecule(z[s : s + n], q[s : s + n], pos[s : s + n], bonds))
+        return out
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def training_smiles(self) -> set[str]:
+        """Canonical SMILES of the training graphs (novelty reference); for the full split cached beside the
+        graph table (``graph_smiles_train.txt``, keyed by the table's checksum)."""
+        if self._smiles is None:
+            from .graph_metrics import SMILES_VERSION, reference_smiles
+
+            rows = self.train_rows
+            path = getattr(self._train_graphs, "path", None)
+            if self.cfg.data.max_train or path is None:
+                self._smiles = reference_smiles(self, rows)
+                return self._smiles
+            from ..fileio import write_atomically
+
+            cache = path.parent / "graph_smiles_train.txt"
+            header = f"# moldiff QM9 train graph SMILES v{SMILES_VERSION} table={self._train_graphs.checksum}"
+            if cache.is_file():
+                lines = cache.read_text().splitlines()
+                if lines and lines[0] == header and lines[-1] == "# end":
+                    self._smiles = set(lines[1:-1])
+                    return self._smiles
+            self._smiles = reference_smiles(self, rows)
+            write_atomically(cache, lambda fh: fh.write("\n".join([header, *sorted(self._smiles), "# end"]) + "\n"))
+        return self._smiles
+
+    def reference(self):
+        """Distribution statistics of the test split's graphs (``eval.reference`` molecules)."""
+        from .graph_metrics import ReferenceStats
+
+        rows = self.qm9.split("test")
+        k = self.cfg.eval.reference
+        rows = rows[:k] if k else rows
+        graphs = self.graphs_for(rows)
+        return ReferenceStats.from_molecules([self.molecule(r, graphs) for r in graphs.usable(rows)])
+
+    def evaluate(self, model, *, generator, progress: bool = True) -> EvalResult:
+        from .draw import molecule_grid
+        from .graph_metrics import evaluate_graphs
+        from .graph_mol import write_graph_sdf
+
+        ev = self.cfg.eval
+        if ev.n_samples == 0:
+            return EvalResult()
+        t0 = time.time()
+        mols = self.sample(model, ev.n_samples, generator=generator, progress=progress)
+        seconds = time.time() - t0
+        res = evaluate_graphs(mols, reference=self.reference(), training_smiles=self.training_smiles() if ev.novelty else None,
+                              edm=ev.edm_protocol, mmff=ev.mmff, progress=progress)
+        metrics = res.flat()
+        metrics["sample_seconds"] = seconds
+        metrics["molecules_per_second"] = ev.n_samples / max(seconds, 1e-9)
+        out = Path(tempfile.mkdtemp(prefix="moldiff-qm9flow-eval-"))
+        files = {"samples": write_graph_sdf(out / "samples.sdf", mols)}
+        title = (f"QM9 flow samples ({self.cfg.sampler.steps} NFE): mol. stable {res.graph['mol_stability']:.1%}, "
+                 f"valid {res.graph['validity']:.1%}")
+        return EvalResult(metrics=metrics, figures={"molecules": molecule_grid(mols[: ev.grid], title=title)},
+                          files=files)
+
+    def save_samples(self, samples: list[GraphMolecule], path: Path) -> None:
+        from .graph_mol import write_graph_sdf
+
+        path = Path(path)
+        if path.suffix != ".sdf":
+            raise ValueError(f"{path}: generated graphs are written as .sdf")
+        write_graph_sdf(path, samples)

@@ -1,0 +1,97 @@
+"""Models that ship inside the package: ``moldiff.pretrained("qm9")`` / ``moldiff sample --pretrained qm9``.
+
+A shipped model is one file in ``moldiff/weights/``: the EMA weights in fp16, the config that built them and
+the training step, written by :func:`export_pretrained` from a training checkpoint.  It loads offline with
+``torch.load(weights_only=True)`` and strict keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import from_dict, validate
+from .tasks import Task, get_task
+
+__all__ = ["PRETRAINED", "Pretrained", "pretrained", "pretrained_path", "export_pretrained", "load_pretrained_file"]
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+FORMAT = "moldiff-pretrained-1"
+
+#: name -> (file in moldiff/weights, what it is)
+PRETRAINED: dict[str, tuple[str, str]] = {
+    "qm9": ("qm9_flow.pt", "QM9 molecules with bonds and charges: flow matching, MolGraphNet 6 x 128 (configs/qm9_flow_cpu.yaml)"),
+}
+
+
+def pretrained_path(name: str) -> Path:
+    """The file of a shipped model; ``ValueError`` naming the available ones for an unknown name."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown pretrained model {name!r}; available: {', '.join(sorted(PRETRAINED))}")
+    path = WEIGHTS / PRETRAINED[name][0]
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained model {name!r}: {path} is missing from this installation")
+    return path
+
+
+def export_pretrained(checkpoint: str | Path, out: str | Path, *, figures: dict[str, Any] | None = None) -> Path:
+    """Write a training checkpoint's EMA weights (fp16), config and step as a shipped model file."""
+    from .training.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    ema = {k: (v.half() if v.is_floating_point() else v) for k, v in state["ema"].items()}
+    return save_checkpoint({"format": FORMAT, "task": state["task"], "config": state["config"], "ema": ema,
+                            "step": int(state["step"]), "figures": figures or {}}, out)
+
+
+def load_pretrained_file(path: str | Path, device: str = "auto") -> tuple[Task, nn.Module, dict]:
+    """``(task, model, state)`` from a shipped model file (strict keys, weights in float32)."""
+    from .training.checkpoint import CheckpointError
+    from .training.distributed import resolve_device
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable moldiff pretrained model ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a moldiff pretrained model file (format {FORMAT})")
+    cfg = from_dict(get_task(state["task"]).config_class, state["config"])
+    validate(cfg)
+    task = get_task(cfg.task)(cfg)
+    model = task.build_model()
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}, strict=True)
+    return task, model.to(resolve_device(device)).eval(), state
+
+
+@dataclass
+class Pretrained:
+    """A loaded shipped model: ``task``, ``model`` (EMA weights) and its ``step`` and ``figures``."""
+
+    name: str
+    task: Task
+    model: nn.Module
+    step: int
+    figures: dict[str, Any]
+
+    def sample(self, n: int, *, steps: int | None = None, seed: int = 0, progress: bool = False) -> list:
+        """``n`` samples (for ``qm9``: :class:`~moldiff.molecules.graph_mol.GraphMolecule` s; ``.to_rdkit()``
+        gives RDKit molecules) with ``steps`` network evaluations (default: the model's config)."""
+        import dataclasses
+
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        scfg = self.task.cfg.sampler if steps is None else dataclasses.replace(self.task.cfg.sampler, steps=steps)
+        dev = next(self.model.parameters()).device
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        return self.task.sample(self.model, n, generator=gen, sampler=scfg, progress=progress)
+
+
+def pretrained(name: str = "qm9", *, device: str = "auto") -> Pretrained:
+    """Load a model that ships with moldiff (offline): ``moldiff.pretrained("qm9").sample(100)``."""
+    task, model, state = load_pretrained_file(pretrained_path(name), device)
+    return Pretrained(name, task, model, int(state.get("step", 0)), dict(state.get("figures", {})))

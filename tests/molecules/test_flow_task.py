@@ -1,0 +1,153 @@
+"""The graph flow-matching recipe end to end on CPU: smoke train -> sample (SDF with bonds, RDKit molecules)
+-> both evaluation protocols -> MLflow; the shipped model; bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import moldiff
+from moldiff.cli import main
+from moldiff.molecules.flow_task import QM9FlowConfig, QM9FlowTask, batch_from_molecules
+from moldiff.molecules.graph_mol import GraphMolecule, read_graph_sdf, write_graph_sdf
+from moldiff.pretrained import PRETRAINED, load_pretrained_file, pretrained_path
+from moldiff.training.checkpoint import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs" / "smoke" / "qm9_flow.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qm9flow")
+    cfg = moldiff.load_config(SMOKE, [f"runs_root={root}", "train.steps=20", "train.ckpt_every=20",
+                                      "eval.n_samples=6", "eval.batch_size=4", "sampler.steps=5",
+                                      "eval.mmff=4", "train.device=cpu"])
+    return cfg, moldiff.train(cfg, progress=False)
+
+
+def test_batches_hold_every_pair_once_and_the_loss_is_per_molecule():
+    cfg = QM9FlowConfig()
+    cfg.model.hidden, cfg.model.edge, cfg.model.layers, cfg.data.max_train, cfg.train.batch_size = 16, 8, 2, 64, 8
+    task = QM9FlowTask(cfg)
+    batch = next(task.train_batches(start_step=0, rank=0, world_size=1, device="cpu"))
+    sizes = torch.bincount(batch.batch, minlength=8)
+    assert batch.pair_index.shape[1] == int((sizes * (sizes - 1) // 2).sum())
+    assert (batch.pair_index[0] < batch.pair_index[1]).all()
+    assert (batch.batch[batch.pair_index[0]] == batch.pair_graph).all()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = task.build_model()
+    loss = task.loss(model, batch, torch.Generator().manual_seed(0))
+    assert loss.shape == (8,) and torch.isfinite(loss).all()
+    mols = task.sample(model, 5, generator=torch.Generator().manual_seed(1),
+                       sampler=moldiff.SamplerConfig(name="ode_euler", steps=3), progress=False)
+    support, _ = task.size_distribution()
+    assert len(mols) == 5 and all(m.num_atoms in support for m in mols)
+    for m in mols:
+        assert np.abs(m.positions.mean(0)).max() < 1e-4
+        assert ((m.bonds[:, 0] < m.bonds[:, 1]).all() if len(m.bonds) else True)
+        assert set(m.charges.tolist()) <= {-1, 0, 1}
+
+
+def test_batch_round_trip_of_real_molecules():
+    cfg = QM9FlowConfig()
+    cfg.data.max_train = 32
+    task = QM9FlowTask(cfg)
+    mols = [task.molecule(r) for r in task.train_rows[:4]]
+    b = batch_from_molecules(mols)
+    from moldiff.diffusion import MixedState
+
+    state = MixedState(b.pos, {"atoms": b.atoms, "charges": b.charges, "bonds": b.bonds})
+    back = task.decode(state, b, np.array([m.num_atoms for m in mols]))
+    for a, c in zip(mols, back):
+        np.testing.assert_array_equal(a.atomic_numbers, c.atomic_numbers)
+        np.testing.assert_array_equal(a.charges, c.charges)
+        np.testing.assert_array_equal(a.bonds, c.bonds)
+
+
+def test_smoke_train_logs_both_protocols_to_mlflow(trained):
+    from mlflow.tracking import MlflowClient
+
+    cfg, res = trained
+    for k in ("graph/mol_stability", "graph/validity", "edm/mol_stability", "dist/atom_tv", "geom/clash_rate"):
+        assert k in res.metrics and math.isfinite(res.metrics[k])
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path(cfg.runs_root) / 'mlflow.db'}")
+    run = client.get_run(res.run_id)
+    assert run.info.status == "FINISHED" and "graph/validity" in run.data.metrics
+    arts = {a.path for a in client.list_artifacts(res.run_id, "figures/step_0000020")}
+    assert any(a.endswith("molecules.png") for a in arts), arts
+
+
+def test_sample_writes_bonds_and_charges_and_eval_graph_cli(trained, tmp_path, capsys):
+    _, res = trained
+    out = tmp_path / "mols.sdf"
+    assert main(["sample", str(res.checkpoint), "-n", "5", "--out", str(out), "--steps", "4", "--no-progress"]) == 0
+    mols = read_graph_sdf(out)
+    assert len(mols) == 5 and all(isinstance(m, GraphMolecule) for m in mols)
+    api = moldiff.sample(res.checkpoint, 3, steps=4, seed=7, progress=False)
+    again = moldiff.sample(res.checkpoint, 3, steps=4, seed=7, progress=False)
+    for a, b in zip(api, again):  # seeded
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.bonds, b.bonds)
+    assert all(m.to_rdkit().GetNumAtoms() == m.num_atoms for m in api)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--graph", "--no-novelty", "--json", str(tmp_path / "g.json"), "--no-progress"]) == 0
+    data = json.loads((tmp_path / "g.json").read_text())
+    assert "graph/validity" in data and "edm/validity" in data and "failures" in data
+    assert main(["sample", str(res.checkpoint), "-n", "2", "--out", str(tmp_path / "m.xyz")]) == 2
+
+
+def _write(tmp_path, name, mol):
+    path = tmp_path / name
+    write_graph_sdf(path, [mol])
+    return path
+
+
+def test_bad_molecule_files_exit_2_naming_the_problem(tmp_path, capsys):
+    ch4 = GraphMolecule([6, 1, 1, 1, 1], [0] * 5, np.eye(5, 3) * 1.1, [[0, k, 1] for k in range(1, 5)])
+    chlorine = GraphMolecule([6, 17], [0, 0], [[0, 0, 0], [1.8, 0, 0]], [[0, 1, 1]])
+    dication = GraphMolecule([7, 1], [2, 0], [[0, 0, 0], [1.0, 0, 0]], [[0, 1, 1]])
+    cases = {"cl.sdf": (chlorine, "atomic number [17]"), "q.sdf": (dication, "formal charge(s) [2]")}
+    for name, (mol, msg) in cases.items():
+        capsys.readouterr()
+        assert main(["eval", str(_write(tmp_path, name, mol)), "--graph", "--no-novelty", "--no-progress"]) == 2
+        assert msg in capsys.readouterr().err
+    # a bond block RDKit rejects (atom index out of range) and a truncated file
+    text = _write(tmp_path, "ok.sdf", ch4).read_text()
+    (tmp_path / "badbond.sdf").write_text(text.replace("  1  2  1  0", "  1  9  1  0"))
+    (tmp_path / "cut.sdf").write_text(text[: len(text) // 2])
+    for name in ("badbond.sdf", "cut.sdf"):
+        capsys.readouterr()
+        assert main(["eval", str(tmp_path / name), "--graph", "--no-novelty", "--no-progress"]) == 2
+        assert "moldiff: error" in capsys.readouterr().err
+    assert main(["sample", "--pretrained", "nope", "-n", "2", "--out", str(tmp_path / "x.sdf")]) == 2
+    assert "unknown pretrained model 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x.sdf").exists()
+
+
+def test_the_shipped_model_loads_strictly_and_samples(tmp_path):
+    path = pretrained_path("qm9")
+    assert path.stat().st_size <= 10 * 2**20
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state["task"] == "qm9_flow" and all(v.dtype != torch.float32 for v in state["ema"].values()
+                                               if v.is_floating_point())
+    model = moldiff.pretrained("qm9", device="cpu")
+    mols = model.sample(4, steps=10, seed=1)
+    assert len(mols) == 4 and all(m.num_atoms >= 1 for m in mols)
+    assert all(np.isfinite(m.positions).all() for m in mols)
+    out = tmp_path / "p.sdf"
+    assert main(["sample", "--pretrained", "qm9", "-n", "3", "--steps", "10", "--out", str(out), "--no-progress"]) == 0
+    assert len(read_graph_sdf(out)) == 3
+    assert set(PRETRAINED) == {"qm9"}
+
+
+def test_a_training_checkpoint_is_not_a_shipped_model(trained):
+    _, res = trained
+    with pytest.raises(CheckpointError, match="pretrained model"):
+        load_pretrained_file(res.checkpoint)

@@ -1,0 +1,101 @@
+"""MolGraphNet: E(3) equivariance of positions, invariance of element / charge / bond logits (float64 and
+float32), symmetric bond logits, batch consistency."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moldiff.molecules.flow_task import pair_layout
+from moldiff.nn.molgraph import MolGraphNet
+from moldiff.testing import assert_batch_consistent, assert_equivariant
+
+SIZES = [3, 7, 12]
+
+
+def _net(dtype):
+    torch.manual_seed(0)
+    net = MolGraphNet(5, 3, 4, atom_states=6, charge_states=4, bond_states=5, hidden=16, edge=8, layers=3)
+    # non-zero coordinate heads, so that the equivariance test sees real position updates
+    for layer in net.layers:
+        torch.nn.init.normal_(layer.coord[-1].weight, std=0.3)
+    return net.to(dtype).eval()
+
+
+def _fn(net, batch, num_graphs):
+    """``x = [pos(3), atom, charge, seed]`` -> ``[pos0(3), atom logits, charge logits, sum_j bond logits(i, j)]``.
+    Bond tokens ``(seed_i + seed_j) mod 5`` follow any relabelling of the atoms."""
+    sizes = torch.bincount(batch, minlength=num_graphs).numpy()
+    pair_index, _ = map(torch.from_numpy, pair_layout(sizes))
+    t = torch.linspace(0.2, 0.9, num_graphs, dtype=torch.float64)
+
+    def fn(x):
+        tok = x[:, 3:].round().long()
+        bonds = (tok[pair_index[0], 2] + tok[pair_index[1], 2]) % 5
+        pos0, a, c, b = net(x[:, :3], tok[:, 0], tok[:, 1], bonds, t.to(x.dtype), batch, pair_index, num_graphs,
+                            int(sizes.max()))
+        per_node = torch.zeros(len(x), b.shape[1], dtype=b.dtype).index_add_(0, pair_index[0], b)
+        per_node.index_add_(0, pair_index[1], b)
+        return torch.cat([pos0, a, c, per_node], dim=1)
+
+    return fn
+
+
+def _inputs(dtype, g):
+    n = sum(SIZES)
+    batch = torch.repeat_interleave(torch.arange(len(SIZES)), torch.tensor(SIZES))
+    pos = torch.randn(n, 3, generator=g, dtype=torch.float64) * 1.5
+    pos = pos - torch.zeros(len(SIZES), 3, dtype=torch.float64).index_add_(0, batch, pos)[batch] / torch.tensor(SIZES, dtype=torch.float64)[batch, None]
+    toks = torch.stack([torch.randint(6, (n,), generator=g), torch.randint(4, (n,), generator=g),
+                        torch.randint(5, (n,), generator=g)], 1).to(torch.float64)
+    return torch.cat([pos, toks], 1).to(dtype), batch
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_equivariance(dtype):
+    g = torch.Generator().manual_seed(1)
+    x, batch = _inputs(dtype, g)
+    net = _net(dtype)
+    fn = _fn(net, batch, len(SIZES))
+    y = fn(x)
+    assert y[:, :3].abs().max() > 0.5  # positions really move
+    assert_equivariant(fn, x, batch, generator=g, translation="invariant")
+
+
+def test_bond_logits_are_symmetric_and_padding_free():
+    g = torch.Generator().manual_seed(2)
+    x, batch = _inputs(torch.float64, g)
+    net = _net(torch.float64)
+    sizes = torch.tensor(SIZES)
+    tok = x[:, 3:].long()
+    # both orientations of every pair: logits of (i, j) must equal those of (j, i)
+    pi, _ = map(torch.from_numpy, pair_layout(sizes.numpy()))
+    bonds = (tok[pi[0], 2] + tok[pi[1], 2]) % 5
+    t = torch.full((3,), 0.5, dtype=torch.float64)
+    _, _, _, b = net(x[:, :3], tok[:, 0], tok[:, 1], bonds, t, batch, pi, 3, 12)
+    _, _, _, b_rev = net(x[:, :3], tok[:, 0], tok[:, 1], bonds, t, batch, pi.flip(0), 3, 12)
+    torch.testing.assert_close(b, b_rev, rtol=1e-10, atol=1e-10)
+    # more padding (a larger max_nodes) changes nothing
+    out = net(x[:, :3], tok[:, 0], tok[:, 1], bonds, t, batch, pi, 3, 12)
+    out_pad = net(x[:, :3], tok[:, 0], tok[:, 1], bonds, t, batch, pi, 3, 20)
+    for a, c in zip(out, out_pad):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
+
+
+def test_batch_consistency():
+    g = torch.Generator().manual_seed(3)
+    x, batch = _inputs(torch.float64, g)
+    net = _net(torch.float64)
+    xs = list(torch.split(x, SIZES))
+
+    def fn_batched(xx, bb, ng):
+        # a per-graph time that does not depend on the graph's position in the batch
+        sizes = torch.bincount(bb, minlength=ng).numpy()
+        pi, _ = map(torch.from_numpy, pair_layout(sizes))
+        tok = xx[:, 3:].round().long()
+        bonds = (tok[pi[0], 2] + tok[pi[1], 2]) % 5
+        t = torch.full((ng,), 0.4, dtype=xx.dtype)
+        pos0, a, c, _ = net(xx[:, :3], tok[:, 0], tok[:, 1], bonds, t, bb, pi, ng, int(sizes.max()))
+        return torch.cat([pos0, a, c], 1)
+
+    assert_batch_consistent(fn_batched, xs)
