@@ -12,6 +12,7 @@ TINY_ARGS = {
     "gaussian_samplers.py": [],
     "toy2d_score_sde.py": ["--steps", "100", "--tiny"],
     "qm9_edm.py": ["--steps", "20", "--tiny"],
+    "qm9_flow.py": ["--steps", "10", "--tiny"],
     "particles_flow_matching.py": ["--steps", "30", "--tiny"],
     "assimilation_lorenz.py": ["--steps", "40", "--tiny"],
 }
@@ -35,6 +36,10 @@ def test_example_runs(script, tmp_path):
     elif script == "qm9_edm.py":
         assert "molecule stability" in out.stdout and "QM9 training molecules" in out.stdout
         assert list((tmp_path / "runs").glob("example_qm9*.sdf"))
+    elif script == "qm9_flow.py":
+        assert "shipped model, 8 molecules" in out.stdout and "graph: validity" in out.stdout
+        assert (tmp_path / "runs" / "example_qm9_flow_pretrained.sdf").is_file()
+        assert (tmp_path / "runs" / "example_qm9_flow.png").is_file()
     elif script == "particles_flow_matching.py":
         assert "energy W1" in out.stdout and "coupling       eq_ot" in out.stdout
         assert list((tmp_path / "runs").glob("example_dw4_*.extxyz"))

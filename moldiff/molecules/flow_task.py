@@ -43,15 +43,9 @@ from .batches import BatchPlan
 from .features import ELEMENTS, UnsupportedElementError
 from .graph_mol import GraphMolecule
 from .graphs import BOND_ORDERS, CHARGES
+from .task import QM9Data, QM9Source
 
 __all__ = ["QM9FlowConfig", "QM9FlowTask", "GraphBatch", "batch_from_molecules", "check_vocabulary", "pair_layout"]
-
-
-@dataclass
-class FlowData:
-    cache_dir: str | None = None  #: default $MOLDIFF_CACHE/qm9 or ~/.cache/moldiff/qm9
-    max_train: int = 0  #: train on the first k molecules of the EDM train split (0: all); graphs built in memory
-    bucket_batches: int = 32  #: size-bucketing window in batches (1: plain random batches)
 
 
 @dataclass
@@ -102,7 +96,7 @@ class QM9FlowConfig(ExperimentConfig):
     task: str = "qm9_flow"
     process: ProcessConfig = field(default_factory=_flow_process)
     sampler: SamplerConfig = field(default_factory=_flow_sampler)
-    data: FlowData = field(default_factory=FlowData)
+    data: QM9Data = field(default_factory=QM9Data)  #: as EDM's task; max_train: graphs built in memory
     model: FlowModel = field(default_factory=FlowModel)
     flow: FlowRecipe = field(default_factory=FlowRecipe)
     eval: FlowEval = field(default_factory=FlowEval)
@@ -207,7 +201,7 @@ def batch_from_molecules(mols: list[GraphMolecule]) -> GraphBatch:
                       torch.from_numpy(pair_index), torch.from_numpy(pair_graph), len(mols), int(sizes.max()))
 
 
-class QM9FlowTask(Task):
+class QM9FlowTask(QM9Source, Task):
     name = "qm9_flow"
     config_class = QM9FlowConfig
     sample_formats = (".sdf",)
@@ -219,30 +213,24 @@ class QM9FlowTask(Task):
         prior = cfg.flow.categorical
         self.paths = {"atoms": CategoricalPath(len(ELEMENTS), prior), "charges": CategoricalPath(len(CHARGES), prior),
                       "bonds": CategoricalPath(len(BOND_ORDERS), prior)}
-        self._qm9 = None
         self._graphs = None
         self._train_rows = None
         self._size_dist = None
+        self._reference = None
         self._smiles: set[str] | None = None
 
     # -- data ------------------------------------------------------------------------------------------
-    @property
-    def qm9(self):
-        if self._qm9 is None:
-            from .qm9 import QM9
-
-            self._qm9 = QM9.load(self.cfg.data.cache_dir)
-        return self._qm9
-
     def graphs_for(self, rows: np.ndarray):
-        """The graph table: the cached full table, or (``data.max_train``) only the rows needed, in memory."""
+        """Graphs for ``rows``: the full cached table (built once, ~1.5 CPU-minutes) when it exists or many rows
+        are needed, else (``data.max_train``, a few thousand test molecules) only these rows, in memory."""
         from .graphs import QM9Graphs
 
-        if not self.cfg.data.max_train:
-            if self._graphs is None:
-                self._graphs = QM9Graphs.load(self.qm9)
-            return self._graphs
-        return QM9Graphs.build(self.qm9, rows, progress=False)
+        cached = self.qm9.path is not None and (self.qm9.path.parent / "qm9_graphs.npz").is_file()
+        if self._graphs is None and (self.cfg.data.max_train or len(rows) <= 5000) and not cached:
+            return QM9Graphs.build(self.qm9, rows, progress=False)
+        if self._graphs is None:
+            self._graphs = QM9Graphs.load(self.qm9)
+        return self._graphs
 
     @property
     def train_rows(self) -> np.ndarray:
@@ -260,10 +248,8 @@ class QM9FlowTask(Task):
         return GraphMolecule(m.atomic_numbers, g.charges, m.positions, g.bonds)
 
     def size_distribution(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(sizes, probabilities)`` of the training molecules' atom counts."""
         if self._size_dist is None:
-            sizes, counts = np.unique(self.qm9.num_atoms[self.train_rows], return_counts=True)
-            self._size_dist = (sizes, counts / counts.sum())
+            self._size_dist = super().size_distribution()
         return self._size_dist
 
     def train_batches(self, *, start_step: int, rank: int, world_size: int, device) -> Iterator[GraphBatch]:
@@ -407,14 +393,16 @@ class QM9FlowTask(Task):
         return self._smiles
 
     def reference(self):
-        """Distribution statistics of the test split's graphs (``eval.reference`` molecules)."""
+        """Distribution statistics of the test split's graphs (``eval.reference`` molecules; computed once)."""
         from .graph_metrics import ReferenceStats
 
-        rows = self.qm9.split("test")
-        k = self.cfg.eval.reference
-        rows = rows[:k] if k else rows
-        graphs = self.graphs_for(rows)
-        return ReferenceStats.from_molecules([self.molecule(r, graphs) for r in graphs.usable(rows)])
+        if self._reference is None:
+            rows = self.qm9.split("test")
+            k = self.cfg.eval.reference
+            rows = rows[:k] if k else rows
+            graphs = self.graphs_for(rows)
+            self._reference = ReferenceStats.from_molecules([self.molecule(r, graphs) for r in graphs.usable(rows)])
+        return self._reference
 
     def evaluate(self, model, *, generator, progress: bool = True) -> EvalResult:
         from .draw import molecule_grid

@@ -122,6 +122,24 @@ def _clashes(mol: GraphMolecule) -> int:
     return int(np.triu(close, 1).sum())
 
 
+class _Tally:
+    """Element, charge and bond-order counts, bond lengths and angles of a set of molecules."""
+
+    def __init__(self):
+        self.atoms, self.charges, self.bonds = Counter(), Counter(), Counter()
+        self.lengths, self.angles = defaultdict(list), defaultdict(list)
+
+    def add(self, m: GraphMolecule) -> None:
+        self.atoms.update(_sym(z) for z in m.atomic_numbers)
+        self.charges.update(int(q) for q in m.charges)
+        self.bonds.update(int(o) for o in m.bonds[:, 2])
+        ln, an = _bond_geometry(m)
+        for k, v in ln.items():
+            self.lengths[k] += v
+        for k, v in an.items():
+            self.angles[k] += v
+
+
 @dataclass
 class ReferenceStats:
     """Frequencies and geometry distributions of reference molecules (the test split)."""
@@ -136,20 +154,12 @@ class ReferenceStats:
 
     @classmethod
     def from_molecules(cls, mols: list[GraphMolecule]) -> "ReferenceStats":
-        atoms, charges, bonds = Counter(), Counter(), Counter()
-        lengths, angles = defaultdict(list), defaultdict(list)
+        tally = _Tally()
         for m in mols:
-            atoms.update(_sym(z) for z in m.atomic_numbers)
-            charges.update(int(q) for q in m.charges)
-            bonds.update(int(o) for o in m.bonds[:, 2])
-            ln, an = _bond_geometry(m)
-            for k, v in ln.items():
-                lengths[k] += v
-            for k, v in an.items():
-                angles[k] += v
-        ref = cls(_normalise(atoms), _normalise(charges), _normalise(bonds),
-                  {k: np.asarray(v) for k, v in lengths.items()}, {k: np.asarray(v) for k, v in angles.items()},
-                  len(mols))
+            tally.add(m)
+        ref = cls(_normalise(tally.atoms), _normalise(tally.charges), _normalise(tally.bonds),
+                  {k: np.asarray(v) for k, v in tally.lengths.items()},
+                  {k: np.asarray(v) for k, v in tally.angles.items()}, len(mols))
         ref.geometry = _geometry_rates(mols, ref)
         return ref
 
@@ -305,8 +315,7 @@ def evaluate_graphs(mols: list[GraphMolecule], *, reference: ReferenceStats | No
     n_atoms = stable_atoms = stable_mols = n_valid = n_conn = n_valid_conn = 0
     failures: Counter = Counter()
     valid_smiles: list[str] = []
-    atoms, charges, bonds = Counter(), Counter(), Counter()
-    lengths, angles = defaultdict(list), defaultdict(list)
+    tally = _Tally()
     scored = []
     with rdkit_log_silenced():
         for m in tqdm(mols, disable=not progress, desc="scoring generated graphs", unit="mol"):
@@ -337,14 +346,7 @@ def evaluate_graphs(mols: list[GraphMolecule], *, reference: ReferenceStats | No
                 failures["disconnected"] += 1
             n_conn += int(connected)
             n_valid_conn += int(connected and reason is None)
-            atoms.update(_sym(z) for z in m.atomic_numbers)
-            charges.update(int(q) for q in m.charges)
-            bonds.update(int(o) for o in m.bonds[:, 2])
-            ln, an = _bond_geometry(m)
-            for k, v in ln.items():
-                lengths[k] += v
-            for k, v in an.items():
-                angles[k] += v
+            tally.add(m)
     unique = set(valid_smiles)
     novelty = None
     if training_smiles is not None:
@@ -356,11 +358,12 @@ def evaluate_graphs(mols: list[GraphMolecule], *, reference: ReferenceStats | No
              "novelty": novelty}
     dist, geom, ref_geom = {}, {}, {}
     if reference is not None:
-        dist = {"atom_tv": _tv(_normalise(atoms), reference.atoms), "charge_tv": _tv(_normalise(charges), reference.charges),
-                "bond_tv": _tv(_normalise(bonds), reference.bonds),
-                "bond_length_w1": _weighted_w1(lengths, reference.lengths,
+        dist = {"atom_tv": _tv(_normalise(tally.atoms), reference.atoms),
+                "charge_tv": _tv(_normalise(tally.charges), reference.charges),
+                "bond_tv": _tv(_normalise(tally.bonds), reference.bonds),
+                "bond_length_w1": _weighted_w1(tally.lengths, reference.lengths,
                                                _normalise(Counter({k: len(v) for k, v in reference.lengths.items()}))),
-                "bond_angle_w1": _weighted_w1(angles, reference.angles,
+                "bond_angle_w1": _weighted_w1(tally.angles, reference.angles,
                                               _normalise(Counter({k: len(v) for k, v in reference.angles.items()})))}
         with rdkit_log_silenced():
             geom = _geometry_rates(scored, reference)

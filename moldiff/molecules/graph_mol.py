@@ -114,26 +114,12 @@ def write_graph_sdf(path: str | os.PathLike[str], molecules: Iterable[GraphMolec
     """Write molecules with their own bonds and charges to an SDF file, atomically (nothing is left behind on
     an error).  Records are named by their 0-based index and written unsanitized, so invalid graphs are kept
     as generated."""
-    from rdkit import Chem
-
-    from ..fileio import write_atomically
     from .evaluate import rdkit_log_silenced
-
-    mols = list(molecules)
-
-    def write(fh) -> None:
-        writer = Chem.SDWriter(fh)
-        writer.SetKekulize(False)
-        try:
-            for i, m in enumerate(mols):
-                rd = to_rdkit(m)
-                rd.SetProp("_Name", str(i))
-                writer.write(rd)
-        finally:
-            writer.close()
+    from .io import write_rdkit_sdf
 
     with rdkit_log_silenced():
-        return write_atomically(path, write)
+        rdmols = [to_rdkit(m) for m in molecules]
+    return write_rdkit_sdf(path, rdmols)
 
 
 def read_graph_sdf(path: str | os.PathLike[str]) -> list[GraphMolecule]:

@@ -28,7 +28,7 @@ from moldiff.fileio import write_atomically as _write_atomically
 from moldiff.molecules.bonds import _as_numpy
 from moldiff.molecules.evaluate import build_rdkit_mol, rdkit_log_silenced
 
-__all__ = ["MoleculeFileError", "read_molecules", "write_sdf", "write_xyz", "SUFFIXES"]
+__all__ = ["MoleculeFileError", "read_molecules", "write_sdf", "write_rdkit_sdf", "write_xyz", "SUFFIXES"]
 
 Molecule = tuple[np.ndarray, np.ndarray]
 
@@ -125,13 +125,19 @@ def write_sdf(path: str | os.PathLike[str], molecules: Iterable[tuple[Any, Any]]
     """Write ``molecules`` (``(Z [n], positions [n, 3] Å)`` pairs) to an SDF file with EDM's distance-rule
     bonds, atomically.  Each record is named by its 0-based index.  Returns the path."""
     mols = [_molecule(m) for m in molecules]
+    return write_rdkit_sdf(path, (build_rdkit_mol(z, pos) for z, pos in mols))
+
+
+def write_rdkit_sdf(path: str | os.PathLike[str], mols: Iterable[Any]) -> Path:
+    """Write unsanitized RDKit molecules to an SDF file as they are (not kekulized), atomically: records named
+    by their 0-based index; on any error nothing is left behind.  Returns the path."""
+    mols = list(mols)
 
     def write(fh: IO[str]) -> None:
         writer = Chem.SDWriter(fh)
         writer.SetKekulize(False)
         try:
-            for i, (z, pos) in enumerate(mols):
-                mol = build_rdkit_mol(z, pos)
+            for i, mol in enumerate(mols):
                 mol.UpdatePropertyCache(strict=False)
                 mol.SetProp("_Name", str(i))
                 writer.write(mol)

@@ -27,7 +27,7 @@ from ..tasks import EvalResult, Task
 from .batches import BatchPlan, MoleculeBatch
 from .features import MoleculeEncoding
 
-__all__ = ["QM9Config", "QM9Data", "QM9Model", "QM9Eval", "QM9Task", "Molecules"]
+__all__ = ["QM9Config", "QM9Data", "QM9Model", "QM9Eval", "QM9Source", "QM9Task", "Molecules"]
 
 #: ``[(atomic_numbers [n], positions [n, 3] Å), ...]`` -- what sampling returns and the evaluator takes
 Molecules = list[tuple[np.ndarray, np.ndarray]]
@@ -95,7 +95,28 @@ class QM9Config(ExperimentConfig):
         raise_failed(checks)
 
 
-class QM9Task(Task):
+class QM9Source:
+    """What both QM9 tasks share: the dataset (loaded on first use from ``cfg.data.cache_dir``) and the atom-count
+    distribution of the training rows (EDM's size sampler).  A subclass defines ``train_rows``."""
+
+    cfg: QM9Config
+    _qm9 = None
+
+    @property
+    def qm9(self):
+        if self._qm9 is None:
+            from .qm9 import QM9
+
+            self._qm9 = QM9.load(self.cfg.data.cache_dir)
+        return self._qm9
+
+    def size_distribution(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sizes, probabilities)`` of the training molecules' atom counts."""
+        sizes, counts = np.unique(self.qm9.num_atoms[self.train_rows], return_counts=True)
+        return sizes, counts / counts.sum()
+
+
+class QM9Task(QM9Source, Task):
     name = "qm9"
     config_class = QM9Config
     sample_formats = (".sdf", ".xyz", ".extxyz")
@@ -106,28 +127,14 @@ class QM9Task(Task):
         self.process = cfg.process.build()
         m = cfg.model
         self.encoding = MoleculeEncoding(scale=tuple(m.scale), include_charges=m.include_charges)
-        self._qm9 = None
         self._smiles: set[str] | None = None
 
     # -- data ------------------------------------------------------------------------------------------
-    @property
-    def qm9(self):
-        if self._qm9 is None:
-            from .qm9 import QM9
-
-            self._qm9 = QM9.load(self.cfg.data.cache_dir)
-        return self._qm9
-
     @property
     def train_rows(self) -> np.ndarray:
         rows = self.qm9.split("train")
         k = self.cfg.data.max_train
         return rows[:k] if k else rows
-
-    def size_distribution(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(sizes, probabilities)`` of the training molecules' atom counts (EDM's size sampler)."""
-        sizes, counts = np.unique(self.qm9.num_atoms[self.train_rows], return_counts=True)
-        return sizes, counts / counts.sum()
 
     def make_batch(self, rows: np.ndarray) -> MoleculeBatch:
         z, pos, graph = self.qm9.gather(rows)
