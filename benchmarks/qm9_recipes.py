@@ -38,7 +38,8 @@ def machine() -> str:
     return f"{platform.machine()} CPU (2 cores, shared), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
-def evaluate(recipe: str, checkpoint: Path, start: float | None, nfe: int, n: int, seed: int, mmff: int) -> dict:
+def evaluate(recipe: str, checkpoint: Path, start: float | None, nfe: int, n: int, seed: int, mmff: int,
+             grid: str = "uniform") -> dict:
     import moldiff
     from moldiff.config import SamplerConfig
     from moldiff.molecules.evaluate import evaluate_molecules
@@ -54,6 +55,7 @@ def evaluate(recipe: str, checkpoint: Path, start: float | None, nfe: int, n: in
 
         sampler = SamplerConfig(name="ode_euler", steps=nfe)
         task.cfg.eval.batch_size = 100
+        task.cfg.flow.time_grid = grid
         with torch.no_grad():
             mols = task.sample(model, n, generator=gen, sampler=sampler, progress=False)
         seconds = time.time() - t0
@@ -70,12 +72,23 @@ def evaluate(recipe: str, checkpoint: Path, start: float | None, nfe: int, n: in
         metrics = {f"edm/{k}": float(v) for k, v in res.as_dict().items() if isinstance(v, (int, float))}
         failures = res.failures
     rec = {"recipe": recipe, "checkpoint": str(checkpoint), "step": int(state["step"]), "minutes": minutes,
-           "nfe": nfe, "n": n, "seed": seed, "sample_seconds": seconds, "metrics": metrics, "failures": failures,
+           "nfe": nfe, "n": n, "seed": seed, "grid": grid if recipe == "flow" else "ddpm levels",
+           "categorical": getattr(getattr(task.cfg, "flow", None), "categorical", None), "sample_seconds": seconds, "metrics": metrics, "failures": failures,
            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
            "model": f"{type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters"}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{recipe}_step{rec['step']:06d}_nfe{nfe:04d}_n{n}.json").write_text(json.dumps(rec, indent=1, sort_keys=True))
+    tag = "" if grid == "uniform" else f"_{grid}"
+    cat = rec["categorical"]
+    name = recipe if cat in (None, "mask") else f"{recipe}-{cat}"
+    (OUT / f"{name}_step{rec['step']:06d}_nfe{nfe:04d}_n{n}{tag}.json").write_text(json.dumps(rec, indent=1, sort_keys=True))
     return rec
+
+
+def label(r: dict) -> str:
+    """``flow``, ``flow (uniform)``, ``flow (cosine grid)``, ``edm``."""
+    extra = [x for x in (r.get("categorical") if r.get("categorical") not in (None, "mask") else None,
+                         f"{r['grid']} grid" if r.get("grid") not in (None, "uniform", "ddpm levels") else None) if x]
+    return r["recipe"] + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _pct(m: dict, k: str) -> str:
@@ -102,7 +115,7 @@ def collect(log_mlflow: str | None) -> None:
         m = r["metrics"]
         mins = "-" if r["minutes"] is None else f"{r['minutes']:.0f}"
         lines.append(
-            f"| {r['recipe']} | {r['step']} | {mins} | {r['nfe']} | {r['n']} | {_pct(m, 'graph/mol_stability')} | "
+            f"| {label(r)} | {r['step']} | {mins} | {r['nfe']} | {r['n']} | {_pct(m, 'graph/mol_stability')} | "
             f"{_pct(m, 'graph/atom_stability')} | {_pct(m, 'graph/validity')} | {_pct(m, 'graph/valid_connected')} | "
             f"{_pct(m, 'graph/uniqueness')} | {_pct(m, 'graph/novelty')} | {_pct(m, 'edm/mol_stability')} | "
             f"{_pct(m, 'edm/atom_stability')} | {_pct(m, 'edm/validity')} | {_pct(m, 'edm/valid_and_unique')} | "
@@ -110,12 +123,12 @@ def collect(log_mlflow: str | None) -> None:
     flows = [r for r in recs if r["recipe"] == "flow"]
     if flows:
         lines += ["", "Distribution distances to the test split and geometry (flow rows):", "",
-                  "| step | NFE | atom TV | bond TV | bond length W1 (Å) | bond angle W1 (°) | bond lengths ok | "
-                  "angles ok | clash rate | MMFF strain median (kcal/mol) |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| recipe | step | NFE | atom TV | bond TV | bond length W1 (Å) | bond angle W1 (°) | bond lengths ok | "
+                  "angles ok | clash rate | MMFF strain median (kcal/mol) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in flows:
             m = r["metrics"]
             g = lambda k, f="{:.3f}": "-" if k not in m else f.format(m[k])  # noqa: E731
-            lines.append(f"| {r['step']} | {r['nfe']} | {g('dist/atom_tv')} | {g('dist/bond_tv')} | "
+            lines.append(f"| {label(r)} | {r['step']} | {r['nfe']} | {g('dist/atom_tv')} | {g('dist/bond_tv')} | "
                          f"{g('dist/bond_length_w1')} | {g('dist/bond_angle_w1', '{:.2f}')} | {_pct(m, 'geom/bond_lengths_ok')} | "
                          f"{_pct(m, 'geom/bond_angles_ok')} | {_pct(m, 'geom/clash_rate')} | {g('geom/mmff_strain_median', '{:.1f}')} |")
     machines = sorted({r["machine"] for r in recs})
@@ -144,19 +157,19 @@ def figure(recs: list[dict]):
               ("flow", "edm/mol_stability"): ("C2", "-", "flow: mol. stable (EDM rule)"),
               ("edm", "edm/mol_stability"): ("C3", "-", "EDM: mol. stable (EDM rule)"),
               ("edm", "edm/validity"): ("C3", "--", "EDM: valid (EDM rule)")}
-    for (recipe, key), (c, ls, label) in styles.items():
-        rs = [r for r in recs if r["recipe"] == recipe and key in r["metrics"]]
+    for (recipe, key), (c, ls, name) in styles.items():
+        rs = [r for r in recs if label(r) == recipe and key in r["metrics"]]
         if not rs:
             continue
         ref_nfe = 50 if recipe == "flow" else max(r["nfe"] for r in rs if r["minutes"] is not None) if any(
             r["minutes"] is not None for r in rs) else rs[0]["nfe"]
         by_min = sorted((r["minutes"], r["metrics"][key]) for r in rs if r["nfe"] == ref_nfe and r["minutes"] is not None)
         if by_min:
-            axes[0].plot(*zip(*by_min), color=c, ls=ls, marker="o", label=f"{label}, {ref_nfe} NFE")
+            axes[0].plot(*zip(*by_min), color=c, ls=ls, marker="o", label=f"{name}, {ref_nfe} NFE")
         last = max(r["step"] for r in rs)
         by_nfe = sorted((r["nfe"], r["metrics"][key]) for r in rs if r["step"] == last)
         if by_nfe:
-            axes[1].plot(*zip(*by_nfe), color=c, ls=ls, marker="o", label=f"{label}, step {last}")
+            axes[1].plot(*zip(*by_nfe), color=c, ls=ls, marker="o", label=f"{name}, step {last}")
     axes[0].set_xlabel("training wall-clock minutes (1 thread, shared 2-core CPU)")
     axes[1].set_xlabel("network evaluations per sample (NFE)")
     axes[1].set_xscale("log")
@@ -181,12 +194,13 @@ def main() -> None:
     e.add_argument("-n", type=int, default=1000)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--mmff", type=int, default=200)
+    e.add_argument("--time-grid", default="uniform", choices=["uniform", "cosine"], help="flow: sampling time grid")
     c = sub.add_parser("collect")
     c.add_argument("--mlflow", default=None, metavar="RUNS_ROOT", help="also log the figure to this MLflow store")
     args = ap.parse_args()
     if args.cmd == "eval":
         for nfe in args.nfe:
-            rec = evaluate(args.recipe, args.checkpoint, args.start, nfe, args.n, args.seed, args.mmff)
+            rec = evaluate(args.recipe, args.checkpoint, args.start, nfe, args.n, args.seed, args.mmff, args.time_grid)
             m = rec["metrics"]
             print(args.recipe, rec["step"], nfe, {k: round(v, 4) for k, v in m.items()
                                                  if k.split("/")[-1] in ("mol_stability", "validity", "atom_stability")},

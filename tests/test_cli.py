@@ -341,6 +341,12 @@ def test_every_smoke_config_trains(path, tmp_path, capsys):
             assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
         assert metrics["n"] == cfg.eval.n_samples
         return
+    if cfg.task == "qm9_flow":  # both protocols: the generated graph and EDM's distance rule
+        for key in ("graph/atom_stability", "graph/mol_stability", "graph/validity", "edm/mol_stability",
+                    "edm/validity", "dist/atom_tv", "geom/clash_rate"):
+            assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
+        assert metrics["edm/n"] == cfg.eval.n_samples
+        return
     if cfg.task == "particles":  # Boltzmann-sampling metrics against the MCMC test split
         for key in ("energy/w1", "energy/w2", "nll", "nfe"):
             assert math.isfinite(metrics[key]), (key, metrics)
