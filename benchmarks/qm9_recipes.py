@@ -39,7 +39,7 @@ def machine() -> str:
 
 
 def evaluate(recipe: str, checkpoint: Path, start: float | None, nfe: int, n: int, seed: int, mmff: int,
-             grid: str = "uniform") -> dict:
+             grid: str = "uniform", eta: float = 0.0) -> dict:
     import moldiff
     from moldiff.config import SamplerConfig
     from moldiff.molecules.evaluate import evaluate_molecules
@@ -56,6 +56,7 @@ def evaluate(recipe: str, checkpoint: Path, start: float | None, nfe: int, n: in
         sampler = SamplerConfig(name="ode_euler", steps=nfe)
         task.cfg.eval.batch_size = 100
         task.cfg.flow.time_grid = grid
+        task.cfg.flow.eta = eta
         with torch.no_grad():
             mols = task.sample(model, n, generator=gen, sampler=sampler, progress=False)
         seconds = time.time() - t0
@@ -73,11 +74,11 @@ def evaluate(recipe: str, checkpoint: Path, start: float | None, nfe: int, n: in
         failures = res.failures
     rec = {"recipe": recipe, "checkpoint": str(checkpoint), "step": int(state["step"]), "minutes": minutes,
            "nfe": nfe, "n": n, "seed": seed, "grid": grid if recipe == "flow" else "ddpm levels",
-           "categorical": getattr(getattr(task.cfg, "flow", None), "categorical", None), "sample_seconds": seconds, "metrics": metrics, "failures": failures,
+           "categorical": getattr(getattr(task.cfg, "flow", None), "categorical", None), "eta": eta, "sample_seconds": seconds, "metrics": metrics, "failures": failures,
            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
            "model": f"{type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters"}
     OUT.mkdir(parents=True, exist_ok=True)
-    tag = "" if grid == "uniform" else f"_{grid}"
+    tag = ("" if grid == "uniform" else f"_{grid}") + ("" if not eta else f"_eta{eta:g}")
     cat = rec["categorical"]
     name = recipe if cat in (None, "mask") else f"{recipe}-{cat}"
     (OUT / f"{name}_step{rec['step']:06d}_nfe{nfe:04d}_n{n}{tag}.json").write_text(json.dumps(rec, indent=1, sort_keys=True))
@@ -87,7 +88,8 @@ def evaluate(recipe: str, checkpoint: Path, start: float | None, nfe: int, n: in
 def label(r: dict) -> str:
     """``flow``, ``flow (uniform)``, ``flow (cosine grid)``, ``edm``."""
     extra = [x for x in (r.get("categorical") if r.get("categorical") not in (None, "mask") else None,
-                         f"{r['grid']} grid" if r.get("grid") not in (None, "uniform", "ddpm levels") else None) if x]
+                         f"{r['grid']} grid" if r.get("grid") not in (None, "uniform", "ddpm levels") else None,
+                         f"eta {r['eta']:g}" if r.get("eta") else None) if x]
     return r["recipe"] + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -195,12 +197,13 @@ def main() -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--mmff", type=int, default=200)
     e.add_argument("--time-grid", default="uniform", choices=["uniform", "cosine"], help="flow: sampling time grid")
+    e.add_argument("--eta", type=float, default=0.0, help="flow: re-masking stochasticity of the token chains")
     c = sub.add_parser("collect")
     c.add_argument("--mlflow", default=None, metavar="RUNS_ROOT", help="also log the figure to this MLflow store")
     args = ap.parse_args()
     if args.cmd == "eval":
         for nfe in args.nfe:
-            rec = evaluate(args.recipe, args.checkpoint, args.start, nfe, args.n, args.seed, args.mmff, args.time_grid)
+            rec = evaluate(args.recipe, args.checkpoint, args.start, nfe, args.n, args.seed, args.mmff, args.time_grid, args.eta)
             m = rec["metrics"]
             print(args.recipe, rec["step"], nfe, {k: round(v, 4) for k, v in m.items()
                                                  if k.split("/")[-1] in ("mol_stability", "validity", "atom_stability")},

@@ -38,13 +38,19 @@ def pretrained_path(name: str) -> Path:
     return path
 
 
-def export_pretrained(checkpoint: str | Path, out: str | Path, *, figures: dict[str, Any] | None = None) -> Path:
-    """Write a training checkpoint's EMA weights (fp16), config and step as a shipped model file."""
+def export_pretrained(checkpoint: str | Path, out: str | Path, *, overrides: list[str] | None = None,
+                      figures: dict[str, Any] | None = None) -> Path:
+    """Write a training checkpoint's EMA weights (fp16), config (with ``--set``-style ``overrides``, e.g. sampling
+    settings; validated) and step as a shipped model file."""
+    from .config import apply_overrides, parse_overrides, to_dict
     from .training.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(checkpoint)
+    data = apply_overrides(state["config"], parse_overrides(overrides))
+    cfg = from_dict(get_task(data["task"]).config_class, data)
+    validate(cfg)
     ema = {k: (v.half() if v.is_floating_point() else v) for k, v in state["ema"].items()}
-    return save_checkpoint({"format": FORMAT, "task": state["task"], "config": state["config"], "ema": ema,
+    return save_checkpoint({"format": FORMAT, "task": state["task"], "config": to_dict(cfg), "ema": ema,
                             "step": int(state["step"]), "figures": figures or {}}, out)
 
 

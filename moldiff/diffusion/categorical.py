@@ -89,17 +89,29 @@ class CategoricalPath:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), x0.reshape(-1),
                                reduction="none").reshape(x0.shape)
 
-    def step(self, x_t: Tensor, probs: Tensor, t: float, s: float, *, generator=None) -> Tensor:
-        """One exact-jump step of the reverse chain from ``t`` to ``s < t`` given ``probs = p(x_0 | x_t)``
-        ``[*x_t.shape, K]`` (rows summing to one); at ``s = 0`` every token ends on a data class."""
+    def step(self, x_t: Tensor, probs: Tensor, t: float, s: float, *, eta: float = 0.0, generator=None) -> Tensor:
+        """One step of the reverse chain from ``t`` to ``s < t`` given ``probs = p(x_0 | x_t)``
+        ``[*x_t.shape, K]`` (rows summing to one); at ``s = 0`` every token ends on a data class.
+
+        ``eta > 0`` (mask prior only) adds Campbell et al.'s detailed-balance stochasticity, which leaves the
+        marginals unchanged but lets the chain undo early choices: a revealed token is re-masked with
+        probability ``eta (t - s)`` and a masked one revealed with probability ``(t - s) (1 + eta (1 - t)) / t``.
+        """
         t, s = float(t), float(s)
         if not 0 <= s < t <= 1:
             raise ValueError(f"a step goes from t to s with 0 <= s < t <= 1, got t={t}, s={s}")
-        p_jump = (t - s) / t
+        if eta < 0 or (eta > 0 and self.prior != "mask"):
+            raise ValueError(f"eta must be >= 0 and needs the mask prior, got eta={eta}, prior={self.prior!r}")
+        dt = t - s
         flat = probs.reshape(-1, probs.shape[-1]).float().clamp(min=0)
         draw = torch.multinomial(flat + 1e-12, 1, generator=generator).reshape(x_t.shape)
         u = torch.rand(x_t.shape, generator=generator, device=x_t.device)
         if self.prior == "mask":
             masked = x_t == self.num_classes
-            return torch.where(masked & (u < p_jump), draw, x_t)
-        return torch.where(u < p_jump, draw, x_t)
+            p_reveal = min(1.0, dt * (1 + eta * (1 - t)) / t)
+            out = torch.where(masked & (u < p_reveal), draw, x_t)
+            if eta > 0 and s > 0:
+                remask = ~masked & (u < min(1.0, eta * dt))
+                out = torch.where(remask, torch.full_like(x_t, self.num_classes), out)
+            return out
+        return torch.where(u < dt / t, draw, x_t)

@@ -67,6 +67,7 @@ def sample_mixed_flow(
     path: FlowPath,
     categorical: dict[str, CategoricalPath],
     space: Space,
+    eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
@@ -75,7 +76,7 @@ def sample_mixed_flow(
 
     Continuous block: ``x_s = alpha_s x0_hat + sigma_s eps_hat`` with ``eps_hat = (x_t - alpha_t x0_hat) /
     sigma_t`` -- the exact linear-path update (Euler on the ODE, which is linear in ``t`` for ``path.sigma = 0``).
-    Tokens: :meth:`CategoricalPath.step` with ``softmax(logits)``.  ``callback`` receives ``{"i", "t", "state",
+    Tokens: :meth:`CategoricalPath.step` with ``softmax(logits)`` (``eta``: its re-masking stochasticity).  ``callback`` receives ``{"i", "t", "state",
     "prediction"}`` after each step.
     """
     if path.sigma != 0:
@@ -93,7 +94,7 @@ def sample_mixed_flow(
         x = space.project(float(a_s) * pred.x0 + float(s_s) * eps)
         for name, cat in categorical.items():
             probs = torch.softmax(pred.logits[name].float(), dim=-1)
-            tokens[name] = cat.step(tokens[name], probs, t, s, generator=generator)
+            tokens[name] = cat.step(tokens[name], probs, t, s, eta=eta, generator=generator)
         if callback is not None:
             callback({"i": i, "t": s, "state": MixedState(x, dict(tokens)), "prediction": pred})
     return MixedState(x, tokens)

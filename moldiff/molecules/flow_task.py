@@ -70,6 +70,7 @@ class FlowRecipe:
     w_charges: float = 1.0
     w_bonds: float = 2.0
     time_grid: str = "uniform"  #: sampling grid: uniform | cosine
+    eta: float = 0.0  #: sampling: re-masking stochasticity of the token chains (mask prior; 0: none)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class QM9FlowConfig(ExperimentConfig):
             (f.categorical in ("mask", "uniform"), "flow.categorical", "must be mask or uniform"),
             (f.time_grid in ("uniform", "cosine"), "flow.time_grid", "must be uniform or cosine"),
             (f.align_iterations >= 1, "flow.align_iterations", "must be >= 1"),
+            (f.eta >= 0 and (f.eta == 0 or f.categorical == "mask"), "flow.eta", "must be >= 0 and needs categorical: mask"),
             (min(f.w_pos, f.w_atoms, f.w_charges, f.w_bonds) >= 0, "flow.w_pos", "loss weights must be >= 0"),
             (self.data.max_train >= 0, "data.max_train", "must be >= 0 (0: the whole train split)"),
             (self.data.bucket_batches >= 1, "data.bucket_batches", "must be >= 1"),
@@ -344,7 +346,8 @@ class QM9FlowTask(QM9Source, Task):
             tokens = {k: self.paths[k].prior_sample((s,), generator=generator, device=device) for k, s in shapes.items()}
             with torch.no_grad():
                 final = sample_mixed_flow(self.predictor(model, layout), MixedState(x, tokens), ts, path=self.path,
-                                          categorical=self.paths, space=space, generator=generator,
+                                          categorical=self.paths, space=space, eta=self.cfg.flow.eta,
+                                          generator=generator,
                                           progress=progress and len(chunks) < 2)
             for k, mol in zip(idx, self.decode(final, layout, sz)):
                 out[k] = mol
