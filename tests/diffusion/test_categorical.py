@@ -91,3 +91,19 @@ def test_loss_and_bad_arguments():
     with pytest.raises(ValueError, match="0 <= s < t <= 1"):
         path.step(torch.zeros(2, dtype=torch.long), torch.full((2, 3), 1 / 3), 0.2, 0.5)
     assert CategoricalPath(3, "mask").num_states == 4 and path.num_states == 3
+
+
+def test_remasking_stochasticity_keeps_the_marginal():
+    """eta > 0 re-masks revealed tokens and reveals masked ones faster: same data distribution at the end."""
+    g = torch.Generator().manual_seed(4)
+    path = CategoricalPath(4, "mask")
+    x = path.prior_sample((100_000,))
+    ts = flow_time_grid(100)
+    for i in range(100):
+        t, s = float(ts[i]), float(ts[i + 1])
+        x = path.step(x, _posterior_single(path, x, t), t, s, eta=5.0, generator=g)
+    assert x.max() < 4
+    freq = torch.bincount(x, minlength=4).float() / len(x)
+    assert (freq - P_DATA).abs().max() < 1e-2, freq
+    with pytest.raises(ValueError, match="mask prior"):
+        CategoricalPath(4, "uniform").step(x, torch.full((len(x), 4), 0.25), 0.5, 0.4, eta=1.0)
