@@ -12,7 +12,7 @@ from typing import IO
 
 import numpy as np
 
-__all__ = ["write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache"]
+__all__ = ["write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache", "cached_strings"]
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[str]], None]) -> Path:
@@ -80,3 +80,20 @@ def read_npz_cache(path: str | os.PathLike[str], keys: Iterable[str]) -> tuple[d
     if meta.get("checksum") != array_checksum(arrays, keys):
         raise ValueError("checksum mismatch")
     return arrays, meta
+
+
+def cached_strings(path: str | os.PathLike[str] | None, header: str, build: Callable[[], set[str]]) -> set[str]:
+    """A set of strings cached in a text file: ``header``, one string per line, ``# end``.  A file whose header
+    differs (stale) or that lacks the end line (incomplete) is reported and rebuilt with ``build()``, written
+    atomically; with ``path=None`` nothing is cached."""
+    import warnings
+
+    if path is not None and Path(path).is_file():
+        lines = Path(path).read_text().splitlines()
+        if lines and lines[0] == header and lines[-1] == "# end":
+            return set(lines[1:-1])
+        warnings.warn(f"{path} is stale or incomplete; rebuilding it", stacklevel=3)
+    values = build()
+    if path is not None:
+        write_atomically(path, lambda fh: fh.write("\n".join([header, *sorted(values), "# end"]) + "\n"))
+    return values

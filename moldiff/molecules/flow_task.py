@@ -216,6 +216,7 @@ class QM9FlowTask(QM9Source, Task):
         self.paths = {"atoms": CategoricalPath(len(ELEMENTS), prior), "charges": CategoricalPath(len(CHARGES), prior),
                       "bonds": CategoricalPath(len(BOND_ORDERS), prior)}
         self._graphs = None
+        self._train_graphs = None
         self._train_rows = None
         self._size_dist = None
         self._reference = None
@@ -245,7 +246,9 @@ class QM9FlowTask(QM9Source, Task):
         return self._train_rows
 
     def molecule(self, row: int, graphs=None) -> GraphMolecule:
-        graphs = graphs or self._train_graphs
+        if graphs is None:
+            self.train_rows  # noqa: B018 -- loads the training graph table
+            graphs = self._train_graphs
         m, g = self.qm9.molecule(row), graphs.graph(row)
         return GraphMolecule(m.atomic_numbers, g.charges, m.positions, g.bonds)
 
@@ -375,24 +378,17 @@ class QM9FlowTask(QM9Source, Task):
         """Canonical SMILES of the training graphs (novelty reference); for the full split cached beside the
         graph table (``graph_smiles_train.txt``, keyed by the table's checksum)."""
         if self._smiles is None:
+            from ..fileio import cached_strings
             from .graph_metrics import SMILES_VERSION, reference_smiles
 
             rows = self.train_rows
-            path = getattr(self._train_graphs, "path", None)
+            path = self._train_graphs.path
             if self.cfg.data.max_train or path is None:
                 self._smiles = reference_smiles(self, rows)
-                return self._smiles
-            from ..fileio import write_atomically
-
-            cache = path.parent / "graph_smiles_train.txt"
-            header = f"# moldiff QM9 train graph SMILES v{SMILES_VERSION} table={self._train_graphs.checksum}"
-            if cache.is_file():
-                lines = cache.read_text().splitlines()
-                if lines and lines[0] == header and lines[-1] == "# end":
-                    self._smiles = set(lines[1:-1])
-                    return self._smiles
-            self._smiles = reference_smiles(self, rows)
-            write_atomically(cache, lambda fh: fh.write("\n".join([header, *sorted(self._smiles), "# end"]) + "\n"))
+            else:
+                header = f"# moldiff QM9 train graph SMILES v{SMILES_VERSION} table={self._train_graphs.checksum}"
+                self._smiles = cached_strings(path.parent / "graph_smiles_train.txt", header,
+                                              lambda: reference_smiles(self, rows))
         return self._smiles
 
     def reference(self):

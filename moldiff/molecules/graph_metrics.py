@@ -199,21 +199,21 @@ def _weighted_w1(gen: dict, ref: dict, weights: dict) -> float:
 def _geometry_rates(mols: list[GraphMolecule], ref: ReferenceStats) -> dict[str, float]:
     n_bonds = ok_bonds = n_angles = ok_angles = clash_mols = mols_ok = 0
     ranges_l, ranges_a = {}, {}
+
+    def within(values: dict, ranges: dict, reference_range) -> np.ndarray:
+        """Per value: inside the reference range of its key (keys the reference lacks are outside)."""
+        out = []
+        for k, v in values.items():
+            r = ranges.setdefault(k, reference_range(k))
+            out.append(np.zeros(len(v), bool) if r is None else (np.asarray(v) >= r[0]) & (np.asarray(v) <= r[1]))
+        return np.concatenate(out) if out else np.zeros(0, bool)
+
     for m in mols:
         ln, an = _bond_geometry(m)
-        good = True
-        for k, v in ln.items():
-            r = ranges_l.setdefault(k, ref.length_range(k))
-            ok = np.zeros(len(v), bool) if r is None else (np.asarray(v) >= r[0]) & (np.asarray(v) <= r[1])
-            n_bonds += len(v)
-            ok_bonds += int(ok.sum())
-            good &= bool(ok.all())
-        for k, v in an.items():
-            r = ranges_a.setdefault(k, ref.angle_range(k))
-            ok = np.zeros(len(v), bool) if r is None else (np.asarray(v) >= r[0]) & (np.asarray(v) <= r[1])
-            n_angles += len(v)
-            ok_angles += int(ok.sum())
-            good &= bool(ok.all())
+        ok_l, ok_a = within(ln, ranges_l, ref.length_range), within(an, ranges_a, ref.angle_range)
+        n_bonds, ok_bonds = n_bonds + len(ok_l), ok_bonds + int(ok_l.sum())
+        n_angles, ok_angles = n_angles + len(ok_a), ok_angles + int(ok_a.sum())
+        good = bool(ok_l.all() and ok_a.all())
         c = _clashes(m)
         clash_mols += int(c > 0)
         mols_ok += int(good and c == 0)

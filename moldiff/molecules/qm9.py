@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import array_checksum, read_npz_cache, write_atomically, write_npz_cache
+from ..fileio import array_checksum, cached_strings, read_npz_cache, write_npz_cache
 
 __all__ = [
     "QM9",
@@ -166,10 +166,6 @@ def _read_cache(path: Path) -> tuple[dict[str, np.ndarray], str]:
     return arrays, meta["checksum"]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    write_atomically(path, lambda fh: fh.write(text))
-
-
 @dataclass(frozen=True)
 class Molecule:
     """One molecule: ``atomic_numbers [n]`` (uint8) and ``positions [n, 3]`` (Å, float32)."""
@@ -218,17 +214,13 @@ class QM9:
 
         header = f"# moldiff QM9 {split} pipeline SMILES v{SMILES_PIPELINE_VERSION} data={self.checksum}"
         path = None if self.path is None else self.path.parent / f"smiles_{split}.txt"
-        if path is not None and path.is_file():
-            lines = path.read_text().splitlines()
-            if lines and lines[0] == header and lines[-1] == "# end":
-                return set(lines[1:-1])
-            warnings.warn(f"{path} is stale or incomplete; rebuilding it", stacklevel=2)
-        mols = self.molecules(self.split(split))
-        smiles = {s for z, p in tqdm(mols, disable=not progress, desc=f"QM9 {split} SMILES (once)")
-                  if (s := molecule_smiles(z, p)) is not None}
-        if path is not None:
-            _atomic_write_text(path, "\n".join([header, *sorted(smiles), "# end"]) + "\n")
-        return smiles
+
+        def build() -> set[str]:
+            mols = self.molecules(self.split(split))
+            return {s for z, p in tqdm(mols, disable=not progress, desc=f"QM9 {split} SMILES (once)")
+                    if (s := molecule_smiles(z, p)) is not None}
+
+        return cached_strings(path, header, build)
 
     def __len__(self) -> int:
         return len(self.index)
