@@ -11,8 +11,8 @@ import importlib
 _NAMES = {
     "bonds": ["ALLOWED_BONDS", "BONDS1", "BONDS2", "BONDS3", "MARGINS", "QM9_ATOMIC_NUMBERS", "atom_stability",
               "bond_orders", "molecule_stable"],
-    "evaluate": ["MoleculeMetrics", "build_rdkit_mol", "evaluate_molecules", "molecule_smiles"],
-    "io": ["MoleculeFileError", "read_molecules", "write_sdf", "write_xyz"],
+    "evaluate": ["Molecule", "MoleculeMetrics", "build_rdkit_mol", "evaluate_molecules", "molecule_smiles"],
+    "io": ["MoleculeFileError", "MoleculeFileWarning", "read_molecules", "write_sdf", "write_xyz"],
     "qm9": ["QM9", "QM9CacheError"],
     "features": ["MoleculeEncoding", "UnsupportedElementError", "ELEMENTS"],
     "task": ["QM9Task", "QM9Config"],

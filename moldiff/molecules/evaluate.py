@@ -10,6 +10,9 @@ Exactly the protocol of EDM's reference code (github.com/ehoogeboom/e3_diffusion
   EDM) and bonds (single / double / triple, added in EDM's order); ``Chem.SanitizeMol`` fails -> invalid;
   else the largest fragment (``GetMolFrags(asMols=True)``, first of the largest by atom count) is sanitized
   and written with ``Chem.MolToSmiles``.  ``validity`` = valid / molecules.
+* **Strict validity** (not EDM's; reported beside it) -- valid as above *and* one connected fragment.  EDM's
+  largest-fragment rule calls a cloud of far-apart atoms valid (its largest fragment is one atom, which
+  sanitizes with implicit hydrogens); ``validity_strict`` = valid and connected / molecules.
 * **Uniqueness** = distinct valid SMILES / valid; ``valid_and_unique`` = distinct valid SMILES /
   molecules; **novelty** = distinct valid SMILES not in the reference set / distinct valid SMILES.
 
@@ -18,9 +21,23 @@ is ``[H]O[H]``, methane ``[H]C([H])([H])[H]`` (``Chem.MolToSmiles`` does not rem
 Build the reference set with :func:`molecule_smiles` on the training molecules, so both sides go through
 the same pipeline.
 
-Where EDM has no answer this module is explicit (and counts the case in ``failures``): an empty molecule,
-an unknown element (EDM raises ``KeyError``) or a non-finite position is invalid and unstable, never an
-error.  With no valid molecule, uniqueness and novelty are 0 (EDM's convention).
+Where EDM has no answer this module is explicit (and counts the case in ``failures``), never an error:
+
+* an empty molecule, an element outside EDM's tables (EDM raises ``KeyError``; atomic number 0 stands for a
+  symbol that is no element) or a non-finite position -> invalid and unstable;
+* two atoms closer than :data:`OVERLAP_DISTANCE` -> invalid, and both atoms unstable (EDM's rule would bond
+  them, e.g. H-H at 0.002 Å counts as a stable, valid H2).  No QM9 molecule comes near: its closest pair of
+  atoms is 0.96 Å apart, so EDM's figures on QM9 are unchanged;
+* formal charges (read from SDF, :class:`Molecule`) -- EDM's rule is for neutral molecules.  Here an atom
+  with charge ``q`` is stable iff its bond-order sum is an allowed valence of the isoelectronic element
+  ``Z - q`` (RDKit's rule: N+ as C -> 4, O- as F -> 1, C- as N -> 3, C+ as B -> 3; a noble-gas shell, as
+  Cl-, allows 0), and the RDKit molecule carries the charges, so sanitization sees them (an ammonium ion
+  [NH4]+ is stable and valid; read without its charge it is neither).  Bonds still come from distances
+  alone: a nitro group drawn with N=O and N-O lengths (1.21 / 1.36 Å) is stable, one with both N-O
+  bonds at 1.22 Å (its real, resonant geometry) has two double bonds by EDM's rule and is not.  All
+  charges zero (or none given) is exactly EDM.
+
+With no valid molecule, uniqueness and novelty are 0 (EDM's convention).
 """
 
 from __future__ import annotations
@@ -37,16 +54,17 @@ from rdkit import Chem, RDLogger, rdBase
 
 from moldiff.molecules.bonds import (
     _KNOWN,
+    _VALENCES,
+    MAX_ATOMIC_NUMBER,
     _as_numpy,
     _orders,
-    _stability,
     _table_index,
     bond_orders,
-    element_symbol,
     pairwise_distances,
 )
 
 __all__ = [
+    "Molecule",
     "MoleculeMetrics",
     "OVERLAP_DISTANCE",
     "build_rdkit_mol",
@@ -55,10 +73,48 @@ __all__ = [
     "rdkit_log_silenced",
 ]
 
-#: Two atoms closer than this (Å) are counted as ``overlapping_atoms`` (still scored).
+#: Two atoms closer than this (Å) are ``overlapping_atoms``: the molecule is invalid and both atoms unstable.
 OVERLAP_DISTANCE = 0.1
 
 _BOND_TYPES = (None, Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TRIPLE)
+
+#: EDM's allowed valences ``[119, k]`` by (isoelectronic) atomic number, plus valence 0 for the noble gases
+#: (reached only by charged atoms: an element outside EDM's tables is never stable).
+_ION_VALENCES = _VALENCES.copy()
+_ION_VALENCES[[2, 10, 18, 36, 54, 86], 0] = 0
+
+
+class Molecule(tuple):
+    """A molecule as read from a file: unpacks as the pair ``(atomic_numbers [n] int64, positions [n, 3]
+    float64 Å)`` and carries ``charges`` -- formal charges ``[n]`` int64 (SDF), or None where the format has
+    none (XYZ).  :func:`evaluate_molecules` scores with the charges."""
+
+    charges: np.ndarray | None
+
+    def __new__(cls, atomic_numbers: np.ndarray, positions: np.ndarray, charges: np.ndarray | None = None):
+        self = super().__new__(cls, (atomic_numbers, positions))
+        self.charges = charges
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Molecule, (self[0], self[1], self.charges)
+
+
+def _charges(charges: Any, n: int) -> np.ndarray:
+    """Formal charges as int64 ``[n]`` (zeros for None)."""
+    if charges is None:
+        return np.zeros(n, dtype=np.int64)
+    q = _as_numpy(charges)
+    if q.shape != (n,) or (q.dtype.kind == "f" and not np.all(q == np.round(q))) or q.dtype.kind not in "iuf":
+        raise ValueError(f"charges must be {n} integers, got {q.dtype} of shape {q.shape}")
+    return q.astype(np.int64)
+
+
+def _symbol(z: int, q: int = 0) -> str:
+    """Element symbol (``"X"`` for 0, no element; ``"Z<z>"`` out of range) with the charge's sign."""
+    z = int(z)
+    sym = Chem.GetPeriodicTable().GetElementSymbol(z) if 0 < z <= MAX_ATOMIC_NUMBER else "X" if z == 0 else f"Z{z}"
+    return sym + ("+" if q > 0 else "-" if q < 0 else "")
 
 
 @contextmanager
@@ -76,14 +132,20 @@ def rdkit_log_silenced() -> Iterator[None]:
 
 
 def build_rdkit_mol(
-    atomic_numbers: Any, positions: Any, orders: np.ndarray | None = None, *, conformer: bool = True
+    atomic_numbers: Any,
+    positions: Any,
+    orders: np.ndarray | None = None,
+    *,
+    conformer: bool = True,
+    charges: Any = None,
 ) -> Chem.RWMol:
     """Unsanitized RDKit molecule with EDM's bonds.
 
     ``atomic_numbers [n]`` int, ``positions [n, 3]`` in Å, ``orders [n, n]`` bond orders (default:
-    :func:`~moldiff.molecules.bonds.bond_orders`).  Atoms are ``Chem.Atom(Z)`` in the given order; bonds
-    (i, j), i > j, are added row by row as EDM's ``build_molecule`` does.  With ``conformer`` the positions
-    are attached as a 3D conformer (for writing SDF; SMILES ignore it).
+    :func:`~moldiff.molecules.bonds.bond_orders`), ``charges [n]`` formal charges (default none).  Atoms are
+    ``Chem.Atom(Z)`` in the given order; bonds (i, j), i > j, are added row by row as EDM's
+    ``build_molecule`` does.  With ``conformer`` the positions are attached as a 3D conformer (for writing
+    SDF; SMILES ignore it).
     """
     z = _as_numpy(atomic_numbers).astype(np.int64).reshape(-1)
     if len(z) and (z.min() < 0 or z.max() > 118):
@@ -91,9 +153,12 @@ def build_rdkit_mol(
     if orders is None:
         orders = bond_orders(z, positions)
     orders = np.asarray(orders)
+    q = _charges(charges, len(z))
     mol = Chem.RWMol()
-    for zi in z.tolist():
-        mol.AddAtom(Chem.Atom(zi))
+    for zi, qi in zip(z.tolist(), q.tolist()):
+        atom = Chem.Atom(zi)
+        atom.SetFormalCharge(qi)
+        mol.AddAtom(atom)
     rows, cols = np.nonzero(np.tril(orders, -1))
     for i, j in zip(rows.tolist(), cols.tolist()):
         mol.AddBond(i, j, _BOND_TYPES[int(orders[i, j])])
@@ -116,23 +181,25 @@ def _short_error(exc: Exception) -> str:
     return name.replace("Exception", "").lower() or "error"
 
 
-def _smiles_or_reason(z: np.ndarray, orders: np.ndarray) -> tuple[str | None, str | None]:
-    """EDM's ``mol2smiles`` + largest fragment on a molecule of known elements and finite positions."""
-    mol = build_rdkit_mol(z, None, orders, conformer=False)
+def _smiles_or_reason(z: np.ndarray, q: np.ndarray, orders: np.ndarray) -> tuple[str | None, int, str | None]:
+    """EDM's ``mol2smiles`` + largest fragment on a molecule of known elements and finite positions:
+    ``(smiles or None, number of fragments, failure reason or None)``."""
+    mol = build_rdkit_mol(z, None, orders, conformer=False, charges=q)
     try:
         Chem.SanitizeMol(mol)
     except ValueError as exc:  # RDKit's MolSanitizeException family derives from ValueError
-        return None, "sanitize:" + _short_error(exc)
-    if len(Chem.GetMolFrags(mol)) == 1:
+        return None, 0, "sanitize:" + _short_error(exc)
+    n_frags = len(Chem.GetMolFrags(mol))
+    if n_frags == 1:
         # A single fragment is a copy of ``mol`` itself: EDM's re-sanitize of it changes nothing.
-        return Chem.MolToSmiles(mol), None
+        return Chem.MolToSmiles(mol), 1, None
     frags = Chem.GetMolFrags(mol, asMols=True)
     largest = max(frags, key=lambda m: m.GetNumAtoms())
     try:
         Chem.SanitizeMol(largest)
     except ValueError as exc:  # pragma: no cover - a fragment of a sanitized molecule sanitizes
-        return None, "sanitize_fragment:" + _short_error(exc)
-    return Chem.MolToSmiles(largest), None
+        return None, n_frags, "sanitize_fragment:" + _short_error(exc)
+    return Chem.MolToSmiles(largest), n_frags, None
 
 
 @dataclass
@@ -140,59 +207,70 @@ class _Scored:
     n_atoms: int
     n_stable_atoms: int
     stable: bool
-    smiles: str | None
+    smiles: str | None  # EDM-valid iff not None
+    connected: bool  # one fragment (strictly valid iff also EDM-valid)
     reasons: list[str]
 
 
-def _score(atomic_numbers: Any, positions: Any) -> _Scored:
+def _score(atomic_numbers: Any, positions: Any, charges: Any = None) -> _Scored:
     z = _table_index(atomic_numbers)  # validated; out-of-range Z -> 0 (unknown)
     z_raw = _as_numpy(atomic_numbers).astype(np.int64)
     pos = np.asarray(_as_numpy(positions), dtype=np.float64)
     n = len(z)
     if pos.shape != (n, 3):
         raise ValueError(f"positions must have shape [{n}, 3], got {pos.shape}")
+    q = _charges(charges, n)
     if n == 0:
-        return _Scored(0, 0, False, None, ["empty"])
+        return _Scored(0, 0, False, None, False, ["empty"])
     reasons: list[str] = []
     if n == 1:
         reasons.append("single_atom")
     if not np.isfinite(pos).all():
         reasons.append("non_finite_positions")
-        reasons.extend(f"unstable_atoms:{element_symbol(zi)}" for zi in z_raw.tolist())
-        return _Scored(n, 0, False, None, reasons)
+        reasons.extend(f"unstable_atoms:{_symbol(zi, qi)}" for zi, qi in zip(z_raw.tolist(), q.tolist()))
+        return _Scored(n, 0, False, None, False, reasons)
     dist = pairwise_distances(pos)
-    if n > 1 and (dist + np.diag(np.full(n, np.inf))).min() < OVERLAP_DISTANCE:
-        reasons.append("overlapping_atoms")
+    overlapping = (dist + np.diag(np.full(n, np.inf)) < OVERLAP_DISTANCE).any(axis=1)
     orders = _orders(z, dist)
-    stable_atoms, _ = _stability(z, orders)
+    # EDM's check_stability, with a charged atom's valences those of its isoelectronic element Z - q.
+    z_iso = z - q
+    z_iso = np.where((z_iso >= 0) & (z_iso <= MAX_ATOMIC_NUMBER), z_iso, 0)
+    stable_atoms = (orders.sum(axis=1)[:, None] == _ION_VALENCES[z_iso]).any(axis=1) & _KNOWN[z] & ~overlapping
     n_stable = int(stable_atoms.sum())
-    if n_stable < n:
-        reasons.extend(f"unstable_atoms:{element_symbol(zi)}" for zi in z_raw[~stable_atoms].tolist())
-    if not _KNOWN[z].all():
-        reasons.append("unknown_element")
-        return _Scored(n, n_stable, n_stable == n, None, reasons)
-    smiles, reason = _smiles_or_reason(z, orders)
+    reasons.extend(f"unstable_atoms:{_symbol(z_raw[i], q[i])}" for i in np.flatnonzero(~stable_atoms))
+    unsupported = sorted({_symbol(zi) for zi in z_raw[~_KNOWN[z]].tolist()})
+    reasons.extend(f"unsupported_element:{sym}" for sym in unsupported)
+    if overlapping.any():
+        reasons.append("overlapping_atoms")
+    if unsupported or overlapping.any():
+        return _Scored(n, n_stable, n_stable == n, None, False, reasons)
+    smiles, n_frags, reason = _smiles_or_reason(z, q, orders)
     if reason is not None:
         reasons.append(reason)
-    return _Scored(n, n_stable, n_stable == n, smiles, reasons)
+    elif n_frags > 1:
+        reasons.append("disconnected")
+    return _Scored(n, n_stable, n_stable == n, smiles, n_frags == 1, reasons)
 
 
-def molecule_smiles(atomic_numbers: Any, positions: Any) -> str | None:
+def molecule_smiles(atomic_numbers: Any, positions: Any, charges: Any = None) -> str | None:
     """Canonical SMILES of the largest fragment by EDM's validity pipeline, or None when invalid (sanitize
-    fails, empty molecule, unknown element, non-finite positions).  ``positions [n, 3]`` in Å."""
+    fails, empty molecule, unsupported element, overlapping atoms, non-finite positions).  ``positions
+    [n, 3]`` in Å, ``charges [n]`` formal charges (default none)."""
     with rdkit_log_silenced():
-        return _score(atomic_numbers, positions).smiles
+        return _score(atomic_numbers, positions, charges).smiles
 
 
 @dataclass
 class MoleculeMetrics:
-    """EDM's metrics over ``n`` molecules, as fractions in [0, 1].
+    """EDM's metrics over ``n`` molecules, as fractions in [0, 1], and ``validity_strict`` beside them.
 
-    ``failures`` counts conditions by name: ``"empty"``, ``"single_atom"`` (scored normally),
-    ``"non_finite_positions"`` (invalid, all atoms unstable), ``"unknown_element"`` (invalid, that atom
-    unstable), ``"overlapping_atoms"`` (two atoms closer than :data:`OVERLAP_DISTANCE`; scored normally),
-    ``"sanitize:<reason>"`` (invalid; reason ``valence``, ``kekulize``, ...) per molecule, and
-    ``"unstable_atoms:<element>"`` per unstable atom.
+    ``failures`` counts conditions by name, per molecule: ``"empty"``, ``"single_atom"`` (scored
+    normally), ``"non_finite_positions"`` (invalid, all atoms unstable), ``"unsupported_element:<symbol>"``
+    (an element outside EDM's tables, ``X`` for no element; invalid, that atom unstable),
+    ``"overlapping_atoms"`` (two atoms closer than :data:`OVERLAP_DISTANCE`; invalid, both unstable),
+    ``"sanitize:<reason>"`` (invalid; reason ``valence``, ``kekulize``, ...), ``"disconnected"`` (valid by
+    EDM's rule, not strictly valid); and per unstable atom ``"unstable_atoms:<element>"`` (``N+``, ``O-``
+    for charged atoms).
     """
 
     n: int
@@ -203,20 +281,23 @@ class MoleculeMetrics:
     valid_and_unique: float
     novelty: float | None
     failures: dict[str, int] = field(default_factory=dict)
+    validity_strict: float = 0.0
     n_atoms: int = 0
     n_valid: int = 0
+    n_valid_strict: int = 0
     n_unique: int = 0
     n_novel: int | None = None
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-serialisable ``{n, atom_stability, mol_stability, validity, uniqueness, valid_and_unique,
-        novelty, failures}`` (fractions; ``failures`` as counts)."""
+        """JSON-serialisable ``{n, atom_stability, mol_stability, validity, validity_strict, uniqueness,
+        valid_and_unique, novelty, failures}`` (fractions; ``failures`` as counts)."""
         return {
             "n": int(self.n),
             "atom_stability": float(self.atom_stability),
             "mol_stability": float(self.mol_stability),
             "validity": float(self.validity),
+            "validity_strict": float(self.validity_strict),
             "uniqueness": float(self.uniqueness),
             "valid_and_unique": float(self.valid_and_unique),
             "novelty": None if self.novelty is None else float(self.novelty),
@@ -230,6 +311,7 @@ class MoleculeMetrics:
             ("atom stability", f"{100 * self.atom_stability:.2f} %"),
             ("molecule stability", f"{100 * self.mol_stability:.2f} %"),
             ("validity", f"{100 * self.validity:.2f} %"),
+            ("strict validity (connected)", f"{100 * self.validity_strict:.2f} %"),
             ("uniqueness (of valid)", f"{100 * self.uniqueness:.2f} %"),
             ("valid and unique", f"{100 * self.valid_and_unique:.2f} %"),
             ("novelty (of unique)", "-" if self.novelty is None else f"{100 * self.novelty:.2f} %"),
@@ -252,20 +334,22 @@ def evaluate_molecules(
     progress: bool = False,
 ) -> MoleculeMetrics:
     """EDM's metrics of ``molecules``: pairs ``(atomic_numbers [n] int, positions [n, 3] Å)`` (numpy arrays
-    or tensors).  ``reference_smiles`` (e.g. the training set through :func:`molecule_smiles`) enables
-    novelty.  ``progress`` shows a tqdm bar."""
+    or tensors), triples ``(atomic_numbers, positions, charges [n] int)``, or :class:`Molecule` s (scored
+    with their ``charges``).  ``reference_smiles`` (e.g. the training set through :func:`molecule_smiles`)
+    enables novelty.  ``progress`` shows a tqdm bar."""
     iterable: Iterable[tuple[Any, Any]] = molecules
     if progress:
         from tqdm.auto import tqdm
 
         iterable = tqdm(molecules, desc="evaluating molecules", unit="mol")
     start = time.perf_counter()
-    n = n_atoms = n_stable_atoms = n_stable_mols = 0
+    n = n_atoms = n_stable_atoms = n_stable_mols = n_strict = 0
     failures: Counter[str] = Counter()
     valid: list[str] = []
     with rdkit_log_silenced():
-        for atomic_numbers, positions in iterable:
-            s = _score(atomic_numbers, positions)
+        for molecule in iterable:
+            charges = molecule[2] if len(molecule) == 3 else getattr(molecule, "charges", None)
+            s = _score(molecule[0], molecule[1], charges)
             n += 1
             n_atoms += s.n_atoms
             n_stable_atoms += s.n_stable_atoms
@@ -273,6 +357,7 @@ def evaluate_molecules(
             failures.update(s.reasons)
             if s.smiles is not None:
                 valid.append(s.smiles)
+                n_strict += int(s.connected)
     unique = set(valid)
     if reference_smiles is not None and not isinstance(reference_smiles, (set, frozenset)):
         reference_smiles = set(reference_smiles)
@@ -290,8 +375,10 @@ def evaluate_molecules(
         valid_and_unique=len(unique) / n if n else 0.0,
         novelty=novelty,
         failures=dict(failures),
+        validity_strict=n_strict / n if n else 0.0,
         n_atoms=n_atoms,
         n_valid=len(valid),
+        n_valid_strict=n_strict,
         n_unique=len(unique),
         n_novel=novel,
         seconds=time.perf_counter() - start,

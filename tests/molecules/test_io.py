@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+import warnings
+
 import numpy as np
 import pytest
 
 import moldiff.molecules.io as mio
-from moldiff.molecules.io import MoleculeFileError, read_molecules, write_sdf, write_xyz
+from moldiff.molecules.evaluate import evaluate_molecules
+from moldiff.molecules.io import Molecule, MoleculeFileError, MoleculeFileWarning, read_molecules, write_sdf, write_xyz
 from tests.molecules.test_bonds import acetylene, ammonium, carbon_monoxide, ethylene, methane, water
 
 
@@ -129,9 +133,39 @@ def test_bad_xyz_files(tmp_path):
     bad.write_text("3\n\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n2\n\nH 0 0 nan\nH 0.74 0 0\n")
     with pytest.raises(MoleculeFileError, match="frame 1"):
         read_molecules(bad)
-    bad.write_text("1\n\nQq 0 0 0\n")
-    with pytest.raises(MoleculeFileError):
-        read_molecules(bad)
+    # a corrupt frame among good ones is an error naming that frame
+    for frame in ("2\n\nH 0 0 abc\nH 0.74 0 0\n", "2\n\nH 0 0\nH 0.74 0 0\n", "two\n\nH 0 0 0\nH 0.74 0 0\n"):
+        bad.write_text(good + frame + good)
+        with pytest.raises(MoleculeFileError, match=r"bad\.xyz: frame 2 \(0-based\)"):
+            read_molecules(bad)
+
+
+def test_xyz_frame_with_a_symbol_that_is_no_element(tmp_path):
+    # frame 1 of 4 has an 'Xx' atom: that molecule is read (Z = 0) and scored invalid, the others normally
+    good = write_xyz(tmp_path / "good.xyz", [water(), methane()]).read_text()
+    path = tmp_path / "mixed.xyz"
+    path.write_text(good[: good.index("5\n")] + "2\n\nXx 0 0 0\nH 0.0 0.0 1.5\n" + good[good.index("5\n"):]
+                    + "3\nProperties=pos:R:3:species:S:1\n0 0 0 xx\n1.5 0 0 Qq\n3 0 0 qq\n")
+    with pytest.warns(MoleculeFileWarning, match=r"mixed\.xyz: .*frame 1 'Xx' \(atoms 0\); frame 3 'Xx' \(atoms 0\); "
+                                                  r"frame 3 'Qq' \(atoms 1, 2\)"):
+        mols = read_molecules(path)
+    assert [m[0].tolist() for m in mols] == [[8, 1, 1], [0, 1], [6, 1, 1, 1, 1], [0, 0, 0]]
+    np.testing.assert_allclose(mols[1][1], [[0, 0, 0], [0, 0, 1.5]])
+    m = evaluate_molecules(mols)
+    assert m.n == 4 and m.n_valid == 2 and m.validity == 0.5
+    assert m.failures["unsupported_element:X"] == 2 and m.failures["unstable_atoms:X"] == 4
+
+
+def test_real_elements_outside_the_evaluators_tables_are_read_and_scored_invalid(tmp_path):
+    # H2Se and a xenon atom: real chemistry, not in EDM's tables -> read as they are, no warning, invalid
+    path = tmp_path / "other.xyz"
+    path.write_text("3\nH2Se\nSe 0 0 0\nH 1.46 0 0\nH 0 1.46 0\n1\n\nXe 0 0 0\n" + write_xyz(tmp_path / "w.xyz", [water()]).read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mols = read_molecules(path)
+    assert [m[0].tolist() for m in mols] == [[34, 1, 1], [54], [8, 1, 1]]
+    m = evaluate_molecules(mols)
+    assert m.n_valid == 1 and m.failures["unsupported_element:Se"] == 1 and m.failures["unsupported_element:Xe"] == 1
 
 
 def test_missing_file_and_unknown_suffix(tmp_path):
@@ -167,3 +201,42 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(ValueError):  # atomic number out of range: the temporary file is removed
         write_sdf(tmp_path / "z.sdf", [(np.array([6, 300]), np.zeros((2, 3)))])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.sdf"]
+
+
+def _rdkit_sdf(path, smiles_list, seed=11):
+    """Molecules embedded by RDKit and written by RDKit's own SDWriter (charges in 'M  CHG' lines)."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    writer = Chem.SDWriter(str(path))
+    for smi in smiles_list:
+        mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+        assert AllChem.EmbedMolecule(mol, randomSeed=seed) == 0
+        writer.write(mol)
+    writer.close()
+    return path
+
+
+def test_sdf_formal_charges_are_read(tmp_path):
+    path = _rdkit_sdf(tmp_path / "charged.sdf", ["C[N+](=O)[O-]", "[NH4+]", "CCO"])
+    assert "M  CHG" in path.read_text()
+    mols = read_molecules(path)
+    assert all(isinstance(m, Molecule) and m.charges.dtype == np.int64 for m in mols)
+    nitro, ammonium_ion, ethanol = mols
+    assert nitro[0].tolist()[:4] == [6, 7, 8, 8] and nitro.charges.tolist()[:4] == [0, 1, 0, -1]
+    assert not nitro.charges[4:].any()
+    assert ammonium_ion.charges.tolist() == [1, 0, 0, 0, 0]
+    assert not ethanol.charges.any()
+    z, pos = nitro  # still unpacks as a pair
+    assert z.shape == (7,) and pos.shape == (7, 3)
+    # written back (with the evaluator's bonds) and read again: the charges survive
+    again = read_molecules(write_sdf(tmp_path / "again.sdf", mols))
+    assert [m.charges.tolist() for m in again] == [m.charges.tolist() for m in mols]
+    assert pickle.loads(pickle.dumps(nitro)).charges.tolist() == nitro.charges.tolist()
+
+
+def test_xyz_has_no_charges(tmp_path):
+    (mol,) = read_molecules(write_xyz(tmp_path / "w.xyz", [water()]))
+    assert isinstance(mol, Molecule) and mol.charges is None
+    (mol,) = read_molecules(write_sdf(tmp_path / "w.sdf", [water()]))
+    assert mol.charges.tolist() == [0, 0, 0]
