@@ -48,7 +48,7 @@ def train(system: str, steps: int, overrides: list[str]) -> None:
             "eval.n_trajectories=0", f"runs_root={ROOT / 'runs'}", *overrides]
     first = next(iter(SETTINGS[system].values()))
     cfg = moldiff.load_config(ROOT / "configs" / f"{system}_{first}.yaml", sets)
-    res = moldiff.train(cfg, progress=False)
+    res = moldiff.train(cfg, overwrite=True, progress=False)  # a measurement starts from step 0
     (RUNS / f"{system}_train.json").write_text(json.dumps(
         {"steps": res.step, "seconds": res.seconds, "run_id": res.run_id, "overrides": sets, "machine": machine()},
         indent=1))

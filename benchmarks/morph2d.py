@@ -58,7 +58,8 @@ def main() -> None:
     rows = []
     for m in args.methods:
         t0 = time.time()
-        res = moldiff.train(ROOT / "configs" / f"toy2d_morph_{m}.yaml", [f"train.steps={args.steps}"], progress=False)
+        res = moldiff.train(ROOT / "configs" / f"toy2d_morph_{m}.yaml", [f"train.steps={args.steps}"], overwrite=True,
+                            progress=False)
         train_s = time.time() - t0
         task, model = moldiff.load_model(res.checkpoint, device="cpu")
         w = evaluate(task, model)

@@ -40,7 +40,7 @@ def run(system: str, method: str, steps: int, overrides: list[str], tag: str = "
             *overrides]
     cfg = moldiff.load_config(ROOT / "configs" / f"{system}_{method}.yaml", sets)
     t0 = time.time()
-    res = moldiff.train(cfg, progress=False)
+    res = moldiff.train(cfg, overwrite=True, progress=False)  # a measurement starts from step 0
     total = time.time() - t0
     rec = {"system": cfg.data.system, "method": method, "steps": res.step, "train_seconds": res.seconds,
            "total_seconds": total, "metrics": res.metrics, "overrides": sets, "machine": machine(),

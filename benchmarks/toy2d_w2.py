@@ -41,7 +41,7 @@ def main() -> None:
                  "tracking.experiment=toy2d-benchmark", *args.overrides],
             )
             t0 = time.time()
-            res = moldiff.train(cfg, progress=False)
+            res = moldiff.train(cfg, overwrite=True, progress=False)  # a measurement starts from step 0
             m = res.metrics
             rows.append((target, proc, m, time.time() - t0))
             print(target, proc, {k: round(v, 4) for k, v in m.items() if k.startswith(("w2", "nll"))}, flush=True)

@@ -32,7 +32,7 @@ config = "configs/smoke/trajectory_lorenz63.yaml" if args.tiny else "configs/lor
 root = Path(__file__).resolve().parents[1]
 cfg = moldiff.load_config(root / config, [f"train.steps={args.steps}", f"runs_root={args.runs_root}",
                                           "name=example_lorenz63", "eval.n_trajectories=0"])
-result = moldiff.train(cfg, progress=not args.tiny)
+result = moldiff.train(cfg, overwrite=True, progress=not args.tiny)  # a re-run of the example starts over
 task, model = moldiff.load_model(result.checkpoint)
 
 # 2. A held-out truth and its observations: all three variables every 5th state (0.25 MTU), noise variance 2.

@@ -53,7 +53,7 @@ if args.tiny:
                   "train.log_every=10", "eval.n_samples=64", "eval.nll_points=16", "eval.n_reference=500",
                   "eval.likelihood_steps=5", "sampler.steps=10", "data.n_train=2000"]
 cfg = moldiff.load_config(config, overrides)
-result = moldiff.train(cfg)
+result = moldiff.train(cfg, overwrite=True)  # a re-run of the example starts over
 m = result.metrics
 print(f"trained {result.step} steps in {result.seconds:.0f} s; checkpoint {result.checkpoint}")
 print(f"energy W1 {m['energy/w1']:.3f}  W2 {m['energy/w2']:.3f}  distance TV {m['distance/tv']:.3f}  "

@@ -28,7 +28,7 @@ if args.tiny:
     overrides += ["model.hidden=16", "model.layers=1", "data.max_train=500", "train.batch_size=16",
                   "eval.n_samples=8", "eval.batch_size=8", "sampler.steps=20", "eval.trajectory_frames=5"]
 cfg = moldiff.load_config(root / "configs" / "smoke" / "qm9_edm.yaml", overrides)
-result = moldiff.train(cfg)
+result = moldiff.train(cfg, overwrite=True)  # a re-run of the example starts over
 print(f"trained {result.step} steps in {result.seconds:.0f} s; checkpoint {result.checkpoint}")
 
 # Sample with the shared ancestral sampler (EDM uses all 1000 levels; fewer skip levels), write SDF.

@@ -54,7 +54,7 @@ if args.tiny:
     overrides += ["model.hidden=16", "model.edge=8", "model.layers=1", "data.max_train=300", "train.batch_size=16",
                   "eval.n_samples=6", "eval.batch_size=6", "sampler.steps=5", "eval.reference=50", "eval.mmff=2"]
 cfg = moldiff.load_config(root / "configs" / "smoke" / "qm9_flow.yaml", overrides)
-result = moldiff.train(cfg, progress=not args.tiny)
+result = moldiff.train(cfg, overwrite=True, progress=not args.tiny)  # a re-run of the example starts over
 print(f"trained {result.step} steps in {result.seconds:.0f} s; graph molecule stability "
       f"{result.metrics['graph/mol_stability']:.1%}, validity {result.metrics['graph/validity']:.1%}")
 print(f"figure: {out / 'example_qm9_flow.png'}")

@@ -29,7 +29,7 @@ if args.tiny:
     overrides += ["model.width=32", "model.depth=2", "eval.n_samples=200", "eval.steps=20",
                   "eval.nll_points=20", "train.ema_decay=0.9", "data.n_train=2000"]
 cfg = moldiff.load_config(config, overrides)
-result = moldiff.train(cfg)
+result = moldiff.train(cfg, overwrite=True)  # a re-run of the example starts over
 print(f"trained {result.step} steps; checkpoint {result.checkpoint}")
 
 # Sample the trained model with three samplers through the Python API and score them ourselves.

@@ -11,7 +11,8 @@ from torch import nn
 
 from .config import ConfigError, ExperimentConfig, SamplerConfig, apply_overrides, from_dict, load_config, parse_overrides, validate
 from .tasks import EvalResult, Task, get_task
-from .training.checkpoint import load_checkpoint
+from .errors import NonFiniteError, check_finite
+from .training.checkpoint import CheckpointError, load_checkpoint
 from .training.distributed import resolve_device
 from .training.trainer import TrainResult
 from .training.trainer import train as _train
@@ -24,14 +25,16 @@ def train(
     overrides: list[str] | None = None,
     *,
     resume: str | Path | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """Train from a config object or a YAML path (with ``--set``-style overrides)."""
+    """Train from a config object or a YAML path (with ``--set``-style overrides); ``resume`` and ``overwrite``
+    as in :func:`moldiff.training.train`."""
     if not isinstance(config, ExperimentConfig):
         config = load_config(config, overrides)
     elif overrides:
         raise ValueError("overrides apply to YAML paths; edit the config object directly instead")
-    return _train(config, resume=resume, progress=progress)
+    return _train(config, resume=resume, overwrite=overwrite, progress=progress)
 
 
 def load_model(
@@ -58,10 +61,51 @@ def load_model(
     cfg = from_dict(get_task(data["task"]).config_class, data)
     validate(cfg)
     task = get_task(cfg.task)(cfg)
-    model = task.build_model()
-    model.load_state_dict(state["ema" if use_ema else "model"])
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the global RNG alone
+        model = task.build_model()
+    weights = state["ema" if use_ema else "model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        given = f" with --set {' '.join(overrides)}" if overrides else ""
+        raise CheckpointError(f"{checkpoint}: its weights do not fit the model built from its config{given} "
+                              f"({str(e).splitlines()[-1].strip()})") from e
+    bad = [k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{checkpoint}: non-finite {'EMA ' if use_ema else ''}weights ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); the run diverged before this checkpoint")
     model.to(resolve_device(device)).eval()
     return task, model
+
+
+def _check_output_path(out: str | Path | None, suffixes: tuple[str, ...], what: str) -> Path | None:
+    """Reject an output path that is a folder or has an unsupported suffix, before any work is done."""
+    if out is None:
+        return None
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder; give a file name for the {what}")
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise ValueError(f"{out}: {what} are written as {', '.join(suffixes)}")
+    return out
+
+
+def _write_output(out: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``out`` (same suffix), then rename it onto ``out``: a failure
+    leaves nothing behind."""
+    import os
+
+    from .fileio import file_mode
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix.lower()}")  # np.save appends .npy to .NPY
+    try:
+        write(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def sample(
@@ -83,9 +127,9 @@ def sample(
     :class:`~moldiff.molecules.graph_mol.GraphMolecule` s (``.to_rdkit()`` for RDKit molecules)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    _check_output_path(out, (), "samples")
     task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained)
-    if out is not None and task.sample_formats and Path(out).suffix not in task.sample_formats:
-        raise ValueError(f"{out}: {task.name} samples are written as {', '.join(task.sample_formats)}")
+    out = _check_output_path(out, task.sample_formats, f"{task.name} samples")
     scfg = task.cfg.sampler
     if isinstance(sampler, SamplerConfig):
         scfg = sampler
@@ -100,10 +144,9 @@ def sample(
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     samples = task.sample(model, n, generator=gen, sampler=scfg, progress=progress)
+    check_finite(samples, "the samples")
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        task.save_samples(samples, out)
+        _write_output(out, lambda tmp: task.save_samples(samples, tmp))
     return samples
 
 
@@ -133,8 +176,7 @@ def assimilate(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if out is not None and Path(out).suffix not in (".npz", ".npy"):
-        raise ValueError(f"{out}: posterior samples are written as .npz or .npy")
+    out = _check_output_path(out, (".npz", ".npy"), "posterior samples")
     if not isinstance(observations, torch.Tensor):
         observations, length = _read_observations(observations, length)
     task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device)
@@ -146,19 +188,24 @@ def assimilate(
     gen = torch.Generator(device=dev).manual_seed(seed)
     samples = task.assimilate(model, observations.float(), n=n, length=length, method=method, generator=gen,
                               progress=progress)
+    if not bool(torch.isfinite(samples).all()):
+        raise NonFiniteError(
+            f"the posterior is not finite (method {method}; observations range over "
+            f"[{float(observations.min()):.3g}, {float(observations.max()):.3g}] in the data's units): the "
+            "observations may be far outside what the prior was trained on, or the guidance too strong"
+        )
     if out is not None:
         import numpy as np
 
         from .fileio import write_npz_cache
 
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         arr = samples.cpu().numpy()
-        if out.suffix == ".npz":
+        if out.suffix.lower() == ".npz":
+            out.parent.mkdir(parents=True, exist_ok=True)
             write_npz_cache(out, {"samples": arr, "y": observations.cpu().numpy()},
                             {"method": method, "n": n, "length": length, "checkpoint": str(checkpoint)})
         else:
-            np.save(out, arr)
+            _write_output(out, lambda tmp: np.save(tmp, arr))
     return samples
 
 
@@ -170,7 +217,7 @@ def _read_observations(path: str | Path, length: int | None) -> tuple[torch.Tens
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"observations file not found: {path}")
-    if path.suffix != ".npz":
+    if path.suffix.lower() != ".npz":
         raise ValueError(f"{path}: observations are read from an .npz file with an array 'y' [B, P]")
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -179,12 +226,22 @@ def _read_observations(path: str | Path, length: int | None) -> tuple[torch.Tens
         raise ValueError(f"{path}: not a readable .npz file ({e})") from e
     if arrays is None or "y" not in arrays:
         raise ValueError(f"{path}: no array 'y' (observations [B, P]) in the file; it has {sorted(arrays or [])}")
+    if arrays["y"].dtype.kind not in "biuf":
+        raise ValueError(f"{path}: observations 'y' must be numbers, got dtype {arrays['y'].dtype}")
     y = arrays["y"].astype(np.float64)
-    file_length = int(arrays["length"]) if "length" in arrays else None
+    file_length = None
+    if "length" in arrays:
+        raw = arrays["length"]
+        if raw.ndim != 0 or raw.dtype.kind not in "iu" or int(raw) < 1:
+            raise ValueError(f"{path}: 'length' must be one positive integer (states per trajectory), got "
+                             f"{raw.dtype} array of shape {raw.shape}")
+        file_length = int(raw)
     if y.ndim == 1:
         y = y[None]
     if y.ndim != 2:
         raise ValueError(f"{path}: observations must be [B, P], got shape {y.shape}")
+    if y.shape[0] == 0 or y.shape[1] == 0:
+        raise ValueError(f"{path}: observations hold no trajectories or no values (shape {y.shape})")
     if not np.isfinite(y).all():
         raise ValueError(f"{path}: observations contain NaN or inf")
     return torch.from_numpy(y), length if length is not None else file_length

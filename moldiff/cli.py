@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     add_set(t)
     t.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="'auto' continues the run's last checkpoint if there is one; or a checkpoint path")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over: delete the checkpoints an earlier run of the same name left in its folder")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -89,15 +92,28 @@ def main(argv: list[str] | None = None) -> int:
     from .training.checkpoint import CheckpointError
     from .training.trainer import NonFiniteLossError
 
+    from .errors import NonFiniteError
+    from .training.interrupts import TrainingInterrupted
+    from .training.tracking import TrackingError
+
     try:
         return _run(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, QM9CacheError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, QM9CacheError, TrackingError) as e:
         print(f"moldiff: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
         print(f"moldiff: training aborted: {e}", file=sys.stderr)
         return 3
-    except ValueError as e:
+    except NonFiniteError as e:
+        print(f"moldiff: error: {e}; nothing was written", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as e:
+        print(f"moldiff: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("moldiff: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (ValueError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         print(f"moldiff: error: {e}", file=sys.stderr)
         return 2
 
@@ -114,7 +130,7 @@ def _run(args) -> int:
         if args.dry_run:
             print(to_yaml(cfg), end="")
             return 0
-        res = api.train(cfg, resume=args.resume, progress=not args.no_progress)
+        res = api.train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
         print(f"trained {res.step} steps in {res.seconds:.1f} s; checkpoint: {res.checkpoint}")
         _print_metrics(res.metrics)
         if res.run_id:
@@ -132,6 +148,8 @@ def _run(args) -> int:
                            device=args.device, progress=not args.no_progress)
         print(f"wrote {x.shape[1]} posterior samples of {x.shape[0]} trajectories ({x.shape[2]} states each) to {args.out}")
         return 0
+    if args.command == "eval":
+        _check_eval_paths(args)
     if args.command == "eval" and (args.dataset or _is_molecule_file(args.checkpoint)):
         if args.dataset and args.checkpoint:
             raise ValueError("give either a file or --dataset, not both")
@@ -158,6 +176,11 @@ def _run(args) -> int:
         res = api.evaluate(args.checkpoint, pretrained=args.pretrained, overrides=args.overrides, use_ema=not args.no_ema, device=args.device,
                            seed=args.seed, progress=not args.no_progress)
         _print_metrics(res.metrics)
+        bad = sorted(k for k, v in res.metrics.items() if not math.isfinite(v))
+        if bad:
+            from .errors import NonFiniteError
+
+            raise NonFiniteError(f"non-finite metrics: {', '.join(bad)}")
         if args.json:
             _write_json(args.json, res.metrics)
         if args.figures:
@@ -170,6 +193,18 @@ def _run(args) -> int:
                 plt.close(fig)
         return 0
     raise AssertionError(args.command)
+
+
+def _check_eval_paths(args) -> None:
+    """Reject unusable inputs and output paths before an evaluation runs."""
+    if args.json and Path(args.json).is_dir():
+        raise ValueError(f"--json {args.json}: is a folder; give a file name")
+    if args.figures and Path(args.figures).exists() and not Path(args.figures).is_dir():
+        raise ValueError(f"--figures {args.figures}: is a file; give a folder")
+    path = args.checkpoint
+    if path is not None and not _is_molecule_file(path) and Path(path).suffix.lower() not in (".pt", ".pth"):
+        raise ValueError(f"{path}: unsupported file type {Path(path).suffix!r}; eval reads checkpoints (.pt) and "
+                         "molecule files (.sdf, .xyz, .extxyz)")
 
 
 def _is_molecule_file(path: str | None) -> bool:

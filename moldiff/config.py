@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import yaml
 
@@ -166,6 +166,7 @@ class TrackingConfig:
     experiment: str = "moldiff"
     uri: str | None = None  #: default sqlite:///<runs_root>/mlflow.db
     log_checkpoints: bool = True  #: log the final checkpoint as an MLflow artifact
+    timeout: float = 30.0  #: seconds to wait for a store locked by another process / a silent server, then fail
 
 
 @dataclass
@@ -180,6 +181,17 @@ class ExperimentConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    #: keys (``section.key``) or whole sections that ``--resume`` may change: how long and how fast to train, how
+    #: to log, sample and evaluate.  Everything else (task, seed, process, model, data, batch size, a task's
+    #: training recipe) defines what the checkpoint's weights and optimiser state mean and is refused on resume.
+    #: Tasks extend it with their own sampling-time keys.
+    resume_mutable: ClassVar[tuple[str, ...]] = (
+        "name", "runs_root", "sampler", "eval", "tracking", "data.cache_dir",
+        "train.steps", "train.lr", "train.weight_decay", "train.betas", "train.warmup_steps", "train.grad_clip",
+        "train.ema_decay", "train.bf16", "train.device", "train.log_every", "train.eval_every", "train.ckpt_every",
+        "train.keep_checkpoints", "train.max_nonfinite", "train.compile",
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -289,12 +301,30 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # YAML and overrides
 # --------------------------------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (not a silent overwrite)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if data is None:
@@ -315,7 +345,7 @@ def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from e
         out.append((key, value))
@@ -387,6 +417,12 @@ def validate(cfg: ExperimentConfig) -> None:
         (t.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1"),
         (t.log_every >= 1, "train.log_every", "must be >= 1"),
         (t.ckpt_every >= 1, "train.ckpt_every", "must be >= 1"),
+        (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
+        (t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: only at the end)"),
+        (t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0"),
+        (t.weight_decay >= 0, "train.weight_decay", "must be >= 0"),
+        (all(0 <= b < 1 for b in t.betas), "train.betas", "must lie in [0, 1)"),
+        (cfg.tracking.timeout > 0, "tracking.timeout", "must be > 0 seconds"),
         (len(t.betas) == 2, "train.betas", "needs two values"),
         (cfg.process.kind in ("vp", "subvp", "ve", "ddpm", "flow"), "process.kind", "must be vp, subvp, ve, ddpm or flow"),
         (cfg.process.noise in ("constant", "bridge"), "process.noise", "must be constant or bridge"),

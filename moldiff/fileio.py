@@ -12,7 +12,15 @@ from typing import IO
 
 import numpy as np
 
-__all__ = ["write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache", "cached_strings"]
+__all__ = ["file_mode", "write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache", "cached_strings"]
+
+
+def file_mode(mode: int = 0o666) -> int:
+    """``mode`` with the process's umask applied: the permissions ``open()`` would give a new file (``mkstemp``
+    makes 0600 files, which atomic writers widen to this so every output is alike)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[str]], None]) -> Path:
@@ -26,9 +34,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[str]], No
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -61,7 +67,7 @@ def write_npz_cache(path: str | os.PathLike[str], arrays: dict[str, np.ndarray],
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -69,7 +69,8 @@ def load_pretrained_file(path: str | Path, device: str = "auto") -> tuple[Task, 
     cfg = from_dict(get_task(state["task"]).config_class, state["config"])
     validate(cfg)
     task = get_task(cfg.task)(cfg)
-    model = task.build_model()
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the global RNG alone
+        model = task.build_model()
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}, strict=True)
     return task, model.to(resolve_device(device)).eval(), state
 

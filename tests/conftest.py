@@ -16,4 +16,15 @@ def _no_global_rng_leak():
     """Library code must take an explicit generator: the global RNG state is unchanged by a test."""
     state = torch.random.get_rng_state()
     yield
+    after = torch.random.get_rng_state()
     torch.random.set_rng_state(state)
+    assert torch.equal(after, state), "the test (or the library code it ran) changed torch's global RNG state"
+
+
+@pytest.fixture
+def global_rng():
+    """Declared by a test whose own body seeds or draws from torch's global RNG (``torch.manual_seed``, a
+    module's random initialisation): the state is restored after it, so the check above still guards the
+    library code every other test runs."""
+    with torch.random.fork_rng(devices=[]):
+        yield

@@ -365,3 +365,57 @@ def test_every_smoke_config_trains(path, tmp_path, capsys):
     assert all(math.isfinite(v) and v > 0 for v in w2.values()), w2
     if cfg.eval.nll_points:
         assert math.isfinite(metrics["nll/heldout"])
+
+
+# --------------------------------------------------------------------------------------------------
+# clear errors instead of tracebacks; nothing non-finite written with exit 0
+# --------------------------------------------------------------------------------------------------
+def test_paths_and_shapes_that_cannot_work_are_named(short_run, work, capsys):
+    ckpt = short_run / "smoke" / "toy2d_vp" / "checkpoints" / "last.pt"
+    rc, _, err = _run(capsys, "sample", ckpt, "-n", "10", "--out", work, "--no-progress")
+    assert rc == 2 and "is a folder" in err
+    rc, _, err = _run(capsys, "sample", ckpt, "-n", "10", "--out", work / "x.npy", "--set", "model.width=16",
+                      "--no-progress")
+    assert rc == 2 and "do not fit the model" in err and "model.width=16" in err and "Traceback" not in err
+    (work / "d").mkdir()
+    rc, _, err = _run(capsys, "eval", ckpt, "--json", work / "d", "--no-progress")
+    assert rc == 2 and "--json" in err and "is a folder" in err
+    (work / "x.mol2").write_text("@<TRIPOS>MOLECULE\n")
+    rc, _, err = _run(capsys, "eval", work / "x.mol2")
+    assert rc == 2 and "unsupported file type '.mol2'" in err
+    rc, _, err = _run(capsys, "eval", ckpt.parent)
+    assert rc == 2
+    assert sorted(p.name for p in work.iterdir()) == ["d", "x.mol2"]
+
+
+def test_upper_case_suffixes_are_accepted(short_run, work, capsys):
+    ckpt = short_run / "smoke" / "toy2d_vp" / "checkpoints" / "last.pt"
+    rc, _, err = _run(capsys, "sample", ckpt, "-n", "10", "--out", work / "X.NPY", "--no-progress")
+    assert rc == 0, err
+    assert np.load(work / "X.NPY").shape == (10, 2)
+
+
+def _poisoned(ckpt: Path, tmp: Path, value: float) -> Path:
+    """A copy of ``ckpt`` whose EMA weights are scaled by ``value`` (1e30: finite but useless; nan)."""
+    import torch
+
+    state = load_checkpoint(ckpt)
+    state["ema"] = {k: v * value if v.is_floating_point() else v for k, v in state["ema"].items()}
+    out = tmp / f"poisoned_{value}.pt"
+    torch.save(state, out)
+    return out
+
+
+def test_a_diverged_checkpoint_never_gives_nonfinite_output_with_exit_0(short_run, work, capsys):
+    ckpt = short_run / "smoke" / "toy2d_vp" / "checkpoints" / "last.pt"
+    nan = _poisoned(ckpt, work.parent, float("nan"))
+    for argv in (["sample", nan, "-n", "10", "--out", work / "s.npy"], ["eval", nan]):
+        rc, _, err = _run(capsys, *argv, "--no-progress")
+        assert rc == 2 and "non-finite EMA weights" in err, err
+    huge = _poisoned(ckpt, work.parent, 1e30)
+    rc, _, err = _run(capsys, "sample", huge, "-n", "10", "--out", work / "s.npy", "--no-progress")
+    assert rc == 3 and "samples is not finite" in err and "nothing was written" in err, err
+    rc, _, err = _run(capsys, "eval", huge, "--json", work / "m.json", "--no-progress",
+                      "--set", "eval.samplers=[ode_rk45, pc]")
+    assert rc == 3 and "not finite" in err and "Traceback" not in err, err
+    assert _files(work) == []

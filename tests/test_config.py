@@ -393,6 +393,12 @@ def test_task_by_module_path(tmp_path):
     (["train.log_every=0"], "train.log_every"),
     (["train.ckpt_every=0"], "train.ckpt_every"),
     (["train.betas=[0.9]"], "train.betas"),
+    (["train.keep_checkpoints=0"], "train.keep_checkpoints"),
+    (["train.eval_every=-1"], "train.eval_every"),
+    (["tracking.timeout=0"], "tracking.timeout"),
+    (["model.width=-5"], "model.width"),
+    (["model.depth=0"], "model.width"),
+    (["eval.n_samples=0"], "eval.n_samples"),
     (["process.kind=bogus"], "process.kind"),
     (["sampler.name=bogus"], "sampler.name"),
     (["sampler.steps=0"], "sampler.steps"),
@@ -478,3 +484,20 @@ def test_to_dict_is_plain_and_to_yaml_is_ordered():
 def test_base_experiment_config_round_trip():
     cfg = ExperimentConfig(task="x", train=TrainConfig(steps=3))
     assert from_dict(ExperimentConfig, to_dict(cfg)) == cfg
+
+
+def test_duplicate_yaml_keys_are_an_error(tmp_path):
+    msg = _error(_write(tmp_path, "task: toy2d\ntrain:\n  lr: 1.0e-3\n  steps: 5\n  lr: 2.0e-3\n"))
+    assert "duplicate key 'lr'" in msg and "line 3" in msg
+    assert "duplicate key 'x'" in _error(VP_SMOKE, ["eval.samplers={x: 1, x: 2}"])
+
+
+def test_width_checks_of_every_task_at_dry_run():
+    for path, override, key in [
+        ("configs/smoke/trajectory_lorenz63.yaml", "model.width=-1", "model.width"),
+        ("configs/smoke/trajectory_kolmogorov.yaml", "model.channels=[8, -8]", "model.width"),
+        ("configs/smoke/qm9_flow.yaml", "model.hidden=-3", "model.hidden"),
+        ("configs/smoke/qm9_edm.yaml", "model.hidden=0", "model.hidden"),
+    ]:
+        if Path(path).is_file():
+            assert _error(path, [override]).startswith(f"{key}:"), path

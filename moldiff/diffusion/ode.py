@@ -8,12 +8,15 @@ steps and stops exactly at the end.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from ..errors import NonFiniteError
 
 __all__ = ["ODESolution", "integrate_ode", "ODE_METHODS"]
 
@@ -99,6 +102,8 @@ def _dopri5(v, x, t0, t1, rtol, atol, max_steps, callback, progress) -> ODESolut
     span = float(t1 - t)
     direction = 1.0 if span > 0 else -1.0
     k1 = v(x, t)
+    if not bool(torch.isfinite(k1).all()):
+        raise NonFiniteError(f"rk45: the velocity field is not finite at t={float(t):.4g}")
     nfe, steps, rejected = 1, 0, 0
     h = _initial_step(v, x, t, k1, direction, rtol, atol, abs(span))
     nfe += 1
@@ -117,6 +122,8 @@ def _dopri5(v, x, t0, t1, rtol, atol, max_steps, callback, progress) -> ODESolut
         err = hd * sum(e * k for e, k in zip(_E, ks) if e != 0.0)
         scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
         err_norm = float(torch.sqrt(torch.mean((err / scale) ** 2)))
+        if not math.isfinite(err_norm):
+            raise NonFiniteError(f"rk45: the velocity field is not finite near t={float(t):.4g}")
         if err_norm <= 1.0 or h < 1e-10:
             t = t + hd
             x = x_new

@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -101,6 +101,7 @@ class QM9FlowConfig(ExperimentConfig):
     model: FlowModel = field(default_factory=FlowModel)
     flow: FlowRecipe = field(default_factory=FlowRecipe)
     eval: FlowEval = field(default_factory=FlowEval)
+    resume_mutable: ClassVar[tuple[str, ...]] = (*ExperimentConfig.resume_mutable, "flow.time_grid", "flow.eta")
 
     def check(self) -> None:
         f = self.flow
@@ -430,6 +431,6 @@ class QM9FlowTask(QM9Source, Task):
         from .graph_mol import write_graph_sdf
 
         path = Path(path)
-        if path.suffix != ".sdf":
+        if path.suffix.lower() != ".sdf":
             raise ValueError(f"{path}: generated graphs are written as .sdf")
         write_graph_sdf(path, samples)

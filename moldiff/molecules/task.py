@@ -264,9 +264,9 @@ class QM9Task(QM9Source, Task):
         from .io import write_sdf, write_xyz
 
         path = Path(path)
-        if path.suffix == ".sdf":
+        if path.suffix.lower() == ".sdf":
             write_sdf(path, samples)
-        elif path.suffix in (".xyz", ".extxyz"):
+        elif path.suffix.lower() in (".xyz", ".extxyz"):
             write_xyz(path, samples)
         else:
             raise ValueError(f"{path}: molecules are written as .sdf, .xyz or .extxyz")

@@ -24,14 +24,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import ExperimentConfig, to_dict, to_yaml, flatten
+from ..config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
 from ..tasks import Task, get_task
-from .checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .ema import EMA
+from .interrupts import Interrupts, TrainingInterrupted
+from .resume import apply_optimizer_settings, resume_changes
+from .run_folder import RunFolder
 from .tracking import Tracker, environment_info, make_tracker
 
-__all__ = ["train", "TrainResult", "NonFiniteLossError", "step_seed", "log_evaluation"]
+__all__ = ["train", "TrainResult", "NonFiniteLossError", "TrainingInterrupted", "step_seed", "log_evaluation"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,22 +89,58 @@ def train(
     cfg: ExperimentConfig,
     *,
     resume: str | Path | None = None,
+    overwrite: bool = False,
     progress: bool = True,
     task: Task | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` (a task config).  ``resume``: ``"auto"`` (the run's ``last.pt`` if any), a checkpoint
-    path, or None (start fresh; an existing run folder is reused but its checkpoints are overwritten)."""
+    """Train ``cfg`` (a task config).
+
+    Args:
+        resume: ``"auto"`` (the newest intact checkpoint of the run folder, if any, else a fresh start), a
+            checkpoint path, or None (a fresh start).  A resumed run may change the keys in the config class's
+            ``resume_mutable`` (steps, learning rate, logging, sampling, evaluation); other changes are refused.
+        overwrite: a fresh start over a run folder that holds checkpoints deletes them (without it, refused).
+
+    The run folder is locked for the whole run (a second live writer is refused).  SIGTERM or Ctrl-C stop after
+    the current step, save a checkpoint, end the MLflow run as KILLED and raise :class:`TrainingInterrupted`.
+    """
+    if overwrite and resume is not None:
+        raise ConfigError("--overwrite starts a run over from step 0; it cannot be combined with --resume")
+    if resume is not None and str(resume) != "auto" and not Path(resume).is_file():
+        raise CheckpointError(f"--resume: checkpoint not found: {resume}")
     info, device = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, info, device, resume, progress, task)
+        folder = RunFolder(cfg.run_dir) if info.is_main else contextlib.nullcontext()
+        with folder, Interrupts() as interrupts:
+            return _train(cfg, info, device, resume, overwrite, progress, task, folder, interrupts)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg, info: DistInfo, device, resume, progress, task) -> TrainResult:
+def _restore(cfg, resume, overwrite, info, folder, device) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume (path, state), or (None, None) for a fresh start (after clearing the folder)."""
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    found = None
+    if resume is not None and str(resume) == "auto":
+        found = latest_checkpoint(ckpt_dir, map_location=device)
+    elif resume is not None:
+        found = (Path(resume), load_checkpoint(resume, map_location=device))
+    if found is None:
+        if info.is_main:
+            folder.start_fresh(overwrite)
+        return None, None
+    path, state = found
+    if state.get("task") != cfg.task:
+        raise CheckpointError(f"{path}: checkpoint is for task {state.get('task')!r}, config is {cfg.task!r}")
+    return path, state
+
+
+def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folder, interrupts) -> TrainResult:
     t0 = time.time()
     tc = cfg.train
     task = task or get_task(cfg.task)(cfg)
+    ckpt_path, state = _restore(cfg, resume, overwrite, info, folder, device)
+    changes = resume_changes(state["config"], cfg) if state is not None else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = task.build_model()
@@ -113,16 +152,18 @@ def _train(cfg, info: DistInfo, device, resume, progress, task) -> TrainResult:
 
     ckpt_dir = cfg.run_dir / "checkpoints"
     step, run_id, nonfinite_total = 0, None, 0
-    ckpt_path = _resume_path(resume, ckpt_dir)
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path, map_location=device)
-        if state.get("task") != cfg.task:
-            raise CheckpointError(f"{ckpt_path}: checkpoint is for task {state.get('task')!r}, config is {cfg.task!r}")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt_path}: the weights do not fit the model built from the config "
+                                  f"({str(e).splitlines()[0]})") from e
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        apply_optimizer_settings(cfg, opt, sched)
         step, run_id, nonfinite_total = int(state["step"]), state.get("run_id"), int(state.get("nonfinite_total", 0))
+        del state
 
     train_model: nn.Module = model
     if tc.compile:
@@ -132,13 +173,7 @@ def _train(cfg, info: DistInfo, device, resume, progress, task) -> TrainResult:
 
         train_model = DDP(train_model, device_ids=[device] if device.type == "cuda" else None)
 
-    tracker: Tracker = make_tracker(cfg, run_id) if info.is_main else Tracker()
-    if info.is_main:
-        tracker.log_params(flatten(to_dict(cfg)))
-        tracker.log_text(to_yaml(cfg), "config.yaml")
-        tracker.set_tags({**environment_info(device, info.world_size), "task": cfg.task,
-                          "resumed_from_step": step})
-
+    tracker: Tracker = Tracker()
     generator = torch.Generator(device=device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if (device.type == "cuda" and tc.bf16) else contextlib.nullcontext()
@@ -149,84 +184,155 @@ def _train(cfg, info: DistInfo, device, resume, progress, task) -> TrainResult:
     max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
     params = [p for p in model.parameters() if p.requires_grad]
     last_ckpt: Path | None = ckpt_path
+    saved_step = step
+    batch = probe = None  # probe: the first batch of this segment with a finite loss (checkpoint health check)
     metrics: dict[str, float] = {}
     status = "FAILED"
     bar = tqdm(total=tc.steps, initial=step, disable=not (progress and info.is_main), desc=f"train {cfg.name or cfg.task}")
+
+    def save() -> None:
+        nonlocal last_ckpt, saved_step
+        if not info.is_main:
+            return
+        problem = _health_problem(task, model, ema, probe, autocast, cfg.seed, step)
+        if problem:
+            tqdm.write(f"moldiff: step {step}: no checkpoint saved, {problem}; last good checkpoint: {last_ckpt}")
+            tracker.set_tags({f"unsaved_checkpoint.step_{step:08d}": problem})
+            return
+        last_ckpt = _save(cfg, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total + int(skipped.item()))
+        saved_step = step
+
     try:
+        if info.is_main:
+            tracker = make_tracker(cfg, run_id)
+            _log_segment(tracker, cfg, device, info, step, changes, resumed=ckpt_path is not None)
         batches = task.train_batches(start_step=step, rank=info.rank, world_size=info.world_size, device=device)
         train_model.train()
         while step < tc.steps:
             batch = next(batches)
-            generator.manual_seed(step_seed(cfg.seed, info.rank, step))
-            with autocast:
-                loss_vec = task.loss(train_model, batch, generator)
-            loss = loss_vec.float().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-            ok = torch.isfinite(gnorm) if info.enabled else torch.isfinite(gnorm) & torch.isfinite(loss)
-            bad = (~ok).float()
-            opt.found_inf = bad  # fused AdamW skips the update (and its step count) when 1
-            opt.step()
-            sched.step()
-            ema.update(model, gate=ok, step=step)
-            loss_sum += torch.where(ok, loss.detach(), zero)
-            loss_n += ok.float()
-            skipped += bad
-            consec = (consec + 1) * bad
-            max_consec = torch.maximum(max_consec, consec)
-            step += 1
-            bar.update(1)
-            if step % check_every == 0 and max_consec.item() >= tc.max_nonfinite:
-                raise NonFiniteLossError(
-                    f"{int(max_consec.item())} non-finite losses/gradients in a row at step {step} "
-                    f"(train.max_nonfinite={tc.max_nonfinite}); last good checkpoint: {last_ckpt}. "
-                    "Lower train.lr, check the data for NaN/inf, or raise train.grad_clip."
-                )
-            if step % tc.log_every == 0 or step == tc.steps:
-                n = loss_n.item()
-                row = {"train/loss": loss_sum.item() / n if n else float("nan"), "train/lr": sched.get_last_lr()[0],
-                       "train/grad_norm": float(gnorm), "train/nonfinite_steps": nonfinite_total + skipped.item()}
-                if info.is_main:
-                    tracker.log_metrics(row, step)
-                bar.set_postfix(loss=f"{row['train/loss']:.4g}")
-                loss_sum.zero_()
-                loss_n.zero_()
-            if step % tc.ckpt_every == 0 or step == tc.steps:
-                last_ckpt = _save(cfg, info, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total + int(skipped.item()))
+            with interrupts.deferred():
+                generator.manual_seed(step_seed(cfg.seed, info.rank, step))
+                with autocast:
+                    loss_vec = task.loss(train_model, batch, generator)
+                loss = loss_vec.float().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+                ok = torch.isfinite(gnorm) if info.enabled else torch.isfinite(gnorm) & torch.isfinite(loss)
+                bad = (~ok).float()
+                opt.found_inf = bad  # fused AdamW skips the update (and its step count) when 1
+                opt.step()
+                sched.step()
+                ema.update(model, gate=ok, step=step)
+                if probe is None and info.is_main and bool(ok):  # one host sync, until a sane batch is found
+                    probe = batch
+                loss_sum += torch.where(ok, loss.detach(), zero)
+                loss_n += ok.float()
+                skipped += bad
+                consec = (consec + 1) * bad
+                max_consec = torch.maximum(max_consec, consec)
+                step += 1
+                bar.update(1)
+                if step % check_every == 0 and max_consec.item() >= tc.max_nonfinite:
+                    raise NonFiniteLossError(
+                        f"{int(max_consec.item())} non-finite losses/gradients in a row at step {step} "
+                        f"(train.max_nonfinite={tc.max_nonfinite}); last good checkpoint: "
+                        f"{last_ckpt or 'none was saved'}. Lower train.lr, check the data for NaN/inf, or raise "
+                        "train.grad_clip."
+                    )
+                if step % tc.log_every == 0 or step == tc.steps:
+                    n = loss_n.item()
+                    row = {"train/loss": loss_sum.item() / n if n else float("nan"), "train/lr": sched.get_last_lr()[0],
+                           "train/grad_norm": float(gnorm), "train/nonfinite_steps": nonfinite_total + skipped.item()}
+                    if info.is_main:
+                        tracker.log_metrics(row, step)
+                    bar.set_postfix(loss=f"{row['train/loss']:.4g}")
+                    loss_sum.zero_()
+                    loss_n.zero_()
+                if step % tc.ckpt_every == 0 or step == tc.steps:
+                    save()
+            if interrupts.signal is not None:
+                raise TrainingInterrupted(interrupts.signal)
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and info.is_main:
                 log_evaluation(tracker, _evaluate(task, ema.model, cfg, progress), step)
         bar.close()
         if info.is_main:
-            if tc.steps > 0 or last_ckpt is None:
+            if saved_step != step or last_ckpt is None:
+                save()
+                if saved_step != step:
+                    raise NonFiniteLossError(f"the weights at step {step} are not usable (see above); last good "
+                                             f"checkpoint: {last_ckpt or 'none was saved'}")
+            if tc.steps > 0 or ckpt_path is None:
                 result = _evaluate(task, ema.model, cfg, progress)
                 metrics = result.metrics
                 log_evaluation(tracker, result, step)
-            if last_ckpt is None:
-                last_ckpt = _save(cfg, info, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total)
             if cfg.tracking.log_checkpoints and last_ckpt is not None:
                 tracker.log_artifact(last_ckpt, "checkpoints")
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
         status = "KILLED"
-        raise
+        if step != saved_step:  # signals are held during a step, so the state here is between two steps
+            save()
+        signum = getattr(e, "signum", 2)
+        raise TrainingInterrupted(signum, f"training stopped by {_signal_name(signum)} at step {step}; last "
+                                  f"checkpoint: {last_ckpt or 'none'} (continue with --resume auto)") from None
     finally:
         bar.close()
-        tracker.finish(status)
+        _finish(tracker, status)
     return TrainResult(step=step, run_dir=cfg.run_dir, checkpoint=last_ckpt, run_id=tracker.run_id, metrics=metrics,
                        nonfinite_steps=nonfinite_total + int(skipped.item()), seconds=time.time() - t0,
                        model=model, ema_model=ema.model)
 
 
-def _resume_path(resume, ckpt_dir: Path) -> Path | None:
-    if resume is None:
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _log_segment(tracker: Tracker, cfg, device, info, step: int, changes: dict, resumed: bool) -> None:
+    """Params and config of a new run; on resume, the segment's start and its config changes as tags (MLflow
+    params are immutable: they keep the values the run started with) and the config in force as an artifact."""
+    tracker.log_params(flatten(to_dict(cfg)))
+    tracker.set_tags({**environment_info(device, info.world_size), "task": cfg.task, "resumed_from_step": step})
+    if not resumed:
+        tracker.log_text(to_yaml(cfg), "config.yaml")
+        return
+    tracker.log_text(to_yaml(cfg), f"config_resumed_at_step_{step:08d}.yaml")
+    if changes:
+        text = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        tracker.set_tags({f"resume.step_{step:08d}.changes": text})
+        tqdm.write(f"moldiff: resuming at step {step} with {text}")
+
+
+def _finish(tracker: Tracker, status: str) -> None:
+    """End the tracked run; a store that cannot take the status is reported, not raised over the real error."""
+    import sys
+
+    try:
+        tracker.finish(status)
+    except Exception as e:  # noqa: BLE001
+        print(f"moldiff: warning: could not mark the MLflow run {tracker.run_id} {status}: {e}", file=sys.stderr)
+
+
+def _health_problem(task: Task, model: nn.Module, ema: EMA, batch, autocast, seed: int, step: int) -> str | None:
+    """Why the current weights may not be saved as a checkpoint (None when they may): non-finite weights, or a
+    non-finite loss of the raw or EMA network on ``batch``, a training batch that gave a finite loss (a probe
+    forward pass; bad data cannot fail it)."""
+    for name, net in (("weights", model), ("EMA weights", ema.model)):
+        for key, t in net.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return f"non-finite {name} ({key})"
+    if batch is None:
         return None
-    if str(resume) == "auto":
-        return find_resume_checkpoint(ckpt_dir)
-    path = Path(resume)
-    if not path.is_file():
-        raise CheckpointError(f"--resume: checkpoint not found: {path}")
-    return path
+    device = next(model.parameters()).device
+    for name, net in (("network", model), ("EMA network", ema.model)):
+        gen = torch.Generator(device=device).manual_seed(step_seed(seed, 0, step) + 1)
+        with torch.no_grad(), autocast:
+            loss = task.loss(net, batch, gen)
+        if not bool(torch.isfinite(loss).all()):
+            return f"the {name}'s loss on a probe batch is not finite"
+    return None
 
 
 def _evaluate(task: Task, model: nn.Module, cfg: ExperimentConfig, progress: bool):
@@ -237,9 +343,7 @@ def _evaluate(task: Task, model: nn.Module, cfg: ExperimentConfig, progress: boo
         return task.evaluate(model, generator=gen, progress=progress)
 
 
-def _save(cfg, info, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total) -> Path | None:
-    if not info.is_main:
-        return None
+def _save(cfg, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total) -> Path:
     state: dict[str, Any] = {
         "model": _unwrap(model).state_dict(),
         "ema": ema.state_dict(),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -111,6 +111,7 @@ class TrajectoryConfig(ExperimentConfig):
     eval: AssimilationEval = field(default_factory=AssimilationEval)
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(name="pc", predictor="ddim", steps=256,
                                                                          snr=0.1, corrector_steps=1))
+    resume_mutable: ClassVar[tuple[str, ...]] = (*ExperimentConfig.resume_mutable, "observation")
 
     def check(self) -> None:
         m, ev, ob = self.model, self.eval, self.observation
@@ -120,6 +121,8 @@ class TrajectoryConfig(ExperimentConfig):
             (self.data.size in ("full", "smoke"), "data.size", "must be full or smoke"),
             (self.data.n_train >= 0, "data.n_train", "must be >= 0 (0: all)"),
             (m.window >= 0, "model.window", "must be >= 0"),
+            (min(m.width, m.depth, m.blocks_per_level, *m.channels) >= 1 and len(m.channels) >= 1, "model.width",
+             "width, depth, blocks_per_level and every entry of channels must be >= 1"),
             (m.backbone in ("mlp", "unet"), "model.backbone", "must be mlp or unet"),
             (m.backbone == "mlp" or not lorenz, "model.backbone", "Lorenz states are vectors: use mlp"),
             (m.backbone == "unet" or lorenz, "model.backbone", "fields need the unet backbone"),
@@ -343,9 +346,9 @@ class TrajectoryTask(Task):
         """``.npy`` or ``.npz`` (key ``trajectories``) ``[n, L, *S]``."""
         path = Path(path)
         arr = samples.detach().cpu().numpy()
-        if path.suffix == ".npy":
+        if path.suffix.lower() == ".npy":
             np.save(path, arr)
-        elif path.suffix == ".npz":
+        elif path.suffix.lower() == ".npz":
             np.savez(path, trajectories=arr)
         else:
             raise ValueError(f"{path}: trajectories are written as .npy or .npz")

@@ -133,6 +133,7 @@ class ParticleConfig(ExperimentConfig):
             (not flow or self.sampler.name in ODE_SAMPLERS, "sampler.name",
              f"flow-matching models are sampled with an ODE sampler ({', '.join(ODE_SAMPLERS)}), not {self.sampler.name!r}"),
             (self.model.hidden >= 1 and self.model.layers >= 1, "model.hidden", "hidden and layers must be >= 1"),
+            (self.model.coords_range > 0, "model.coords_range", "must be > 0"),
             (self.eval.n_samples >= 0 and self.eval.nll_points >= 0, "eval.n_samples", "must be >= 0"),
             (self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1"),
             (self.eval.divergence in ("exact", "hutchinson"), "eval.divergence", "exact | hutchinson"),
@@ -386,9 +387,9 @@ class ParticleTask(Task):
 
         path = Path(path)
         x = samples.detach().cpu()
-        if path.suffix in (".extxyz", ".xyz"):
+        if path.suffix.lower() in (".extxyz", ".xyz"):
             write_extxyz(x.numpy(), path, energies=_finite_or_nan(self.system.energy(x.double())))
-        elif path.suffix == ".npy":
+        elif path.suffix.lower() == ".npy":
             np.save(path, x.numpy())
         else:
             raise ValueError(f"{path}: particle samples are written as .extxyz, .xyz or .npy")

@@ -79,6 +79,12 @@ class Toy2DConfig(ExperimentConfig):
             (flow == (self.model.prediction == "velocity"), "model.prediction", "flow processes predict 'velocity'; score-SDE processes eps, x0 or score"),
             (not flow or all(s in ODE_SAMPLERS for s in self.eval.samplers), "eval.samplers", f"flow models are sampled with {ODE_SAMPLERS}"),
             (not flow or self.sampler.name in ODE_SAMPLERS, "sampler.name", f"flow models are sampled with {ODE_SAMPLERS}"),
+            (min(self.model.width, self.model.depth, self.model.time_dim) >= 1, "model.width",
+             "width, depth and time_dim must be >= 1"),
+            (self.data.n_train >= 1, "data.n_train", "must be >= 1"),
+            (self.eval.n_samples >= 1 or not self.eval.samplers, "eval.n_samples",
+             "must be >= 1 while eval.samplers lists samplers to evaluate (set eval.samplers: [] to skip them)"),
+            (self.eval.steps >= 1 and self.eval.nll_points >= 0, "eval.steps", "needs steps >= 1 and nll_points >= 0"),
         ])
 
 
@@ -188,11 +194,11 @@ class Toy2DTask(Task):
         """``.npy``, ``.csv`` or ``.png`` (a scatter plot) by suffix."""
         path = Path(path)
         arr = samples.detach().cpu().numpy()
-        if path.suffix == ".npy":
+        if path.suffix.lower() == ".npy":
             np.save(path, arr)
-        elif path.suffix == ".csv":
+        elif path.suffix.lower() == ".csv":
             np.savetxt(path, arr, delimiter=",", header="x,y", comments="")
-        elif path.suffix == ".png":
+        elif path.suffix.lower() == ".png":
             import matplotlib.pyplot as plt
 
             fig = scatter_grid({path.stem: samples})

@@ -153,6 +153,7 @@ def test_callback_sees_every_step():
     assert seen == pytest.approx(ts[1:].tolist())
 
 
+@pytest.mark.usefixtures("global_rng")
 @pytest.mark.parametrize("sampler", list(SAMPLER_KW))
 def test_point_cloud_samplers_stay_zero_com(sampler):
     """Zero-CoM point clouds: a score in the subspace keeps |CoM| < 1e-6 through every sampler."""

@@ -10,6 +10,8 @@ from moldiff.molecules.flow_task import pair_layout
 from moldiff.nn.molgraph import MolGraphNet
 from moldiff.testing import assert_batch_consistent, assert_equivariant
 
+pytestmark = pytest.mark.usefixtures("global_rng")
+
 SIZES = [3, 7, 12]
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from moldiff.training.ema import EMA
+
+pytestmark = pytest.mark.usefixtures("global_rng")
 
 
 def test_warmup_schedule_and_gate():

@@ -361,3 +361,95 @@ def test_resumed_training_continues_the_mlflow_run(runs_root):
     assert [m.step for m in client.get_metric_history(first.run_id, "train/loss")] == [10, 20, 30, 40]
     assert [m.step for m in client.get_metric_history(first.run_id, "w2/ode_heun")] == [20, 40]
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# concurrency, locked and unreachable stores, resume after a kill
+# --------------------------------------------------------------------------------------------------
+def test_two_first_runs_at_once_share_a_new_store(tmp_path):
+    """Two processes create the same (absent) SQLite store at once: both runs finish (the schema is built once,
+    under a file lock)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "moldiff", "train", str(SMOKE_VP), "--no-progress",
+                          "--set", f"runs_root={tmp_path}", "--set", f"name={name}", "--set", "train.steps=5",
+                          "--set", "eval.samplers=[]", "--set", "eval.nll_points=0", "--set", "eval.n_samples=50"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in ("A", "B", "C")
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-1500:] for o in outs]
+    client = _client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["A", "B", "C"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_a_store_locked_by_another_process_is_waited_for_then_a_clear_error(runs_root):
+    import sqlite3
+    import time
+
+    from moldiff.training.tracking import TrackingError
+
+    cfg = moldiff.load_config(SMOKE_VP, [f"runs_root={runs_root}", *SHORT, "train.steps=2", "tracking.timeout=1.5"])
+    holder = sqlite3.connect(runs_root / "mlflow.db", timeout=0.1)
+    holder.execute("BEGIN EXCLUSIVE")
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TrackingError, match="locked by another process for 1.5 s"):
+            moldiff.train(cfg, progress=False)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert time.monotonic() - t0 < 30
+    client = _client(runs_root)
+    assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+                if r.info.status == "RUNNING"]
+    # once released, the same command works
+    assert moldiff.train(cfg, overwrite=True, progress=False).step == 2
+
+
+def test_an_unreachable_server_fails_fast(tmp_path, monkeypatch):
+    import time
+
+    from moldiff.training.tracking import TrackingError
+
+    for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = moldiff.load_config(SMOKE_VP, [f"runs_root={tmp_path}", *SHORT, "train.steps=2",
+                                         "tracking.uri=http://127.0.0.1:9", "tracking.timeout=5"])
+    t0 = time.monotonic()
+    with pytest.raises(TrackingError, match="127.0.0.1:9"):
+        moldiff.train(cfg, progress=False)
+    assert time.monotonic() - t0 < 60
+
+
+def test_metric_steps_logged_before_a_kill_are_not_logged_twice(runs_root):
+    """Steps 11-12 were logged, then the process died with its newest checkpoint at 10: the resumed run
+    recomputes them (bit-exactly) but the store holds each step once."""
+    fast = [f"runs_root={runs_root}", *SHORT, "train.steps=12", "train.ckpt_every=5", "train.log_every=1",
+            "eval.samplers=[]", "train.keep_checkpoints=5"]
+    first = moldiff.train(moldiff.load_config(SMOKE_VP, fast), progress=False)
+    ckpts = first.checkpoint.parent
+    (ckpts / "last.pt").unlink()
+    (ckpts / "step_00000012.pt").unlink()
+    second = moldiff.train(moldiff.load_config(SMOKE_VP, fast), resume="auto", progress=False)
+    assert second.run_id == first.run_id
+    steps = [m.step for m in _client(runs_root).get_metric_history(first.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 13))
+
+
+def test_resume_changes_are_applied_and_recorded(runs_root):
+    fast = [f"runs_root={runs_root}", *SHORT, "train.steps=10", "train.ckpt_every=10", "train.log_every=5",
+            "eval.samplers=[]"]
+    first = moldiff.train(moldiff.load_config(SMOKE_VP, fast), progress=False)
+    second = moldiff.train(moldiff.load_config(SMOKE_VP, [*fast, "train.steps=20", "train.lr=5e-5"]), resume="auto",
+                           progress=False)
+    client = _client(runs_root)
+    lrs = {m.step: m.value for m in client.get_metric_history(first.run_id, "train/lr")}
+    assert lrs[10] == pytest.approx(2e-3) and lrs[15] == pytest.approx(5e-5) and lrs[20] == pytest.approx(5e-5)
+    tags = client.get_run(second.run_id).data.tags
+    assert "train.lr: 0.002 -> 5e-05" in tags["resume.step_00000010.changes"]
+    assert "train.steps: 10 -> 20" in tags["resume.step_00000010.changes"]
+    arts = _artifact_paths(client, first.run_id)
+    assert {"config.yaml", "config_resumed_at_step_00000010.yaml"} <= arts

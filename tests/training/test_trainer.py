@@ -27,6 +27,7 @@ def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.usefixtures("global_rng")
 def test_resume_is_exact(tmp_path):
     """k steps + resume + k steps == 2k steps: model, EMA and optimizer state bit for bit (CPU)."""
     full = moldiff.train(_cfg(tmp_path / "a", "train.steps=30", "train.ckpt_every=10"), progress=False)

@@ -29,6 +29,7 @@ def test_composition_takes_centres_head_and_tail():
     assert torch.equal(out[0, :, 0], 100 * window_start + position)
 
 
+@pytest.mark.usefixtures("global_rng")
 def test_a_window_is_the_backbone_itself_and_t_is_per_trajectory():
     g = torch.Generator().manual_seed(0)
     backbone = FlatWindow(5 * 4, width=32, depth=2).double()

@@ -64,12 +64,28 @@ def test_assimilate_cli_and_bad_inputs(checkpoint, tmp_path, capsys):
     cases.append((tmp_path / "plain.npy", "an .npz file"))
     (tmp_path / "junk.npz").write_text("not a zip")
     cases.append((tmp_path / "junk.npz", "not a readable"))
+    np.savez(tmp_path / "veclen.npz", y=np.zeros((1, 9)), length=np.array([15, 15]))
+    cases.append((tmp_path / "veclen.npz", "'length' must be one positive integer"))
+    np.savez(tmp_path / "empty.npz", y=np.zeros((0, 9)))
+    cases.append((tmp_path / "empty.npz", "no trajectories"))
     for path, needle in cases:
         dest = tmp_path / f"out_{path.stem}.npz"
         rc = main(["assimilate", str(checkpoint), "--observations", str(path), "--out", str(dest), "--no-progress"])
         err = capsys.readouterr().err
         assert rc == 2 and needle in err, (needle, err)
         assert not dest.exists()
+    # observations far outside the data: the posterior is not finite -> error, exit 3, nothing written
+    huge = tmp_path / "huge.npz"
+    np.savez(huge, y=np.full((1, 9), 1e20), length=15)
+    dest = tmp_path / "huge_post.npy"
+    rc = main(["assimilate", str(checkpoint), "--observations", str(huge), "--out", str(dest), "-n", "2",
+               "--no-progress", "--set", "sampler.steps=4"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "posterior is not finite" in err, err
+    assert not dest.exists() and not list(tmp_path.glob(".huge_post*"))
+    # an output path that is a folder is refused before any work
+    rc = main(["assimilate", str(checkpoint), "--observations", str(obs), "--out", str(tmp_path), "--no-progress"])
+    assert rc == 2 and "is a folder" in capsys.readouterr().err
     # observations that do not fit the operator (wrong length) are named as such
     rc = main(["assimilate", str(checkpoint), "--observations", str(obs), "--out", str(tmp_path / "x.npz"),
                "--length", "30", "--no-progress"])

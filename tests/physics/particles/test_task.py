@@ -62,6 +62,7 @@ def test_config_errors_name_the_key(bad, key, tmp_path):
         _cfg(tmp_path, extra=bad)
 
 
+@pytest.mark.usefixtures("global_rng")
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_gives_a_finite_per_sample_loss(method, tiny_reference):
     cfg = _cfg(tiny_reference, extra=METHODS[method])
@@ -76,6 +77,7 @@ def test_every_method_gives_a_finite_per_sample_loss(method, tiny_reference):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.usefixtures("global_rng")
 def test_log_q_from_the_sampling_pass_matches_the_likelihood_of_the_samples(tiny_reference):
     """The ESS needs log q(x) of model samples: the forward (sampling) pass and a backward likelihood pass over
     the same samples must agree (exact divergence on the zero-CoM subspace, both ways)."""
