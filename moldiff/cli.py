@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moldiff: training aborted: {e}", file=sys.stderr)
         return 3
     except NonFiniteError as e:
-        print(f"moldiff: error: {e}; nothing was written", file=sys.stderr)
+        print(f"moldiff: error: {e}{'' if args.command == 'train' else '; nothing was written'}", file=sys.stderr)
         return 3
     except TrainingInterrupted as e:
         print(f"moldiff: {e}", file=sys.stderr)

@@ -419,3 +419,18 @@ def test_a_diverged_checkpoint_never_gives_nonfinite_output_with_exit_0(short_ru
                       "--set", "eval.samplers=[ode_rk45, pc]")
     assert rc == 3 and "not finite" in err and "Traceback" not in err, err
     assert _files(work) == []
+
+
+def test_upper_case_molecule_files_are_read_like_lower_case(work, capsys):
+    from moldiff.molecules.io import write_sdf
+
+    z = np.array([6, 1, 1, 1, 1])
+    pos = np.array([[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
+    write_sdf(work / "lower.sdf", [(z, pos)])
+    (work / "UPPER.SDF").write_bytes((work / "lower.sdf").read_bytes())
+    results = []
+    for name in ("lower.sdf", "UPPER.SDF"):
+        rc, out, err = _run(capsys, "eval", work / name, "--no-novelty", "--no-progress", "--json", work / f"{name}.json")
+        assert rc == 0, err
+        results.append(json.loads((work / f"{name}.json").read_text()))
+    assert results[0] == results[1] and results[0]["validity"] == 1.0

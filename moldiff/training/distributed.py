@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "cleanup_distributed"]
+__all__ = ["DistInfo", "init_distributed", "resolve_device", "cleanup_distributed", "any_rank"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,13 @@ def init_distributed(device_spec: str = "auto") -> tuple[DistInfo, torch.device]
 def cleanup_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any (one tiny all-reduce; just ``flag`` without a process group).
+    Lets all ranks stop at the same step when a signal reached only some of them."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -116,9 +116,12 @@ class MLflowTracker(Tracker):
         self.run_id = None
         self.resumed = False
         self._logged_until: dict[str, int] = {}
-        if self.uri.startswith(("http://", "https://")):  # fail fast instead of MLflow's minutes of retries
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout))))
+        if self.uri.startswith(("http://", "https://")):
+            # MLflow's defaults retry for minutes; three tries (waits 1 s, 2 s) of timeout/3 s each stay within
+            # about the timeout and still ride out a blip.  Variables the user set win.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout / 3))))
         with _store_lock(self.uri, timeout):
             self._open(root, experiment, run_name, run_id)
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
 from ..tasks import Task, get_task
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
-from .distributed import DistInfo, cleanup_distributed, init_distributed
+from .distributed import DistInfo, any_rank, cleanup_distributed, init_distributed
 from .ema import EMA
 from .interrupts import Interrupts, TrainingInterrupted
 from .resume import apply_optimizer_settings, resume_changes
@@ -196,7 +196,8 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
             return
         problem = _health_problem(task, model, ema, probe, autocast, cfg.seed, step)
         if problem:
-            tqdm.write(f"moldiff: step {step}: no checkpoint saved, {problem}; last good checkpoint: {last_ckpt}")
+            tqdm.write(f"moldiff: step {step}: no checkpoint saved, {problem}; last good checkpoint: "
+                       f"{last_ckpt or 'none'}")
             tracker.set_tags({f"unsaved_checkpoint.step_{step:08d}": problem})
             return
         last_ckpt = _save(cfg, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total + int(skipped.item()))
@@ -251,8 +252,11 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
                     loss_n.zero_()
                 if step % tc.ckpt_every == 0 or step == tc.steps:
                     save()
-            if interrupts.signal is not None:
-                raise TrainingInterrupted(interrupts.signal)
+            stop = interrupts.signal is not None
+            if info.enabled:  # all ranks stop after the same step, or the others would wait in an all-reduce
+                stop = any_rank(stop, device)
+            if stop:
+                raise TrainingInterrupted(interrupts.signal or 15)
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and info.is_main:
                 log_evaluation(tracker, _evaluate(task, ema.model, cfg, progress), step)
         bar.close()

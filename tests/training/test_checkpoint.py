@@ -13,14 +13,8 @@ import moldiff
 from moldiff.fileio import file_mode
 from moldiff.training import RunFolder, latest_checkpoint, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke" / "toy2d_vp.yaml"
-FAST = ["tracking.enabled=false", "eval.samplers=[]", "eval.nll_points=0", "eval.n_samples=100",
-        "train.log_every=5", "model.width=32"]
+from .toy import toy_config as _cfg
 
-
-def _cfg(root, *extra):
-    return moldiff.load_config(SMOKE, [f"runs_root={root}", *FAST, *extra])
 
 
 @pytest.fixture

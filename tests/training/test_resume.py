@@ -1,8 +1,6 @@
 """What a resume may change: steps, learning rate, logging, sampling, evaluation -- applied; anything that
 defines the weights or the data stream -- refused, naming the key, before any weights are loaded."""
 
-from pathlib import Path
-
 import pytest
 
 import moldiff
@@ -10,14 +8,8 @@ from moldiff.config import ConfigError, ExperimentConfig
 from moldiff.training import load_checkpoint
 from moldiff.training.resume import resume_changes
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke" / "toy2d_vp.yaml"
-FAST = ["tracking.enabled=false", "eval.samplers=[]", "eval.nll_points=0", "eval.n_samples=100",
-        "train.log_every=5", "model.width=32"]
+from .toy import toy_config as _cfg
 
-
-def _cfg(root, *extra):
-    return moldiff.load_config(SMOKE, [f"runs_root={root}", *FAST, *extra])
 
 
 @pytest.fixture

@@ -15,13 +15,11 @@ import torch
 import moldiff
 from moldiff.training import RunFolder, RunFolderError, latest_checkpoint, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke" / "toy2d_vp.yaml"
-FAST = ["eval.samplers=[]", "eval.nll_points=0", "eval.n_samples=100", "train.log_every=5", "model.width=32"]
+from .toy import FAST as _FAST
+from .toy import ROOT, SMOKE, toy_config as _cfg
 
-
-def _cfg(root, *extra):
-    return moldiff.load_config(SMOKE, [f"runs_root={root}", "tracking.enabled=false", *FAST, *extra])
+#: the toy run's overrides, tracking left to each test
+FAST = [s for s in _FAST if not s.startswith("tracking.")]
 
 
 def _start(root: Path, *sets: str, resume: bool = False) -> subprocess.Popen:
@@ -143,3 +141,37 @@ def test_kill_9_at_any_moment_then_resume_is_exact(tmp_path):
     a, b = load_checkpoint(run_dir / "checkpoints" / "last.pt"), load_checkpoint(whole.checkpoint)
     assert a["step"] == b["step"] == 60
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_the_same_step(tmp_path):
+    """torchrun (2 CPU processes, gloo) forwards SIGTERM to its workers: the ranks agree on the step to stop
+    after (no rank left waiting in an all-reduce), rank 0 saves it, and the MLflow run ends KILLED."""
+    root = tmp_path / "runs"
+    run_dir = root / "smoke" / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "moldiff",
+           "train", str(SMOKE), "--no-progress"]
+    for s in [*FAST, f"runs_root={root}", "name=ddp", "train.steps=100000", "train.ckpt_every=25",
+              "train.batch_size=64"]:
+        cmd += ["--set", s]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: _has_checkpoint(run_dir), timeout=240, proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert proc.returncode != 0
+    stops = [ln for ln in err.splitlines() if "training stopped by SIGTERM at step" in ln]
+    assert stops, err[-3000:]
+    steps = {int(ln.split("at step ")[1].split(";")[0]) for ln in stops}
+    assert len(steps) == 1, stops  # every rank that reports stopped after the same step
+    step = steps.pop()
+    _, state = latest_checkpoint(run_dir / "checkpoints")
+    assert state["step"] == step
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]

@@ -414,7 +414,7 @@ def test_an_unreachable_server_fails_fast(tmp_path, monkeypatch):
 
     from moldiff.training.tracking import TrackingError
 
-    for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+    for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
         monkeypatch.delenv(var, raising=False)
     cfg = moldiff.load_config(SMOKE_VP, [f"runs_root={tmp_path}", *SHORT, "train.steps=2",
                                          "tracking.uri=http://127.0.0.1:9", "tracking.timeout=5"])

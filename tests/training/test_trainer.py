@@ -13,14 +13,8 @@ import moldiff
 from moldiff.training import CheckpointError, NonFiniteLossError, load_checkpoint, save_checkpoint
 from physics.toy2d import Toy2DTask
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke" / "toy2d_vp.yaml"
-FAST = ["tracking.enabled=false", "eval.samplers=[]", "eval.nll_points=0", "eval.n_samples=100",
-        "train.log_every=5", "model.width=32"]
+from .toy import ROOT, SMOKE, toy_config as _cfg
 
-
-def _cfg(tmp_path, *extra):
-    return moldiff.load_config(SMOKE, [f"runs_root={tmp_path}", *FAST, *extra])
 
 
 def _states_equal(a: dict, b: dict) -> bool:
