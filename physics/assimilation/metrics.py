@@ -20,6 +20,8 @@ __all__ = [
     "crps_gaussian",
     "AssimilationScores",
     "score_ensemble",
+    "WindowScores",
+    "score_windows",
 ]
 
 
@@ -123,4 +125,62 @@ def score_ensemble(ens: Tensor, truth: Tensor, member_dim: int = 0) -> Assimilat
         rmse=float(rmse(ens.mean(member_dim), truth)),
         spread=float(ensemble_spread(ens, member_dim)),
         crps=float(crps_ensemble(ens, truth, member_dim, fair=True)),
+    )
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """Per-window scores of ``B`` assimilated windows (each a ``[B]`` tensor), so that methods can be compared
+    with error bars over windows.
+
+    Attributes:
+        rmse: RMSE of the ensemble mean over every state and variable of the window.
+        rmse_after_spinup: the same over the states from ``spinup`` on.
+        rmse_observed: the same over the observed states from ``spinup`` on.
+        spread: ensemble spread (:func:`ensemble_spread` convention) over the states from ``spinup`` on.
+        crps: fair CRPS averaged over the states from ``spinup`` on and the variables.
+    """
+
+    rmse: Tensor
+    rmse_after_spinup: Tensor
+    rmse_observed: Tensor
+    spread: Tensor
+    crps: Tensor
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        """``{name: (mean over windows, standard error of that mean)}``, plus ``spread_error_ratio`` (mean spread
+        over mean RMSE after spin-up, its error by the delta method)."""
+        out = {}
+        for k, v in asdict(self).items():
+            v = v.double()
+            out[k] = (float(v.mean()), float(v.std(unbiased=True) / math.sqrt(len(v))) if len(v) > 1 else float("nan"))
+        ratio = self.spread.double() / self.rmse_after_spinup.double()
+        out["spread_error_ratio"] = (float(self.spread.double().mean() / self.rmse_after_spinup.double().mean()),
+                                     float(ratio.std(unbiased=True) / math.sqrt(len(ratio))) if len(ratio) > 1
+                                     else float("nan"))
+        return out
+
+
+def score_windows(ens: Tensor, truth: Tensor, observed: Tensor, spinup: int = 0) -> WindowScores:
+    """Scores of ensembles ``[B, M, T, *S]`` (``M >= 2`` members) against truths ``[B, T, *S]``; ``observed`` is a
+    ``[T]`` bool mask of the states with observations, ``spinup`` the number of leading states left out of the
+    after-spin-up scores."""
+    if ens.ndim < 4 or ens.shape[0] != truth.shape[0] or ens.shape[2:] != truth.shape[1:]:
+        raise ValueError(f"need ens [B, M, T, ...] and truth [B, T, ...]; got {tuple(ens.shape)}, {tuple(truth.shape)}")
+    T = truth.shape[1]
+    observed = torch.as_tensor(observed, dtype=torch.bool)
+    if observed.shape != (T,) or not 0 <= spinup < T:
+        raise ValueError(f"observed must be a [T = {T}] mask and 0 <= spinup < T, got {tuple(observed.shape)}, {spinup}")
+    ens, truth = ens.double(), truth.double()
+    sq = (ens.mean(1) - truth).square().flatten(2).mean(-1)  # [B, T]: per-state mean squared error
+    late = torch.arange(T) >= spinup
+    obs_late = observed & late
+    var = ens.var(1, unbiased=True).flatten(2).mean(-1)  # [B, T]
+    crps = crps_ensemble(ens.transpose(0, 1), truth, member_dim=0, fair=True, reduction="none").flatten(2).mean(-1)
+    return WindowScores(
+        rmse=sq.mean(-1).sqrt(),
+        rmse_after_spinup=sq[:, late].mean(-1).sqrt(),
+        rmse_observed=sq[:, obs_late].mean(-1).sqrt() if obs_late.any() else torch.full((len(sq),), float("nan")),
+        spread=var[:, late].mean(-1).sqrt(),
+        crps=crps[:, late].mean(-1),
     )

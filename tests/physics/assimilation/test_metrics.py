@@ -137,3 +137,29 @@ def test_score_ensemble():
     assert scores.spread == pytest.approx(math.sqrt(5.0))
     assert scores.crps == pytest.approx(_crps_brute(ens, truth, fair=True).mean().item())
     assert scores.as_dict("a/") == {"a/rmse": scores.rmse, "a/spread": scores.spread, "a/crps": scores.crps}
+
+
+def test_score_windows_on_hand_made_ensembles():
+    """Two windows, 4 states, 2 variables; two members at truth + c -+ s: the mean is off by c, the unbiased
+    member variance is 2 s^2, and the fair CRPS of two members c -+ s away from the truth (c > s) is
+    E|X - y| - |x1 - x2| / 2 = c - s."""
+    from physics.assimilation.metrics import score_windows
+
+    truth = torch.zeros(2, 4, 2)
+    c = torch.tensor([1.0, 3.0])[:, None, None, None]  # per-window offset
+    s = 0.5
+    ens = torch.cat([truth[:, None] + c - s, truth[:, None] + c + s], 1)  # [2, 2, 4, 2]
+    ens[:, :, 0] += 10.0  # a bad first state, removed by the spin-up
+    observed = torch.tensor([True, False, True, True])
+    sc = score_windows(ens, truth, observed, spinup=1)
+    assert torch.allclose(sc.rmse_after_spinup, torch.tensor([1.0, 3.0], dtype=torch.float64))
+    assert torch.allclose(sc.rmse_observed, torch.tensor([1.0, 3.0], dtype=torch.float64))
+    assert torch.allclose(sc.rmse, torch.sqrt((torch.tensor([11.0, 13.0]) ** 2 + 3 * torch.tensor([1.0, 3.0]) ** 2) / 4).double())
+    # two members +-s: unbiased variance 2 s^2
+    assert torch.allclose(sc.spread, torch.full((2,), (2 * s * s) ** 0.5, dtype=torch.float64))
+    assert torch.allclose(sc.crps, torch.tensor([1.0 - s, 3.0 - s], dtype=torch.float64))
+    summary = sc.summary()
+    assert summary["rmse_after_spinup"][0] == pytest.approx(2.0) and summary["rmse_after_spinup"][1] == pytest.approx(1.0)
+    assert summary["spread_error_ratio"][0] == pytest.approx((2 * s * s) ** 0.5 / 2.0)
+    with pytest.raises(ValueError, match="spinup"):
+        score_windows(ens, truth, observed, spinup=4)
