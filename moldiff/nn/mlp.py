@@ -25,7 +25,10 @@ class _Block(nn.Module):
 
 class MLPDenoiser(nn.Module):
     """``(x [B, dim], t [B]) -> [B, dim]``: input projection, ``depth`` residual blocks conditioned on a
-    sinusoidal time embedding, output projection (zero-initialised so training starts from 0)."""
+    sinusoidal time embedding, output projection (zero-initialised so training starts from 0).
+
+    ``x`` may also be ``[B, *G, dim]``, a group of inputs per time ``t [B]`` (e.g. every window of one
+    trajectory): the time embedding is then computed once per group and broadcast, not once per row."""
 
     def __init__(self, dim: int, width: int = 256, depth: int = 4, time_dim: int = 64):
         super().__init__()
@@ -39,6 +42,8 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         e = self.time_mlp(self.embed(t))
+        if x.ndim > 2:  # [B, *G, dim]: one embedding per leading index, broadcast over the group
+            e = e.reshape(e.shape[0], *([1] * (x.ndim - 2)), e.shape[-1])
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, e)

@@ -23,21 +23,30 @@ __all__ = ["LocalScoreNet", "FlatWindow"]
 
 
 class FlatWindow(nn.Module):
-    """An :class:`~moldiff.nn.MLPDenoiser` on flattened windows: ``([B', w, *S], t [B']) -> [B', w, *S]``."""
+    """An :class:`~moldiff.nn.MLPDenoiser` on flattened windows: ``([B', w, *S], t [B']) -> [B', w, *S]``.
+
+    ``grouped``: it also takes all windows of a trajectory at once, ``([B, n, w, *S], t [B])``, and then computes
+    the time embedding once per trajectory instead of once per window."""
+
+    grouped = True
 
     def __init__(self, window_numel: int, width: int = 256, depth: int = 4, time_dim: int = 64):
         super().__init__()
+        self.window_numel = window_numel
         self.mlp = MLPDenoiser(window_numel, width=width, depth=depth, time_dim=time_dim)
 
     def forward(self, w: Tensor, t: Tensor) -> Tensor:
-        return self.mlp(w.flatten(1), t).reshape(w.shape)
+        if w[0].numel() == self.window_numel:  # [B', w, *S]
+            return self.mlp(w.flatten(1), t).reshape(w.shape)
+        return self.mlp(w.flatten(2), t).reshape(w.shape)  # [B, n, w, *S]: grouped by trajectory
 
 
 class LocalScoreNet(nn.Module):
     """``(x [B, L, *S], t [B]) -> [B, L, *S]`` composed from a window backbone (see module docstring).
 
     Args:
-        backbone: ``([B', 2k + 1, *S], t [B']) -> [B', 2k + 1, *S]``.
+        backbone: ``([B', 2k + 1, *S], t [B']) -> [B', 2k + 1, *S]``; one with ``grouped = True`` is called
+            with every window of each trajectory at once, ``([B, n, 2k + 1, *S], t [B])``.
         k: half-width of the window (the Markov order assumed of the trajectory).
     """
 
@@ -58,7 +67,10 @@ class LocalScoreNet(nn.Module):
         if length < w:
             raise ValueError(f"trajectories need at least 2k + 1 = {w} states, got {length}")
         n_win = length - w + 1
-        # [B, n_win, *S, w] -> [B * n_win, w, *S]
-        windows = x.unfold(1, w, 1).movedim(-1, 2).reshape(b * n_win, w, *x.shape[2:])
-        out = self.backbone(windows, t.repeat_interleave(n_win)).reshape(b, n_win, w, *x.shape[2:])
+        windows = x.unfold(1, w, 1).movedim(-1, 2)  # [B, n_win, *S, w] -> [B, n_win, w, *S]
+        if getattr(self.backbone, "grouped", False):  # one time embedding per trajectory
+            out = self.backbone(windows, t)
+        else:
+            out = self.backbone(windows.reshape(b * n_win, w, *x.shape[2:]), t.repeat_interleave(n_win))
+            out = out.reshape(b, n_win, w, *x.shape[2:])
         return torch.cat([out[:, 0, :k], out[:, :, k], out[:, -1, k + 1 :]], dim=1)

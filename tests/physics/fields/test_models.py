@@ -82,3 +82,18 @@ def test_too_short_trajectories_raise():
         net(torch.zeros(1, 6, 2), torch.zeros(1))
     with pytest.raises(ValueError, match="k must be"):
         LocalScoreNet(_Tag(), -1)
+
+
+@pytest.mark.usefixtures("global_rng")
+def test_grouped_windows_give_the_per_window_result():
+    """The grouped call (one time embedding per trajectory) equals scoring every window with its own copy of t."""
+    g = torch.Generator().manual_seed(1)
+    backbone = FlatWindow(5 * 4, width=32, depth=2).double()
+    for p in backbone.parameters():
+        nn.init.normal_(p, std=0.2, generator=g)
+    x = torch.randn(3, 12, 4, generator=g, dtype=D)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=D)
+    grouped = LocalScoreNet(backbone, 2)(x, t)
+    backbone.grouped = False  # the instance attribute shadows the class's: the per-window path
+    flat = LocalScoreNet(backbone, 2)(x, t)
+    assert torch.allclose(grouped, flat, atol=1e-12)

@@ -1,0 +1,234 @@
+"""Smoothers next to smoothers: SDA against the EnKS, the iEnKS, tuned (L)ETKFs and a particle filter, on the
+same truth and observations, every method tuned on the validation split and scored on the test split.
+
+    python benchmarks/assimilation_smoothers.py --system lorenz63 [--sda CKPT ...] [--windows 32]
+    python benchmarks/assimilation_smoothers.py --collect      # rebuild the table from the JSON records
+
+Protocol (the same for every method):
+
+* windows: the first ``--length`` (128) states of the first ``--windows`` test trajectories (32 for the Lorenz
+  systems: the whole test split); tuning on ``--valid-windows`` validation trajectories.  Observations are made
+  once per split with the task's operator and noise (``configs/<system>_sda.yaml``: L63 all variables every
+  5th state, noise std 1.41; L96 every variable every state, noise std 1) and shared by all methods.
+* classical methods use the true dynamics and start from climatology: members drawn from the training states.
+* each method's hyper-parameters are chosen by the validation RMSE after spin-up (grids below); the chosen
+  setting is run once on the test windows.
+* scores per window (:func:`physics.assimilation.metrics.score_windows`): RMSE of the ensemble mean over all
+  states, after the first ``--spinup`` (25) states, and at the observed states after spin-up (for the filters
+  this is their analysis, DAPPER's ``rmse.a``); spread/error ratio and fair CRPS after spin-up; tables give the
+  mean over windows and its standard error.  Seconds are wall-clock per window on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import moldiff
+from physics.assimilation.enkf import ring_localization, run_filter
+from physics.assimilation.metrics import score_windows
+from physics.assimilation.particle import run_particle_filter
+from physics.assimilation.smoothers import run_enks, run_ienks
+from physics.fields.datasets import simulator
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "assimilation_smoothers"
+TABLE = ROOT / "benchmarks" / "results" / "assimilation_smoothers.md"
+
+GRIDS = {
+    "lorenz63": {
+        "etkf": {"members": [20, 50], "inflation": [1.0, 1.02, 1.05, 1.1, 1.2]},
+        "enks": {"members": [20, 50], "inflation": [1.0, 1.02, 1.05, 1.1, 1.2]},
+        "ienks": {"members": [20], "lag": [1, 2, 3, 4], "inflation": [1.0, 1.02, 1.05, 1.1]},
+        "pf": {"members": [1000], "jitter": [0.0, 0.1, 0.2, 0.4]},
+    },
+    "lorenz96": {
+        "etkf": {"members": [20, 50], "inflation": [1.0, 1.02, 1.05, 1.1], "localization": [0.0, 4.0, 8.0]},
+        "enks": {"members": [50], "inflation": [1.0, 1.02, 1.05, 1.1]},
+        "ienks": {"members": [40], "lag": [1, 2, 4], "inflation": [1.0, 1.02, 1.05]},
+    },
+}
+NAMES = {"etkf": "ETKF / LETKF (filter)", "enks": "EnKS (whole window)", "ienks": "iEnKS (lag L, S = 1)",
+         "pf": "particle filter (SIR)", "sda": "SDA (diffusion prior)", "climatology": "climatology"}
+
+
+def machine() -> str:
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+
+
+class Windows:
+    """Truth ``[B, T, D]`` and observations of one split, with what every method needs to run on them."""
+
+    def __init__(self, task, split: str, n: int, length: int, seed: int):
+        self.task = task
+        self.truth = task.trajectories(split, progress=False)[:n, :length].double()
+        if len(self.truth) < n:
+            raise SystemExit(f"the {split} split has {len(self.truth)} trajectories, asked for {n}")
+        self.y = task.observe(self.truth, torch.Generator().manual_seed(seed))  # [B, P]
+        times = task.operator.times(length)
+        ys = task.operator.split(self.y)  # [B, K, p]
+        self.obs = {t: ys[:, i] for i, t in enumerate(times)}
+        self.observed = torch.zeros(length, dtype=torch.bool)
+        self.observed[list(times)] = True
+        self.H = task.operator.matrix(torch.float64)
+        self.length = length
+
+    def climatology(self, members: int, seed: int) -> torch.Tensor:
+        train = self.task.trajectories("train", progress=False).reshape(-1, *self.task.shape).double()
+        pick = torch.randint(0, len(train), (len(self.truth), members), generator=torch.Generator().manual_seed(seed))
+        return train[pick]
+
+
+def run_classical(method: str, params: dict, w: Windows, seed: int = 0) -> torch.Tensor:
+    """Ensembles ``[B, M, T, D]`` of a classical method with ``params`` on the windows ``w``."""
+    sim = simulator(w.task.spec)
+    ens0 = w.climatology(params["members"], seed)
+    noise = w.task.cfg.observation.noise_std
+    kw = dict(interval=w.task.spec.interval, num_states=w.length, keep_ensemble=True)
+    if method == "etkf":
+        loc = params.get("localization", 0.0)
+        rho = ring_localization(w.task.shape[0], loc) if loc > 0 else None
+        res = run_filter(sim.advance, ens0, w.obs, w.H, noise, method="etkf", inflation=params["inflation"],
+                         localization=rho, **kw)
+    elif method == "enks":
+        res = run_enks(sim.advance, ens0, w.obs, w.H, noise, inflation=params["inflation"], **kw)
+    elif method == "ienks":
+        res = run_ienks(sim.advance, ens0, w.obs, w.H, noise, lag=params["lag"], inflation=params["inflation"], **kw)
+    elif method == "pf":
+        res = run_particle_filter(sim.advance, ens0, w.obs, w.H, noise, jitter=params["jitter"],
+                                  generator=torch.Generator().manual_seed(seed + 1), **kw)
+    else:
+        raise ValueError(method)
+    return res.ensemble.transpose(1, 2)  # [B, T, M, D] -> [B, M, T, D]
+
+
+def run_sda(model, params: dict, w: Windows, seed: int = 0) -> torch.Tensor:
+    task = w.task
+    task.cfg.eval.gamma = params["gamma"]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        ens = task.assimilate(model, w.y.float(), n=params["members"], length=w.length, method="sda", generator=g,
+                              progress=False)
+    return ens.double()  # [B, M, T, D]
+
+
+def _score(ens, w: Windows, spinup: int) -> dict:
+    return {k: list(v) for k, v in score_windows(ens, w.truth, w.observed, spinup).summary().items()}
+
+
+def tune_and_test(name: str, grid: dict, run, valid: Windows, test: Windows, spinup: int) -> dict:
+    trials = []
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values))
+        t0 = time.time()
+        try:
+            ens = run(name, params, valid)
+            score = _score(ens, valid, spinup)
+        except (FloatingPointError, torch.linalg.LinAlgError) as e:  # a diverged setting is a bad setting
+            score = {"error": str(e)[:200]}
+        trials.append({"params": params, "valid": score, "seconds": time.time() - t0})
+        print(f"  valid {name} {params}: {score.get('rmse_after_spinup', score)}", flush=True)
+    ok = [t for t in trials if "error" not in t["valid"]]
+    best = min(ok, key=lambda t: t["valid"]["rmse_after_spinup"][0])
+    t0 = time.time()
+    ens = run(name, best["params"], test)
+    seconds = (time.time() - t0) / len(test.truth)
+    score = _score(ens, test, spinup)
+    print(f"  TEST {name} {best['params']}: {score['rmse_after_spinup']}", flush=True)
+    return {"method": name, "params": best["params"], "test": score, "seconds_per_window": seconds, "trials": trials}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--system", choices=sorted(GRIDS))
+    ap.add_argument("--methods", nargs="*", default=None, help="classical methods to run (default: all of the grid)")
+    ap.add_argument("--sda", nargs="*", default=[], metavar="CKPT", help="trajectory-prior checkpoints to score")
+    ap.add_argument("--sda-gamma", nargs="*", type=float, default=[0.03, 0.1, 0.3])
+    ap.add_argument("--sda-members", type=int, default=16)
+    ap.add_argument("--sda-valid-windows", type=int, default=8)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="overrides of the SDA checkpoint")
+    ap.add_argument("--windows", type=int, default=32)
+    ap.add_argument("--valid-windows", type=int, default=16)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--spinup", type=int, default=25)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--collect", action="store_true")
+    a = ap.parse_args()
+    if a.collect:
+        return collect()
+    OUT.mkdir(parents=True, exist_ok=True)
+    cfg = moldiff.load_config(ROOT / "configs" / f"{a.system}_sda.yaml", ["tracking.enabled=false"])
+    task = moldiff.tasks.get_task("trajectory")(cfg)
+    valid, test = (Windows(task, "valid", a.valid_windows, a.length, 11), Windows(task, "test", a.windows, a.length, 12))
+    records = []
+    clim = task.stats[0].double()
+    records.append({"method": "climatology", "test": {"rmse_after_spinup": [
+        float((test.truth[:, a.spinup:] - clim).square().mean().sqrt()), 0.0]}})
+    for name in a.methods if a.methods is not None else GRIDS[a.system]:
+        records.append(tune_and_test(name, GRIDS[a.system][name], run_classical, valid, test, a.spinup))
+    for ckpt in a.sda:
+        ptask, model = moldiff.load_model(ckpt, overrides=a.overrides, device="cpu")
+        pv = Windows(ptask, "valid", a.sda_valid_windows, a.length, 11)
+        pt = Windows(ptask, "test", a.windows, a.length, 12)
+        assert torch.equal(pt.y, test.y), "the prior's task must observe the same truth as the classical methods"
+        grid = {"members": [a.sda_members], "gamma": a.sda_gamma}
+        rec = tune_and_test("sda", grid, lambda _n, p, w: run_sda(model, p, w), pv, pt, a.spinup)
+        rec["checkpoint"] = str(ckpt)
+        rec["prior"] = {"window": ptask.cfg.model.window, "width": ptask.cfg.model.width, "depth": ptask.cfg.model.depth,
+                        "sampler": moldiff.config.to_dict(ptask.cfg.sampler), "overrides": a.overrides}
+        records.append(rec)
+    out = OUT / f"{a.system}{('_' + a.tag) if a.tag else ''}.json"
+    out.write_text(json.dumps({"system": a.system, "windows": a.windows, "valid_windows": a.valid_windows,
+                               "length": a.length, "spinup": a.spinup, "machine": machine(),
+                               "observation": moldiff.config.to_dict(cfg.observation), "records": records}, indent=1))
+    print(f"wrote {out}")
+
+
+def _fmt(v) -> str:
+    return f"{v[0]:.3f} ± {v[1]:.3f}" if v and v[1] == v[1] else (f"{v[0]:.3f}" if v else "")
+
+
+def collect() -> None:
+    lines = [
+        "# Smoothers next to smoothers: Lorenz-63 and Lorenz-96, tuned on validation, scored on test",
+        "",
+        "Written by `python benchmarks/assimilation_smoothers.py --collect` from "
+        "`benchmarks/results/assimilation_smoothers/*.json`; protocol in the script's docstring.  Mean over test "
+        "windows ± its standard error.  RMSE: of the ensemble mean, all states / after the spin-up / at the observed "
+        "states after the spin-up (a filter's analysis).  Spread/error and CRPS after the spin-up.",
+        "",
+    ]
+    merged: dict[str, dict] = {}
+    for path in sorted(OUT.glob("*.json")):  # one table per system: the classical run and the SDA runs
+        rec = json.loads(path.read_text())
+        if rec["system"] not in merged:
+            merged[rec["system"]] = rec
+        else:
+            merged[rec["system"]]["records"] += [r for r in rec["records"] if r["method"] != "climatology"]
+    for system, rec in merged.items():
+        ob = rec["observation"]
+        lines += [f"## {system}: {rec['windows']} test windows x {rec['length']} states, spin-up {rec['spinup']} "
+                  f"states; observations `{ob['kind']}`, every {ob['every']}, noise std {ob['noise_std']:.3g}",
+                  "", f"Machine: {rec['machine']}.", "",
+                  "| method | chosen on validation | RMSE all | RMSE after spin-up | RMSE observed | spread/error "
+                  "| CRPS | s / window |", "|---|---|---|---|---|---|---|---|"]
+        for r in rec["records"]:
+            t = r["test"]
+            params = ", ".join(f"{k} {v}" for k, v in r.get("params", {}).items())
+            lines.append(f"| {NAMES.get(r['method'], r['method'])} | {params} | {_fmt(t.get('rmse'))} | "
+                         f"{_fmt(t.get('rmse_after_spinup'))} | {_fmt(t.get('rmse_observed'))} | "
+                         f"{_fmt(t.get('spread_error_ratio'))} | {_fmt(t.get('crps'))} | "
+                         f"{r.get('seconds_per_window', float('nan')):.2f} |")
+        lines.append("")
+    TABLE.write_text("\n".join(lines))
+    print(f"wrote {TABLE}")
+
+
+if __name__ == "__main__":
+    main()
