@@ -171,7 +171,7 @@ def assimilate(
             observation operator and noise are the checkpoint config's ``observation`` section (plus overrides).
         n: posterior samples per observed trajectory.
         length: states per trajectory (default: the file's ``length``, else the config's ``eval.length``).
-        method: sda | dps.
+        method: sda | mmps | dps.
         out: write the samples ``[B, n, length, ...]`` here (``.npz`` key ``samples``, or ``.npy``).
     """
     if n < 1:

@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="posterior samples [B, n, L, ...]: .npz (key samples) or .npy")
     a.add_argument("-n", "--num", type=int, default=16, help="posterior samples per observed trajectory")
     a.add_argument("--length", type=int, default=None, help="states per trajectory (default: the file's, else eval.length)")
-    a.add_argument("--method", default="sda", choices=["sda", "dps"])
+    a.add_argument("--method", default="sda", choices=["sda", "mmps", "dps"])
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="auto")
     a.add_argument("--no-ema", action="store_true")

@@ -15,7 +15,7 @@ from .couplings import (
     ot_plan,
 )
 from .denoiser import PREDICTION_KINDS, Denoiser
-from .guidance import GaussianObservation, PosteriorDenoiser, sample_dps
+from .guidance import GaussianObservation, MMPSDenoiser, PosteriorDenoiser, sample_dps
 from .likelihood import LikelihoodResult, log_likelihood, sample_with_log_likelihood
 from .mixed import MixedPrediction, MixedState, flow_time_grid, sample_mixed_flow
 from .losses import denoising_loss, flow_matching_loss, sample_time

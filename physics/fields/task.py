@@ -10,6 +10,8 @@ Evaluation = assimilation of held-out test trajectories: each is observed throug
 
 * ``sda`` -- score-based data assimilation: the config's sampler (predictor-corrector with a DDIM
   predictor by default) on :class:`~moldiff.diffusion.guidance.PosteriorDenoiser`;
+* ``mmps`` -- the same sampler on :class:`~moldiff.diffusion.guidance.MMPSDenoiser` (Tweedie covariance
+  through vector-Jacobian products and ``eval.cg_iterations`` conjugate-gradient steps);
 * ``dps`` -- diffusion posterior sampling (:func:`~moldiff.diffusion.guidance.sample_dps`);
 * ``enkf`` / ``etkf`` -- the stochastic ensemble Kalman filter and the ensemble transform Kalman filter
   with the true dynamics (Lorenz systems), started from climatology.
@@ -33,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from moldiff.config import ConfigError, ExperimentConfig, SamplerConfig, raise_failed
-from moldiff.diffusion import Denoiser, GaussianObservation, PosteriorDenoiser, denoising_loss, sample_dps, time_grid
+from moldiff.diffusion import (Denoiser, GaussianObservation, MMPSDenoiser, PosteriorDenoiser, denoising_loss,
+                               sample_dps, time_grid)
 from moldiff.tasks import EvalResult, Task, register_task
 from physics.assimilation.observations import OBSERVATION_KINDS, ObservationOperator, observe
 
@@ -43,7 +46,7 @@ from .models import FlatWindow, LocalScoreNet
 __all__ = ["TrajectoryTask", "TrajectoryConfig", "TrajectoryData", "TrajectoryModel", "ObservationConfig",
            "AssimilationEval", "METHODS"]
 
-METHODS = ("sda", "dps", "enkf", "etkf")
+METHODS = ("sda", "mmps", "dps", "enkf", "etkf")
 
 
 @dataclass
@@ -89,13 +92,15 @@ class ObservationConfig:
 
 @dataclass
 class AssimilationEval:
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: ["sda", "dps", "enkf", "etkf"])
     n_trajectories: int = 8  #: test trajectories assimilated
     length: int = 128  #: states per assimilated trajectory (at most the test split's length)
     ensemble: int = 16  #: posterior samples / filter members per trajectory
     gamma: float = 0.1  #: sda: variance of the denoiser error per unit (sigma_t / alpha_t)^2
     zeta: float = 0.1  #: dps: step size (of the whitened residual norm's gradient)
     dps_steps: int = 0  #: dps: ancestral steps (0: sampler.steps)
+    cg_iterations: int = 3  #: mmps: conjugate-gradient iterations of the covariance-aware likelihood
+    dynamics_std: float = 0.0  #: sda / mmps: weak-constraint std of the one-step model residual (physical units; 0: off)
     inflation: float = 1.0  #: enkf / etkf: multiplicative inflation of the forecast anomalies
     localization: float = 0.0  #: enkf / etkf on lorenz96: Gaspari-Cohn radius in grid points (0: none)
     batch_size: int = 0  #: posterior samples drawn at once (0: all)
@@ -136,6 +141,9 @@ class TrajectoryConfig(ExperimentConfig):
             (ev.length >= 2 * m.window + 1, "eval.length", f"must be at least 2 * model.window + 1 = {2 * m.window + 1}"),
             (ev.gamma >= 0 and ev.zeta >= 0 and ev.inflation >= 1.0, "eval.gamma", "needs gamma >= 0, zeta >= 0, inflation >= 1"),
             (ev.localization >= 0, "eval.localization", "must be >= 0"),
+            (ev.cg_iterations >= 1, "eval.cg_iterations", "must be >= 1"),
+            (ev.dynamics_std >= 0 and (ev.dynamics_std == 0 or lorenz), "eval.dynamics_std",
+             "must be >= 0; the weak-constraint dynamics term is for the Lorenz systems"),
         ])
         self.observation.build(state_shape(get_dataset(self.data.system, self.data.size)))
 
@@ -233,22 +241,43 @@ class TrajectoryTask(Task):
             z = (sampler or self.cfg.sampler).run(self.denoiser(model), x, generator=generator, progress=progress)
         return self.denormalize(z)
 
-    def observation_model(self, y: Tensor) -> GaussianObservation:
+    def observation_model(self, y: Tensor, length: int | None = None) -> GaussianObservation:
         """The Gaussian likelihood of observations ``y [B, P]`` as a function of *normalised* trajectories.
 
         Observations and noise are divided by the data's typical scale ``s`` (the mean per-variable std), so
         that SDA's ``gamma (sigma_t / alpha_t)^2`` -- an error variance in normalised units -- compares with the
-        observation noise in the same units (the likelihood itself is unchanged)."""
+        observation noise in the same units (the likelihood itself is unchanged).
+
+        With ``eval.dynamics_std > 0`` (Lorenz systems; needs ``length``) the known dynamics join as a weak
+        constraint, as in weak-constraint 4D-Var: the one-step residuals ``x_{k+1} - M(x_k)`` of the trajectory
+        are extra observations of value 0 with that std (states are clamped to 6 data stds before the model step,
+        so that the early, wild denoised estimates cannot overflow the integrator)."""
         s = float(self.stats[1].mean())
-        return GaussianObservation(y / s, lambda z: self.operator(self.denormalize(z)) / s,
-                                   self.cfg.observation.noise_std / s)
+        std = self.cfg.observation.noise_std / s
+        observe = lambda z: self.operator(self.denormalize(z)) / s  # noqa: E731
+        q = self.cfg.eval.dynamics_std
+        if q <= 0:
+            return GaussianObservation(y / s, observe, std)
+        if length is None:
+            raise ValueError("the weak-constraint dynamics term needs the trajectory length")
+        sim, dt = simulator(self.spec), self.spec.interval
+
+        def observe_with_dynamics(z: Tensor) -> Tensor:
+            x = self.denormalize(z.clamp(-6.0, 6.0))
+            residual = (x[:, 1:] - sim.advance(x[:, :-1], dt)).flatten(1) / s
+            return torch.cat([observe(z), residual], 1)
+
+        zeros = torch.zeros(len(y), (length - 1) * int(np.prod(self.shape)), dtype=y.dtype, device=y.device)
+        noise = torch.cat([torch.full((y.shape[1],), std), torch.full((zeros.shape[1],), q / s)])
+        return GaussianObservation(torch.cat([y / s, zeros], 1), observe_with_dynamics, noise.to(y.device))
 
     def assimilate(self, model, y: Tensor, *, n: int, length: int, method: str = "sda", generator: torch.Generator,
                    progress: bool = True) -> Tensor:
         """Posterior trajectories given observations ``y [B, P]`` of ``B`` trajectories of ``length`` states:
-        ``[B, n, length, *S]`` in physical units.  ``method``: sda | dps."""
-        if method not in ("sda", "dps"):
-            raise ValueError(f"assimilate: method must be sda or dps (the filters are run by evaluate), got {method!r}")
+        ``[B, n, length, *S]`` in physical units.  ``method``: sda | mmps | dps."""
+        if method not in ("sda", "mmps", "dps"):
+            raise ValueError(f"assimilate: method must be sda, mmps or dps (the filters are run by evaluate), got "
+                             f"{method!r}")
         expected = self.operator.num_observations(length)
         if y.dim() != 2 or y.shape[1] != expected:
             raise ValueError(f"observations must have shape [B, {expected}] for {length} states with this operator, "
@@ -264,10 +293,11 @@ class TrajectoryTask(Task):
         for s in range(0, len(rows), chunk):
             yb = rows[s : s + chunk]
             x = self._prior(len(yb), length, device, generator)
-            obs = self.observation_model(yb)
-            if method == "sda":
-                z = self.cfg.sampler.run(PosteriorDenoiser(prior, obs, gamma=ev.gamma), x, generator=generator,
-                                         progress=progress)
+            obs = self.observation_model(yb, length)
+            if method in ("sda", "mmps"):
+                guided = (PosteriorDenoiser(prior, obs, gamma=ev.gamma) if method == "sda"
+                          else MMPSDenoiser(prior, obs, cg_iterations=ev.cg_iterations))
+                z = self.cfg.sampler.run(guided, x, generator=generator, progress=progress)
             else:
                 steps = ev.dps_steps or self.cfg.sampler.steps
                 z = sample_dps(prior, x, time_grid(self.process, steps, device=device), observation=obs, zeta=ev.zeta,
@@ -320,7 +350,7 @@ class TrajectoryTask(Task):
         ensembles: dict[str, Tensor] = {}
         for method in ev.methods:
             t0 = time.time()
-            if method in ("sda", "dps"):
+            if method in ("sda", "mmps", "dps"):
                 ens = self.assimilate(model, y, n=ev.ensemble, length=ev.length, method=method, generator=generator,
                                       progress=progress).cpu()  # [B, M, L, *S]
             else:

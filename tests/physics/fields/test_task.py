@@ -26,10 +26,22 @@ def test_assimilate_api_shapes_and_every_method(checkpoint):
     truth = task.trajectories("test")[:2, :20]
     y = task.observe(truth.double(), torch.Generator().manual_seed(0)).float()
     assert y.shape == (2, task.operator.num_observations(20)) == (2, 4 * 3)
-    for method in ("sda", "dps"):
+    for method in ("sda", "mmps", "dps"):
         post = task.assimilate(model, y, n=3, length=20, method=method, generator=torch.Generator().manual_seed(1),
                                progress=False)
         assert post.shape == (2, 3, 20, 3) and torch.isfinite(post).all()
+    # the weak-constraint dynamics term: the likelihood gains the 19 x 3 one-step residuals
+    task.cfg.eval.dynamics_std = 0.1
+    obs = task.observation_model(y, 20)
+    assert obs.y.shape == (2, 12 + 19 * 3)
+    truth_z = task.normalize(truth.double()).float()
+    res = obs.residual(truth_z)[:, 12:]  # whitened: the truth follows the dynamics up to float32 storage
+    assert res.abs().max() < 1e-2
+    for method in ("sda", "mmps"):
+        post = task.assimilate(model, y, n=2, length=20, method=method, generator=torch.Generator().manual_seed(1),
+                               progress=False)
+        assert post.shape == (2, 2, 20, 3) and torch.isfinite(post).all()
+    task.cfg.eval.dynamics_std = 0.0
     ens = task.run_filter(y.double(), 20, "etkf", torch.Generator().manual_seed(2))
     assert ens.shape == (2, task.cfg.eval.ensemble, 20, 3)
     with pytest.raises(ValueError, match="shape"):
