@@ -108,13 +108,17 @@ def run_classical(method: str, params: dict, w: Windows, seed: int = 0) -> torch
     return res.ensemble.transpose(1, 2)  # [B, T, M, D] -> [B, M, T, D]
 
 
-def run_sda(model, params: dict, w: Windows, seed: int = 0) -> torch.Tensor:
-    task = w.task
-    task.cfg.eval.gamma = params["gamma"]
+def run_sda(task, model, params: dict, w: Windows, seed: int = 0) -> torch.Tensor:
+    """Posterior samples ``[B, M, T, D]`` of the diffusion prior: ``params`` method (sda | mmps), gamma (sda),
+    cg_iterations (mmps, default 1 as in Rozet et al.'s experiments), dynamics_std (weak-constraint model term;
+    0: none), members; ``task`` is the prior's task (its normalisation, process and sampler)."""
+    task.cfg.eval.gamma = params["gamma"] if params["gamma"] is not None else task.cfg.eval.gamma
+    task.cfg.eval.cg_iterations = params.get("cg_iterations", 1)
+    task.cfg.eval.dynamics_std = params.get("dynamics_std", 0.0)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        ens = task.assimilate(model, w.y.float(), n=params["members"], length=w.length, method="sda", generator=g,
-                              progress=False)
+        ens = task.assimilate(model, w.y.float(), n=params["members"], length=w.length,
+                              method=params.get("method", "sda"), generator=g, progress=False)
     return ens.double()  # [B, M, T, D]
 
 
@@ -122,10 +126,19 @@ def _score(ens, w: Windows, spinup: int) -> dict:
     return {k: list(v) for k, v in score_windows(ens, w.truth, w.observed, spinup).summary().items()}
 
 
-def tune_and_test(name: str, grid: dict, run, valid: Windows, test: Windows, spinup: int) -> dict:
+def tune_and_test(name: str, grid: dict, run, valid: Windows, test: Windows, spinup: int,
+                  test_params: dict | None = None) -> dict:
+    """Every setting of ``grid`` on the validation windows, the best (RMSE after spin-up) on the test windows
+    (with ``test_params`` replacing some of its values, e.g. more members)."""
     trials = []
+    settings = []
     for values in itertools.product(*grid.values()):
         params = dict(zip(grid, values))
+        if params.get("method") == "mmps":
+            params["gamma"] = None  # MMPS has no gamma: its covariance comes from the denoiser's Jacobian
+        if params not in settings:
+            settings.append(params)
+    for params in settings:
         t0 = time.time()
         try:
             ens = run(name, params, valid)
@@ -136,12 +149,13 @@ def tune_and_test(name: str, grid: dict, run, valid: Windows, test: Windows, spi
         print(f"  valid {name} {params}: {score.get('rmse_after_spinup', score)}", flush=True)
     ok = [t for t in trials if "error" not in t["valid"]]
     best = min(ok, key=lambda t: t["valid"]["rmse_after_spinup"][0])
+    chosen = {**best["params"], **(test_params or {})}
     t0 = time.time()
-    ens = run(name, best["params"], test)
+    ens = run(name, chosen, test)
     seconds = (time.time() - t0) / len(test.truth)
     score = _score(ens, test, spinup)
-    print(f"  TEST {name} {best['params']}: {score['rmse_after_spinup']}", flush=True)
-    return {"method": name, "params": best["params"], "test": score, "seconds_per_window": seconds, "trials": trials}
+    print(f"  TEST {name} {chosen}: {score['rmse_after_spinup']}", flush=True)
+    return {"method": name, "params": chosen, "test": score, "seconds_per_window": seconds, "trials": trials}
 
 
 def main() -> None:
@@ -149,8 +163,12 @@ def main() -> None:
     ap.add_argument("--system", choices=sorted(GRIDS))
     ap.add_argument("--methods", nargs="*", default=None, help="classical methods to run (default: all of the grid)")
     ap.add_argument("--sda", nargs="*", default=[], metavar="CKPT", help="trajectory-prior checkpoints to score")
+    ap.add_argument("--sda-methods", nargs="*", default=["sda"], choices=["sda", "mmps"])
     ap.add_argument("--sda-gamma", nargs="*", type=float, default=[0.03, 0.1, 0.3])
-    ap.add_argument("--sda-members", type=int, default=16)
+    ap.add_argument("--sda-dynamics", nargs="*", type=float, default=[0.0],
+                    help="weak-constraint stds of the one-step model residual to try (0: no model term)")
+    ap.add_argument("--sda-members", type=int, default=16, help="posterior samples per test window")
+    ap.add_argument("--sda-valid-members", type=int, default=8)
     ap.add_argument("--sda-valid-windows", type=int, default=8)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="overrides of the SDA checkpoint")
     ap.add_argument("--windows", type=int, default=32)
@@ -169,18 +187,22 @@ def main() -> None:
     records = []
     clim = task.stats[0].double()
     records.append({"method": "climatology", "test": {"rmse_after_spinup": [
-        float((test.truth[:, a.spinup:] - clim).square().mean().sqrt()), 0.0]}})
-    for name in a.methods if a.methods is not None else GRIDS[a.system]:
+        float((test.truth[:, a.spinup:] - clim).square().mean().sqrt()), None]}})
+    for name in a.methods if a.methods is not None else ([] if a.sda else GRIDS[a.system]):
         records.append(tune_and_test(name, GRIDS[a.system][name], run_classical, valid, test, a.spinup))
-    for ckpt in a.sda:
-        ptask, model = moldiff.load_model(ckpt, overrides=a.overrides, device="cpu")
-        pv = Windows(ptask, "valid", a.sda_valid_windows, a.length, 11)
-        pt = Windows(ptask, "test", a.windows, a.length, 12)
-        assert torch.equal(pt.y, test.y), "the prior's task must observe the same truth as the classical methods"
-        grid = {"members": [a.sda_members], "gamma": a.sda_gamma}
-        rec = tune_and_test("sda", grid, lambda _n, p, w: run_sda(model, p, w), pv, pt, a.spinup)
-        rec["checkpoint"] = str(ckpt)
-        rec["prior"] = {"window": ptask.cfg.model.window, "width": ptask.cfg.model.width, "depth": ptask.cfg.model.depth,
+    if a.sda:  # the checkpoint is one more hyper-parameter: only the best setting of the best prior is tested
+        priors = {str(c): moldiff.load_model(c, overrides=a.overrides, device="cpu") for c in a.sda}
+        for ptask, _ in priors.values():
+            same = Windows(ptask, "test", a.windows, a.length, 12)
+            assert torch.equal(same.y, test.y), "every prior's task must observe the same truth as the classical methods"
+        pv = Windows(next(iter(priors.values()))[0], "valid", a.sda_valid_windows, a.length, 11)
+        grid = {"prior": list(priors), "members": [a.sda_valid_members], "method": a.sda_methods,
+                "gamma": a.sda_gamma, "dynamics_std": a.sda_dynamics}
+        rec = tune_and_test("sda", grid, lambda _n, p, w: run_sda(*priors[p["prior"]], p, w), pv, test, a.spinup,
+                            test_params={"members": a.sda_members})
+        ptask = priors[rec["params"]["prior"]][0]
+        rec["prior"] = {"checkpoint": rec["params"].pop("prior"), "window": ptask.cfg.model.window,
+                        "width": ptask.cfg.model.width, "depth": ptask.cfg.model.depth,
                         "sampler": moldiff.config.to_dict(ptask.cfg.sampler), "overrides": a.overrides}
         records.append(rec)
     out = OUT / f"{a.system}{('_' + a.tag) if a.tag else ''}.json"
@@ -191,7 +213,9 @@ def main() -> None:
 
 
 def _fmt(v) -> str:
-    return f"{v[0]:.3f} ± {v[1]:.3f}" if v and v[1] == v[1] else (f"{v[0]:.3f}" if v else "")
+    if not v:
+        return ""
+    return f"{v[0]:.3f} ± {v[1]:.3f}" if v[1] is not None and v[1] == v[1] else f"{v[0]:.3f}"
 
 
 def collect() -> None:
@@ -221,10 +245,15 @@ def collect() -> None:
         for r in rec["records"]:
             t = r["test"]
             params = ", ".join(f"{k} {v}" for k, v in r.get("params", {}).items())
+            if "prior" in r:  # the diffusion prior: its window, width and sampler
+                p = r["prior"]
+                sampler = p["sampler"]
+                params = (f"window {2 * p['window'] + 1} states, MLP {p['width']} x {p['depth']}, {sampler['name']} "
+                          f"{sampler['steps']} steps x {sampler['corrector_steps']} corrector; {params}")
             lines.append(f"| {NAMES.get(r['method'], r['method'])} | {params} | {_fmt(t.get('rmse'))} | "
                          f"{_fmt(t.get('rmse_after_spinup'))} | {_fmt(t.get('rmse_observed'))} | "
                          f"{_fmt(t.get('spread_error_ratio'))} | {_fmt(t.get('crps'))} | "
-                         f"{r.get('seconds_per_window', float('nan')):.2f} |")
+                         f"{r['seconds_per_window']:.2f} |" if "seconds_per_window" in r else " |")
         lines.append("")
     TABLE.write_text("\n".join(lines))
     print(f"wrote {TABLE}")

@@ -52,9 +52,7 @@ def load_model(
     if pretrained is not None:
         from .pretrained import load_pretrained_file, pretrained_path
 
-        if overrides:
-            raise ValueError("overrides apply to training checkpoints, not to shipped models")
-        task, model, _ = load_pretrained_file(pretrained_path(pretrained), device)
+        task, model, _ = load_pretrained_file(pretrained_path(pretrained), device, overrides)
         return task, model
     state = load_checkpoint(checkpoint)
     data = apply_overrides(state["config"], parse_overrides(overrides))
@@ -151,27 +149,29 @@ def sample(
 
 
 def assimilate(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     observations: str | Path | torch.Tensor,
     *,
     n: int,
     length: int | None = None,
-    method: str = "sda",
+    method: str | None = None,
     out: str | Path | None = None,
     seed: int = 0,
     overrides: list[str] | None = None,
     use_ema: bool = True,
     device: str = "auto",
     progress: bool = True,
+    pretrained: str | None = None,
 ) -> torch.Tensor:
-    """Posterior samples given observations, from a checkpoint whose task conditions on them (``trajectory``).
+    """Posterior samples given observations, from a checkpoint whose task conditions on them (``trajectory``), or
+    from a shipped prior (``pretrained="lorenz63"`` / ``"lorenz96"``).
 
     Args:
         observations: ``y [B, P]`` (a tensor), or an ``.npz`` file with ``y`` (and optionally ``length``).  The
             observation operator and noise are the checkpoint config's ``observation`` section (plus overrides).
         n: posterior samples per observed trajectory.
         length: states per trajectory (default: the file's ``length``, else the config's ``eval.length``).
-        method: sda | mmps | dps.
+        method: sda | mmps | dps (default: the first of these in the config's ``eval.methods``).
         out: write the samples ``[B, n, length, ...]`` here (``.npz`` key ``samples``, or ``.npy``).
     """
     if n < 1:
@@ -179,7 +179,10 @@ def assimilate(
     out = _check_output_path(out, (".npz", ".npy"), "posterior samples")
     if not isinstance(observations, torch.Tensor):
         observations, length = _read_observations(observations, length)
-    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device)
+    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained)
+    if method is None:
+        method = next((m for m in getattr(getattr(task.cfg, "eval", None), "methods", []) if m in ("sda", "mmps", "dps")),
+                      "sda")
     if length is None:
         length = getattr(getattr(task.cfg, "eval", None), "length", None)
         if length is None:
@@ -203,7 +206,7 @@ def assimilate(
         if out.suffix.lower() == ".npz":
             out.parent.mkdir(parents=True, exist_ok=True)
             write_npz_cache(out, {"samples": arr, "y": observations.cpu().numpy()},
-                            {"method": method, "n": n, "length": length, "checkpoint": str(checkpoint)})
+                            {"method": method, "n": n, "length": length, "checkpoint": str(checkpoint or pretrained)})
         else:
             _write_output(out, lambda tmp: np.save(tmp, arr))
     return samples

@@ -54,8 +54,14 @@ def export_pretrained(checkpoint: str | Path, out: str | Path, *, overrides: lis
                             "step": int(state["step"]), "figures": figures or {}}, out)
 
 
-def load_pretrained_file(path: str | Path, device: str = "auto") -> tuple[Task, nn.Module, dict]:
-    """``(task, model, state)`` from a shipped model file (strict keys, weights in float32)."""
+def load_pretrained_file(path: str | Path, device: str = "auto",
+                         overrides: list[str] | None = None) -> tuple[Task, nn.Module, dict]:
+    """``(task, model, state)`` from a shipped model file (strict keys, weights in float32).  ``overrides``
+    (``--set``-style) may change the sampling-time keys of the config (its class's ``resume_mutable``: sampler,
+    eval, a trajectory prior's observation operator, ...), never what the weights mean."""
+    from .config import apply_overrides, parse_overrides
+    from .training.resume import resume_changes
+
     from .training.checkpoint import CheckpointError
     from .training.distributed import resolve_device
 
@@ -66,8 +72,10 @@ def load_pretrained_file(path: str | Path, device: str = "auto") -> tuple[Task, 
         raise CheckpointError(f"{path}: not a readable moldiff pretrained model ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a moldiff pretrained model file (format {FORMAT})")
-    cfg = from_dict(get_task(state["task"]).config_class, state["config"])
+    cfg = from_dict(get_task(state["task"]).config_class, apply_overrides(state["config"], parse_overrides(overrides)))
     validate(cfg)
+    if overrides:
+        resume_changes(state["config"], cfg)  # ConfigError naming any key that would change the model
     task = get_task(cfg.task)(cfg)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the global RNG alone
         model = task.build_model()

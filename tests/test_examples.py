@@ -45,7 +45,9 @@ def test_example_runs(script, tmp_path):
         assert list((tmp_path / "runs").glob("example_dw4_*.extxyz"))
         assert list((tmp_path / "runs").glob("example_dw4_*.png"))
     elif script == "assimilation_lorenz.py":
-        assert "SDA   RMSE" in out.stdout and "ETKF  RMSE" in out.stdout and "climatology RMSE" in out.stdout
+        for name in ("SDA  ", "MMPS ", "EnKS ", "iEnKS", "ETKF ", "PF   "):
+            assert f"{name} RMSE" in out.stdout, out.stdout
+        assert "climatology RMSE" in out.stdout
         assert (tmp_path / "runs" / "example_lorenz63_assimilation.png").is_file()
     else:
         assert "W2 to held-out data" in out.stdout
