@@ -250,10 +250,10 @@ def collect() -> None:
                 sampler = p["sampler"]
                 params = (f"window {2 * p['window'] + 1} states, MLP {p['width']} x {p['depth']}, {sampler['name']} "
                           f"{sampler['steps']} steps x {sampler['corrector_steps']} corrector; {params}")
+            secs = f"{r['seconds_per_window']:.2f}" if "seconds_per_window" in r else ""
             lines.append(f"| {NAMES.get(r['method'], r['method'])} | {params} | {_fmt(t.get('rmse'))} | "
                          f"{_fmt(t.get('rmse_after_spinup'))} | {_fmt(t.get('rmse_observed'))} | "
-                         f"{_fmt(t.get('spread_error_ratio'))} | {_fmt(t.get('crps'))} | "
-                         f"{r['seconds_per_window']:.2f} |" if "seconds_per_window" in r else " |")
+                         f"{_fmt(t.get('spread_error_ratio'))} | {_fmt(t.get('crps'))} | {secs} |")
         lines.append("")
     TABLE.write_text("\n".join(lines))
     print(f"wrote {TABLE}")

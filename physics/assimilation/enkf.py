@@ -451,13 +451,8 @@ def run_filter(
         raise ValueError("the stochastic EnKF needs an explicit torch.Generator")
     if rotate and (method != "etkf" or generator is None):
         raise ValueError("rotate=True is for method='etkf' and needs an explicit torch.Generator")
-    if num_states < 1:
-        raise ValueError(f"num_states must be >= 1, got {num_states}")
-    _check_ensemble(ens0)
     d = ens0.shape[-1]
-    obs = _schedule(observations, num_states)
-    for y in obs.values():
-        _check_obs(y, H, d, ens0)
+    obs = checked_schedule(ens0, observations, H, num_states)
     infl = torch.as_tensor(inflation, dtype=ens0.dtype, device=ens0.device)
     if not (torch.isfinite(infl).all() and (infl > 0).all()):
         raise ValueError("inflation must be finite and > 0")
@@ -503,6 +498,18 @@ def run_filter(
 def _spread(ens: Tensor) -> Tensor:
     """``sqrt(mean over variables of the unbiased member variance)`` of ``[..., M, D]`` -> ``[...]``."""
     return ens.var(-2, unbiased=True).mean(-1).sqrt()
+
+
+def checked_schedule(ens0: Tensor, observations: Observations, H: Tensor, num_states: int) -> dict[int, Tensor]:
+    """The checks every cycling method starts with -- ``num_states >= 1``, a usable initial ensemble, observations
+    that fit ``H`` -- and the observations as ``{state index: y}``."""
+    if num_states < 1:
+        raise ValueError(f"num_states must be >= 1, got {num_states}")
+    _check_ensemble(ens0)
+    obs = _schedule(observations, num_states)
+    for y in obs.values():
+        _check_obs(y, H, ens0.shape[-1], ens0)
+    return obs
 
 
 def _schedule(observations: Observations, num_states: int) -> dict[int, Tensor]:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .enkf import Advance, FilterResult, Observations, _check_ensemble, _check_obs, _obs_std, _schedule, _spread
+from .enkf import Advance, FilterResult, Observations, _obs_std, _spread, checked_schedule
 
 __all__ = ["systematic_resample", "run_particle_filter"]
 
@@ -61,12 +61,9 @@ def run_particle_filter(
     """
     if not 0 <= resample_threshold <= 1 or jitter < 0:
         raise ValueError(f"need 0 <= resample_threshold <= 1 and jitter >= 0, got {resample_threshold}, {jitter}")
-    _check_ensemble(ens0)
     m, d = ens0.shape[-2], ens0.shape[-1]
-    obs = _schedule(observations, num_states)
+    obs = checked_schedule(ens0, observations, H, num_states)
     H = torch.as_tensor(H, dtype=ens0.dtype, device=ens0.device)
-    for y in obs.values():
-        _check_obs(y, H, d, ens0)
     std = _obs_std(obs_std, H.shape[0], ens0)
     log_w = torch.full(ens0.shape[:-1], -math.log(m), dtype=ens0.dtype, device=ens0.device)
     ens = ens0

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .enkf import Advance, Observations, _check_ensemble, _check_obs, _obs_std, _schedule, _spread, kalman_filter
+from .enkf import (Advance, Observations, _check_ensemble, _check_obs, _obs_std, _spread, checked_schedule,
+                   kalman_filter)
 
 __all__ = ["SmootherResult", "etkf_transform", "rts_smoother", "run_enks", "run_ienks"]
 
@@ -150,14 +151,9 @@ def run_enks(
         lag: smooth only states at most ``lag`` states before the analysis time (``None``: all).
         keep_ensemble: also return the smoothed ensembles ``[..., T, M, D]``.
     """
-    if num_states < 1:
-        raise ValueError(f"num_states must be >= 1, got {num_states}")
     if lag is not None and lag < 0:
         raise ValueError(f"lag must be >= 0 or None, got {lag}")
-    _check_ensemble(ens0)
-    obs = _schedule(observations, num_states)
-    for y in obs.values():
-        _check_obs(y, H, ens0.shape[-1], ens0)
+    obs = checked_schedule(ens0, observations, H, num_states)
     infl = _inflation(inflation, ens0)
     states: list[Tensor] = []
     analysis_means = []
@@ -232,13 +228,8 @@ def run_ienks(
     """
     if lag < 0 or max_iterations < 1:
         raise ValueError(f"need lag >= 0 and max_iterations >= 1, got {lag}, {max_iterations}")
-    if num_states < 1:
-        raise ValueError(f"num_states must be >= 1, got {num_states}")
-    _check_ensemble(ens0)
-    m, d = ens0.shape[-2], ens0.shape[-1]
-    obs = _schedule(observations, num_states)
-    for y in obs.values():
-        _check_obs(y, H, d, ens0)
+    m = ens0.shape[-2]
+    obs = checked_schedule(ens0, observations, H, num_states)
     times = sorted(obs)
     infl = _inflation(inflation, ens0)
     H = torch.as_tensor(H, dtype=ens0.dtype, device=ens0.device)
