@@ -231,6 +231,10 @@ def collect() -> None:
     merged: dict[str, dict] = {}
     for path in sorted(OUT.glob("*.json")):  # one table per system: the classical run and the SDA runs
         rec = json.loads(path.read_text())
+        tag = path.stem[len(rec["system"]) + 1:].replace("sda_", "").replace("_", " ")
+        for r in rec["records"]:
+            if r["method"] == "sda" and tag:
+                r["label"] = f"SDA, {tag}"
         if rec["system"] not in merged:
             merged[rec["system"]] = rec
         else:
@@ -251,7 +255,7 @@ def collect() -> None:
                 params = (f"window {2 * p['window'] + 1} states, MLP {p['width']} x {p['depth']}, {sampler['name']} "
                           f"{sampler['steps']} steps x {sampler['corrector_steps']} corrector; {params}")
             secs = f"{r['seconds_per_window']:.2f}" if "seconds_per_window" in r else ""
-            lines.append(f"| {NAMES.get(r['method'], r['method'])} | {params} | {_fmt(t.get('rmse'))} | "
+            lines.append(f"| {r.get('label', NAMES.get(r['method'], r['method']))} | {params} | {_fmt(t.get('rmse'))} | "
                          f"{_fmt(t.get('rmse_after_spinup'))} | {_fmt(t.get('rmse_observed'))} | "
                          f"{_fmt(t.get('spread_error_ratio'))} | {_fmt(t.get('crps'))} | {secs} |")
         lines.append("")
