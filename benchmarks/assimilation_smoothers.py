@@ -175,6 +175,8 @@ def main() -> None:
     ap.add_argument("--valid-windows", type=int, default=16)
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--spinup", type=int, default=25)
+    ap.add_argument("--grid", default=None, metavar="JSON",
+                    help='replace grids, e.g. \'{"ienks": {"members": [20], "lag": [3], "inflation": [1.0]}}\'')
     ap.add_argument("--tag", default="")
     ap.add_argument("--collect", action="store_true")
     a = ap.parse_args()
@@ -188,8 +190,9 @@ def main() -> None:
     clim = task.stats[0].double()
     records.append({"method": "climatology", "test": {"rmse_after_spinup": [
         float((test.truth[:, a.spinup:] - clim).square().mean().sqrt()), None]}})
-    for name in a.methods if a.methods is not None else ([] if a.sda else GRIDS[a.system]):
-        records.append(tune_and_test(name, GRIDS[a.system][name], run_classical, valid, test, a.spinup))
+    grids = {**GRIDS[a.system], **(json.loads(a.grid) if a.grid else {})}
+    for name in a.methods if a.methods is not None else ([] if a.sda else grids):
+        records.append(tune_and_test(name, grids[name], run_classical, valid, test, a.spinup))
     if a.sda:  # the checkpoint is one more hyper-parameter: only the best setting of the best prior is tested
         priors = {str(c): moldiff.load_model(c, overrides=a.overrides, device="cpu") for c in a.sda}
         for ptask, _ in priors.values():
@@ -233,8 +236,8 @@ def collect() -> None:
         rec = json.loads(path.read_text())
         tag = path.stem[len(rec["system"]) + 1:].replace("sda_", "").replace("_", " ")
         for r in rec["records"]:
-            if r["method"] == "sda" and tag:
-                r["label"] = f"SDA, {tag}"
+            if tag and r["method"] != "climatology":
+                r["label"] = f"SDA, {tag}" if r["method"] == "sda" else f"{NAMES[r['method']]}, {tag}"
         if rec["system"] not in merged:
             merged[rec["system"]] = rec
         else:

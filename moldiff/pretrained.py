@@ -25,6 +25,11 @@ FORMAT = "moldiff-pretrained-1"
 #: name -> (file in moldiff/weights, what it is)
 PRETRAINED: dict[str, tuple[str, str]] = {
     "qm9": ("qm9_flow.pt", "QM9 molecules with bonds and charges: flow matching, MolGraphNet 6 x 128 (configs/qm9_flow_cpu.yaml)"),
+    "lorenz63": ("lorenz63_prior.pt", "Lorenz-63 trajectory prior for assimilation: local score over 9 states of 0.05 "
+                 "MTU (MLP 256 x 4); SDA with the dynamics as a weak constraint (configs/lorenz63_sda.yaml)"),
+    "lorenz96": ("lorenz96_prior.pt", "Lorenz-96 (40 variables, F = 8) trajectory prior for assimilation: local score "
+                 "over 5 states of 0.05 MTU (MLP 256 x 4); SDA with the dynamics as a weak constraint "
+                 "(configs/lorenz96_sda.yaml)"),
 }
 
 
