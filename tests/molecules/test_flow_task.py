@@ -144,7 +144,7 @@ def test_the_shipped_model_loads_strictly_and_samples(tmp_path):
     out = tmp_path / "p.sdf"
     assert main(["sample", "--pretrained", "qm9", "-n", "3", "--steps", "10", "--out", str(out), "--no-progress"]) == 0
     assert len(read_graph_sdf(out)) == 3
-    assert set(PRETRAINED) == {"qm9"}
+    assert "qm9" in PRETRAINED
 
 
 def test_a_training_checkpoint_is_not_a_shipped_model(trained):
