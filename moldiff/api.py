@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError, ExperimentConfig, SamplerConfig, apply_overrides, from_dict, load_config, parse_overrides, validate
+from .config import ConfigError, ExperimentConfig, SamplerConfig, load_config
 from .tasks import EvalResult, Task, get_task
 from .errors import NonFiniteError, check_finite
 from .training.checkpoint import CheckpointError, load_checkpoint
@@ -55,9 +55,7 @@ def load_model(
         task, model, _ = load_pretrained_file(pretrained_path(pretrained), device, overrides)
         return task, model
     state = load_checkpoint(checkpoint)
-    data = apply_overrides(state["config"], parse_overrides(overrides))
-    cfg = from_dict(get_task(data["task"]).config_class, data)
-    validate(cfg)
+    cfg = load_config(state["config"], overrides)
     task = get_task(cfg.task)(cfg)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the global RNG alone
         model = task.build_model()
@@ -89,21 +87,13 @@ def _check_output_path(out: str | Path | None, suffixes: tuple[str, ...], what: 
 
 
 def _write_output(out: Path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``out`` (same suffix), then rename it onto ``out``: a failure
-    leaves nothing behind."""
-    import os
-
-    from .fileio import file_mode
+    """``write(tmp)`` to a temporary file beside ``out`` (same suffix, lower case), then rename it onto ``out``:
+    a failure leaves nothing behind."""
+    from .fileio import atomic_path
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix.lower()}")  # np.save appends .npy to .NPY
-    try:
+    with atomic_path(out, suffix=out.suffix.lower()) as tmp:  # np.save appends .npy to a .NPY name
         write(tmp)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def sample(

@@ -214,11 +214,11 @@ def _is_molecule_file(path: str | None) -> bool:
 
 
 def _write_json(path: str, data: dict) -> None:
+    from .fileio import write_atomically
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out)
+    write_atomically(out, lambda fh: fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
-__all__ = ["file_mode", "write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache", "cached_strings"]
+__all__ = ["lock_file", "file_mode", "atomic_path", "write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache", "cached_strings"]
+
+
+def lock_file(path: str | os.PathLike[str], timeout: float = 0.0) -> int | None:
+    """An exclusive ``flock`` on ``path`` (created if absent), retried for up to ``timeout`` seconds: the open file
+    descriptor that holds it (``os.close`` releases it; so does the process's death, even by ``kill -9``, so a
+    lock is never stale), or ``None`` if another process kept it."""
+    import fcntl
+    import time
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.1)
 
 
 def file_mode(mode: int = 0o666) -> int:
@@ -23,26 +44,33 @@ def file_mode(mode: int = 0o666) -> int:
     return mode & ~umask
 
 
-def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[str]], None]) -> Path:
-    """Write a text file through ``write(handle)`` into a temporary file in the target folder, then
-    ``os.replace`` it onto ``path``: on any error nothing is left behind and an existing file is untouched."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` (``.NAME.<random>.tmp<suffix>``) to write the file to: when the block
+    ends it gets the permissions of any new file (:func:`file_mode`) and replaces ``path`` atomically; on any
+    error it is removed and ``path`` is untouched."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp" + suffix)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[str]], None]) -> Path:
+    """Write a text file through ``write(handle)`` into a temporary file in the target folder, then
+    ``os.replace`` it onto ``path``: on any error nothing is left behind and an existing file is untouched."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
 
 
 def array_checksum(arrays: dict[str, np.ndarray], keys: Iterable[str]) -> str:
@@ -63,15 +91,8 @@ def write_npz_cache(path: str | os.PathLike[str], arrays: dict[str, np.ndarray],
     the stored metadata.  ``OSError`` on failure, with nothing left behind."""
     path = Path(path)
     meta = dict(meta, checksum=array_checksum(arrays, list(arrays) if keys is None else list(keys)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
     return meta
 
 

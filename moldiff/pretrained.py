@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import from_dict, validate
 from .tasks import Task, get_task
 
 __all__ = ["PRETRAINED", "Pretrained", "pretrained", "pretrained_path", "export_pretrained", "load_pretrained_file"]
@@ -47,13 +46,11 @@ def export_pretrained(checkpoint: str | Path, out: str | Path, *, overrides: lis
                       figures: dict[str, Any] | None = None) -> Path:
     """Write a training checkpoint's EMA weights (fp16), config (with ``--set``-style ``overrides``, e.g. sampling
     settings; validated) and step as a shipped model file."""
-    from .config import apply_overrides, parse_overrides, to_dict
+    from .config import load_config, to_dict
     from .training.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(checkpoint)
-    data = apply_overrides(state["config"], parse_overrides(overrides))
-    cfg = from_dict(get_task(data["task"]).config_class, data)
-    validate(cfg)
+    cfg = load_config(state["config"], overrides)
     ema = {k: (v.half() if v.is_floating_point() else v) for k, v in state["ema"].items()}
     return save_checkpoint({"format": FORMAT, "task": state["task"], "config": to_dict(cfg), "ema": ema,
                             "step": int(state["step"]), "figures": figures or {}}, out)
@@ -64,11 +61,10 @@ def load_pretrained_file(path: str | Path, device: str = "auto",
     """``(task, model, state)`` from a shipped model file (strict keys, weights in float32).  ``overrides``
     (``--set``-style) may change the sampling-time keys of the config (its class's ``resume_mutable``: sampler,
     eval, a trajectory prior's observation operator, ...), never what the weights mean."""
-    from .config import apply_overrides, parse_overrides
-    from .training.resume import resume_changes
-
+    from .config import load_config
     from .training.checkpoint import CheckpointError
     from .training.distributed import resolve_device
+    from .training.resume import resume_changes
 
     path = Path(path)
     try:
@@ -77,8 +73,7 @@ def load_pretrained_file(path: str | Path, device: str = "auto",
         raise CheckpointError(f"{path}: not a readable moldiff pretrained model ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a moldiff pretrained model file (format {FORMAT})")
-    cfg = from_dict(get_task(state["task"]).config_class, apply_overrides(state["config"], parse_overrides(overrides)))
-    validate(cfg)
+    cfg = load_config(state["config"], overrides)
     if overrides:
         resume_changes(state["config"], cfg)  # ConfigError naming any key that would change the model
     task = get_task(cfg.task)(cfg)

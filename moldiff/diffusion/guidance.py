@@ -53,11 +53,22 @@ class GaussianObservation:
     noise_std: float | Tensor
 
     def __post_init__(self):
-        if not torch.isfinite(self.y).all():
+        self.check()
+
+    def check(self) -> None:
+        """``ValueError`` for non-finite observations, ``y`` not ``[P]`` or ``[B, P]``, or a ``noise_std`` that is
+        not positive or not a scalar / ``[P]`` (run at construction, and again by users of the fields, which
+        may have been reassigned since)."""
+        y = torch.as_tensor(self.y)
+        if not torch.isfinite(y).all():
             raise ValueError("observations contain NaN or inf")
+        if y.dim() not in (1, 2):
+            raise ValueError(f"observations must have shape [P] or [B, P], got {tuple(y.shape)}")
         std = torch.as_tensor(self.noise_std)
         if not (std > 0).all():
             raise ValueError(f"noise_std must be > 0, got {self.noise_std}")
+        if std.dim() > 1 or (std.dim() == 1 and std.numel() not in (1, y.shape[-1])):
+            raise ValueError(f"noise_std must be a scalar or [P] = [{y.shape[-1]}], got shape {tuple(std.shape)}")
 
     def residual(self, x: Tensor) -> Tensor:
         """Whitened residual ``(y - A(x)) / noise_std``, ``[B, P]``."""
@@ -107,20 +118,6 @@ class PosteriorDenoiser(Denoiser):
             log_p = -0.5 * ((obs.y.to(ax) - ax).square() / var).sum()
             (grad,) = torch.autograd.grad(log_p, xg)
         return (eps - sigma * grad).detach()
-
-
-def _check_observation(obs: GaussianObservation) -> None:
-    """The checks of :class:`GaussianObservation`, again (its fields may have been reassigned since)."""
-    y = torch.as_tensor(obs.y)
-    if not torch.isfinite(y).all():
-        raise ValueError("observations contain NaN or inf")
-    if y.dim() not in (1, 2):
-        raise ValueError(f"observations must have shape [P] or [B, P], got {tuple(y.shape)}")
-    std = torch.as_tensor(obs.noise_std)
-    if not (std > 0).all():
-        raise ValueError(f"noise_std must be > 0, got {obs.noise_std}")
-    if std.dim() > 1 or (std.dim() == 1 and std.numel() not in (1, y.shape[-1])):
-        raise ValueError(f"noise_std must be a scalar or [P] = [{y.shape[-1]}], got shape {tuple(std.shape)}")
 
 
 def _batched_cg(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int) -> Tensor:
@@ -186,7 +183,7 @@ class MMPSDenoiser(Denoiser):
     def __init__(self, prior: Denoiser, observation: GaussianObservation, cg_iterations: int = 3):
         if isinstance(cg_iterations, bool) or not isinstance(cg_iterations, numbers.Integral) or cg_iterations < 1:
             raise ValueError(f"cg_iterations must be an integer >= 1, got {cg_iterations!r}")
-        _check_observation(observation)
+        observation.check()
         super().__init__(self._guided_eps, prior.process, kind="eps", space=prior.space)
         self.prior = prior
         self.observation = observation

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..fileio import file_mode
+from ..fileio import atomic_path
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "numbered_checkpoints",
            "prune_checkpoints", "remove_temporaries", "CheckpointError"]
@@ -35,18 +34,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     :func:`remove_temporaries` deletes when the run is next opened), never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

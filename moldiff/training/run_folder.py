@@ -11,11 +11,11 @@ checkpoints of two runs.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import os
 import socket
 from pathlib import Path
 
+from ..fileio import lock_file
 from .checkpoint import CheckpointError, numbered_checkpoints, remove_temporaries
 
 __all__ = ["RunFolder", "RunFolderError"]
@@ -40,12 +40,9 @@ class RunFolder:
     def acquire(self) -> RunFolder:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+        fd = lock_file(path)
+        if fd is None:
+            owner = path.read_text(errors="replace").strip() or "unknown"
             raise RunFolderError(
                 f"{self.run_dir} is in use by another training process ({owner}); wait for it to finish, or give "
                 "this run another name (--set name=...)"
@@ -60,8 +57,7 @@ class RunFolder:
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            os.close(self._fd)  # releases the lock
             self._fd = None
 
     def __enter__(self) -> RunFolder:

@@ -6,7 +6,6 @@ does nothing and never imports MLflow.  Browse with ``mlflow ui --backend-store-
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import platform
 import socket
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..fileio import lock_file
 
 __all__ = ["Tracker", "NullTracker", "MLflowTracker", "TrackingError", "make_tracker", "environment_info", "default_tracking_uri"]
 
@@ -66,18 +67,11 @@ def _store_lock(uri: str, timeout: float) -> Iterator[None]:
         return
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = lock_file(f"{db}.lock", timeout)
+    if fd is None:
+        raise TrackingError(f"{db}: another process kept the MLflow store locked for more than {timeout:g} s "
+                            "(tracking.timeout)")
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TrackingError(f"{db}: another process kept the MLflow store locked for more than "
-                                        f"{timeout:g} s (tracking.timeout)") from None
-                time.sleep(0.1)
         yield
     finally:
         os.close(fd)  # releases the lock

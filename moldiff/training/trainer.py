@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,7 +257,7 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
             if info.enabled:  # all ranks stop after the same step, or the others would wait in an all-reduce
                 stop = any_rank(stop, device)
             if stop:
-                raise TrainingInterrupted(interrupts.signal or 15)
+                raise TrainingInterrupted(interrupts.signal or signal.SIGTERM)
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and info.is_main:
                 log_evaluation(tracker, _evaluate(task, ema.model, cfg, progress), step)
         bar.close()
@@ -277,8 +278,8 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
         status = "KILLED"
         if step != saved_step:  # signals are held during a step, so the state here is between two steps
             save()
-        signum = getattr(e, "signum", 2)
-        raise TrainingInterrupted(signum, f"training stopped by {_signal_name(signum)} at step {step}; last "
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise TrainingInterrupted(signum, f"training stopped by {signal.Signals(signum).name} at step {step}; last "
                                   f"checkpoint: {last_ckpt or 'none'} (continue with --resume auto)") from None
     finally:
         bar.close()
@@ -286,12 +287,6 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
     return TrainResult(step=step, run_dir=cfg.run_dir, checkpoint=last_ckpt, run_id=tracker.run_id, metrics=metrics,
                        nonfinite_steps=nonfinite_total + int(skipped.item()), seconds=time.time() - t0,
                        model=model, ema_model=ema.model)
-
-
-def _signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
 
 
 def _log_segment(tracker: Tracker, cfg, device, info, step: int, changes: dict, resumed: bool) -> None:

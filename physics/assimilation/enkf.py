@@ -36,6 +36,11 @@ __all__ = [
     "obs_localization",
     "FilterResult",
     "run_filter",
+    "checked_schedule",
+    "etkf_inputs",
+    "etkf_weights",
+    "inflation_factor",
+    "inflate",
 ]
 
 Advance = Callable[[Tensor, float], Tensor]
@@ -211,24 +216,49 @@ def random_mean_preserving_rotation(
     return torch.full((m, m), 1.0 / m, dtype=dtype, device=device) + F @ E.T
 
 
+def etkf_inputs(ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Checked inputs of an ETKF analysis: the ensemble mean ``[..., 1, D]``, anomalies ``X [..., M, D]``, scaled
+    observation anomalies ``Y = R^-1/2 H X [..., M, P]`` and scaled innovation ``d = R^-1/2 (y - H xbar) [..., P]``."""
+    _check_ensemble(ens)
+    y, H = _check_obs(y, H, ens.shape[-1], ens)
+    std = _obs_std(obs_std, H.shape[0], ens)
+    mean = ens.mean(-2, keepdim=True)
+    X = ens - mean
+    return mean, X, (X @ H.T) / std, (y - (mean @ H.T).squeeze(-2)) / std
+
+
+def etkf_weights(Y: Tensor, innov: Tensor) -> tuple[Tensor, Tensor]:
+    """The ETKF's ensemble-space mean weights ``w = A^-1 Y d [..., M, 1]`` and symmetric square-root transform
+    ``W = sqrt(M - 1) A^-1/2 [..., M, M]``, ``A = (M - 1) I + Y Y^T`` (eigendecomposition of the ``M x M`` ``A``)."""
+    m = Y.shape[-2]
+    evals, Q = torch.linalg.eigh((m - 1) * torch.eye(m, dtype=Y.dtype, device=Y.device) + Y @ Y.transpose(-1, -2))
+    w = Q @ ((Q.transpose(-1, -2) @ (Y @ innov.unsqueeze(-1))) / evals.unsqueeze(-1))
+    W = (Q * (math.sqrt(m - 1) / evals.sqrt()).unsqueeze(-2)) @ Q.transpose(-1, -2)
+    return w, W
+
+
+def inflation_factor(inflation: float | Tensor, like: Tensor) -> Tensor:
+    """``inflation`` (a float or a tensor broadcastable to the batch shape) checked and shaped ``[..., 1, 1]``."""
+    infl = torch.as_tensor(inflation, dtype=like.dtype, device=like.device)
+    if not (torch.isfinite(infl).all() and (infl > 0).all()):
+        raise ValueError("inflation must be finite and > 0")
+    return infl[..., None, None]  # broadcast over [M, D]
+
+
+def inflate(ens: Tensor, infl: Tensor) -> Tensor:
+    """Multiply the anomalies of ``ens [..., M, D]`` by ``infl`` (from :func:`inflation_factor`)."""
+    mean = ens.mean(-2, keepdim=True)
+    return mean + infl * (ens - mean)
+
+
 def _etkf_transform(
     ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor, localization: Tensor | None
 ) -> Tensor:
     """The deterministic (L)ETKF analysis of :func:`etkf_analysis`."""
-    _check_ensemble(ens)
-    m, d = ens.shape[-2], ens.shape[-1]
-    y, H = _check_obs(y, H, d, ens)
-    std = _obs_std(obs_std, H.shape[0], ens)
-    mean = ens.mean(-2, keepdim=True)  # [..., 1, D]
-    X = ens - mean
-    Y = (X @ H.T) / std  # [..., M, P]
-    innov = (y - (mean @ H.T).squeeze(-2)) / std  # [..., P]
-    p = H.shape[0]
+    mean, X, Y, innov = etkf_inputs(ens, y, H, obs_std)
+    m, d, p = ens.shape[-2], ens.shape[-1], Y.shape[-1]
     if localization is None and m <= p:
-        evals, Q = torch.linalg.eigh((m - 1) * torch.eye(m, dtype=ens.dtype, device=ens.device)
-                                     + Y @ Y.transpose(-1, -2))  # A = Q diag(evals) Q^T   [..., M, M]
-        w = Q @ ((Q.transpose(-1, -2) @ (Y @ innov.unsqueeze(-1))) / evals.unsqueeze(-1))  # A^-1 Y d  [..., M, 1]
-        W = (Q * (math.sqrt(m - 1) / evals.sqrt()).unsqueeze(-2)) @ Q.transpose(-1, -2)  # sqrt(M-1) A^-1/2
+        w, W = etkf_weights(Y, innov)
         return mean + (w + W).transpose(-1, -2) @ X
     if localization is None:
         # M > P: the same transform from the P x P Gram matrix Y^T Y = V diag(s2) V^T, never forming M x M:
@@ -242,7 +272,7 @@ def _etkf_transform(
         anomalies = X + YV @ (g.unsqueeze(-1) * (YV.transpose(-1, -2) @ X))
         return mean + w.transpose(-1, -2) @ X + anomalies
     eye = torch.eye(m, dtype=ens.dtype, device=ens.device)
-    rho = _check_taper(localization, (d, H.shape[0]), ens)  # [..., D, P]
+    rho = _check_taper(localization, (d, p), ens)  # [..., D, P]
     Yl = Y.unsqueeze(-3) * rho.unsqueeze(-2)  # [..., D, M, P]: Y R_loc^-1 R^1/2 for every variable
     A = (m - 1) * eye + Yl @ Y.unsqueeze(-3).transpose(-1, -2)  # [..., D, M, M]
     evals, Q = torch.linalg.eigh(A)
@@ -453,10 +483,7 @@ def run_filter(
         raise ValueError("rotate=True is for method='etkf' and needs an explicit torch.Generator")
     d = ens0.shape[-1]
     obs = checked_schedule(ens0, observations, H, num_states)
-    infl = torch.as_tensor(inflation, dtype=ens0.dtype, device=ens0.device)
-    if not (torch.isfinite(infl).all() and (infl > 0).all()):
-        raise ValueError("inflation must be finite and > 0")
-    infl = infl[..., None, None]  # broadcast over [M, D]
+    infl = inflation_factor(inflation, ens0)
     rho = None
     if localization is not None:
         rho = _check_taper(localization, (d, d), ens0)
@@ -471,8 +498,7 @@ def run_filter(
         f_means.append(ens.mean(-2))
         f_spreads.append(_spread(ens))
         if k in obs:
-            mean = ens.mean(-2, keepdim=True)
-            ens = mean + infl * (ens - mean)
+            ens = inflate(ens, infl)
             if method == "enkf":
                 ens = enkf_analysis(ens, obs[k], H, obs_std, generator=generator, localization=rho)
             else:

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .enkf import (Advance, Observations, _check_ensemble, _check_obs, _obs_std, _spread, checked_schedule,
-                   kalman_filter)
+from .enkf import (Advance, Observations, _obs_std, _spread, checked_schedule, etkf_inputs, etkf_weights, inflate,
+                   inflation_factor, kalman_filter)
 
 __all__ = ["SmootherResult", "etkf_transform", "rts_smoother", "run_enks", "run_ienks"]
 
@@ -97,33 +97,12 @@ def etkf_transform(ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor) -
     :func:`~physics.assimilation.enkf.etkf_analysis`: ``G = 1 1^T / M + (1 w^T + W) Pi``.  Applying the same
     ``G`` to the ensemble of an earlier state is the ensemble smoother's update of that state.
     """
-    _check_ensemble(ens)
-    m, d = ens.shape[-2], ens.shape[-1]
-    y, H = _check_obs(y, H, d, ens)
-    std = _obs_std(obs_std, H.shape[0], ens)
-    mean = ens.mean(-2, keepdim=True)
-    X = ens - mean
-    Y = (X @ H.T) / std  # [..., M, P]
-    innov = (y - (mean @ H.T).squeeze(-2)) / std  # [..., P]
-    eye = torch.eye(m, dtype=ens.dtype, device=ens.device)
-    evals, Q = torch.linalg.eigh((m - 1) * eye + Y @ Y.transpose(-1, -2))
-    w = Q @ ((Q.transpose(-1, -2) @ (Y @ innov.unsqueeze(-1))) / evals.unsqueeze(-1))  # [..., M, 1]
-    W = (Q * (math.sqrt(m - 1) / evals.sqrt()).unsqueeze(-2)) @ Q.transpose(-1, -2)
-    pi = eye - 1.0 / m
+    _, _, Y, innov = etkf_inputs(ens, y, H, obs_std)
+    m = ens.shape[-2]
+    w, W = etkf_weights(Y, innov)
+    pi = torch.eye(m, dtype=ens.dtype, device=ens.device) - 1.0 / m
     ones = torch.ones(m, 1, dtype=ens.dtype, device=ens.device)
     return 1.0 / m + (ones @ w.transpose(-1, -2) + W) @ pi
-
-
-def _inflate(ens: Tensor, infl: Tensor) -> Tensor:
-    mean = ens.mean(-2, keepdim=True)
-    return mean + infl * (ens - mean)
-
-
-def _inflation(inflation: float | Tensor, like: Tensor) -> Tensor:
-    infl = torch.as_tensor(inflation, dtype=like.dtype, device=like.device)
-    if not (torch.isfinite(infl).all() and (infl > 0).all()):
-        raise ValueError("inflation must be finite and > 0")
-    return infl[..., None, None]
 
 
 def run_enks(
@@ -154,7 +133,7 @@ def run_enks(
     if lag is not None and lag < 0:
         raise ValueError(f"lag must be >= 0 or None, got {lag}")
     obs = checked_schedule(ens0, observations, H, num_states)
-    infl = _inflation(inflation, ens0)
+    infl = inflation_factor(inflation, ens0)
     states: list[Tensor] = []
     analysis_means = []
     ens = ens0
@@ -162,7 +141,7 @@ def run_enks(
         if k > 0:
             ens = advance(ens, interval)
         if k in obs:
-            ens = _inflate(ens, infl)
+            ens = inflate(ens, infl)
             G = etkf_transform(ens, obs[k], H, obs_std)
             ens = G @ ens
             first = 0 if lag is None else max(0, k - lag)
@@ -231,7 +210,7 @@ def run_ienks(
     m = ens0.shape[-2]
     obs = checked_schedule(ens0, observations, H, num_states)
     times = sorted(obs)
-    infl = _inflation(inflation, ens0)
+    infl = inflation_factor(inflation, ens0)
     H = torch.as_tensor(H, dtype=ens0.dtype, device=ens0.device)
     std = _obs_std(obs_std, H.shape[0], ens0)
     eye = torch.eye(m, dtype=ens0.dtype, device=ens0.device)
@@ -273,7 +252,7 @@ def run_ienks(
                 moved = advance(moved, interval)
                 if k > tau and k < nxt:  # lag 0 only: states between two windows are forecasts
                     smoothed[k] = moved
-            prior = analysis if nxt == start else _inflate(moved, infl)
+            prior = analysis if nxt == start else inflate(moved, infl)
             start = nxt
     if not times:
         smoothed[0] = ens0

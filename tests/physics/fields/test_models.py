@@ -29,12 +29,18 @@ def test_composition_takes_centres_head_and_tail():
     assert torch.equal(out[0, :, 0], 100 * window_start + position)
 
 
-@pytest.mark.usefixtures("global_rng")
-def test_a_window_is_the_backbone_itself_and_t_is_per_trajectory():
-    g = torch.Generator().manual_seed(0)
+def _random_flat_window(g: torch.Generator) -> FlatWindow:
+    """A float64 MLP backbone over 5 states of 4 variables, with non-trivial (non-zero output) weights."""
     backbone = FlatWindow(5 * 4, width=32, depth=2).double()
     for p in backbone.parameters():
         nn.init.normal_(p, std=0.2, generator=g)
+    return backbone
+
+
+@pytest.mark.usefixtures("global_rng")
+def test_a_window_is_the_backbone_itself_and_t_is_per_trajectory():
+    g = torch.Generator().manual_seed(0)
+    backbone = _random_flat_window(g)
     net = LocalScoreNet(backbone, 2)
     x = torch.randn(3, 5, 4, generator=g, dtype=D)
     t = torch.tensor([0.1, 0.5, 0.9], dtype=D)
@@ -88,9 +94,7 @@ def test_too_short_trajectories_raise():
 def test_grouped_windows_give_the_per_window_result():
     """The grouped call (one time embedding per trajectory) equals scoring every window with its own copy of t."""
     g = torch.Generator().manual_seed(1)
-    backbone = FlatWindow(5 * 4, width=32, depth=2).double()
-    for p in backbone.parameters():
-        nn.init.normal_(p, std=0.2, generator=g)
+    backbone = _random_flat_window(g)
     x = torch.randn(3, 12, 4, generator=g, dtype=D)
     t = torch.tensor([0.1, 0.5, 0.9], dtype=D)
     grouped = LocalScoreNet(backbone, 2)(x, t)
