@@ -1,8 +1,9 @@
 """SIGTERM and Ctrl-C during training: finish the step, save, end the run as KILLED, exit with one line.
 
-Inside :meth:`Interrupts.deferred` (one training step) a signal only sets :attr:`Interrupts.signal`, so the
-trainer stops between steps with a consistent state it can checkpoint; anywhere else (data loading, an
-evaluation) it raises :class:`TrainingInterrupted` at once.  A second Ctrl-C always raises at once.
+Inside :meth:`Interrupts.deferred` (one training iteration: loading the batch, the step, the ranks' agreement to
+stop; under DDP also rank 0's evaluations) a signal only sets :attr:`Interrupts.signal`, so the trainer stops
+between steps with a consistent state it can checkpoint; anywhere else (a single process's evaluation) it raises
+:class:`TrainingInterrupted` at once.  A second signal always raises at once.
 """
 
 from __future__ import annotations

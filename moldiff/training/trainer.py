@@ -211,8 +211,11 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
         batches = task.train_batches(start_step=step, rank=info.rank, world_size=info.world_size, device=device)
         train_model.train()
         while step < tc.steps:
-            batch = next(batches)
+            # Signals are held for the whole iteration, up to the point where the ranks agree to stop: a rank that
+            # raised elsewhere (loading the batch, the all-reduce) would leave the others waiting in DDP's
+            # gradient all-reduce of the next step, and torchrun would kill them, rank 0's final save included.
             with interrupts.deferred():
+                batch = next(batches)
                 generator.manual_seed(step_seed(cfg.seed, info.rank, step))
                 with autocast:
                     loss_vec = task.loss(train_model, batch, generator)
@@ -253,13 +256,15 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
                     loss_n.zero_()
                 if step % tc.ckpt_every == 0 or step == tc.steps:
                     save()
-            stop = interrupts.signal is not None
-            if info.enabled:  # all ranks stop after the same step, or the others would wait in an all-reduce
-                stop = any_rank(stop, device)
+                stop = interrupts.signal is not None
+                if info.enabled:  # all ranks stop after the same step, or the others would wait in an all-reduce
+                    stop = any_rank(stop, device)
             if stop:
                 raise TrainingInterrupted(interrupts.signal or signal.SIGTERM)
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and info.is_main:
-                log_evaluation(tracker, _evaluate(task, ema.model, cfg, progress), step)
+                # under DDP the other ranks wait for rank 0 in the next step: it stops after that step, with them
+                with interrupts.deferred() if info.enabled else contextlib.nullcontext():
+                    log_evaluation(tracker, _evaluate(task, ema.model, cfg, progress), step)
         bar.close()
         if info.is_main:
             if saved_step != step or last_ckpt is None:

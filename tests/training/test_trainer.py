@@ -1,6 +1,7 @@
 """The trainer: exact resume, non-finite steps, checkpoints, EMA, DDP (2 processes, gloo)."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import moldiff
+from moldiff.training.interrupts import TrainingInterrupted
 from moldiff.training import CheckpointError, NonFiniteLossError, load_checkpoint, save_checkpoint
 from physics.toy2d import Toy2DTask
 
@@ -98,6 +100,28 @@ def test_too_many_nonfinite_in_a_row_aborts(tmp_path):
     state = load_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")
     assert state["step"] == 10
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+class _SignalWhileLoadingTask(Toy2DTask):
+    """Toy task that sends itself SIGTERM while loading the batch of step ``signal_step``."""
+
+    name = "signal_toy"
+    signal_step = 7
+
+    def train_batches(self, *, start_step, **kw):
+        for i, b in enumerate(super().train_batches(start_step=start_step, **kw)):
+            if start_step + i == self.signal_step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield b
+
+
+def test_a_signal_while_a_batch_loads_stops_after_that_step(tmp_path):
+    """Loading a batch is part of the deferred iteration (under DDP, a rank raising there would leave the others in
+    the next step's all-reduce): the step still runs, then the trainer saves it and stops."""
+    cfg = _cfg(tmp_path, "train.steps=50", "train.ckpt_every=100")
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at step 8"):
+        moldiff.training.train(cfg, task=_SignalWhileLoadingTask(cfg), progress=False)
+    assert load_checkpoint(cfg.run_dir / "checkpoints" / "last.pt")["step"] == 8
 
 
 def test_checkpoints_are_atomic_and_pruned(tmp_path):
