@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import moldiff
-from moldiff.training.interrupts import TrainingInterrupted
 from moldiff.training import CheckpointError, NonFiniteLossError, load_checkpoint, save_checkpoint
+from moldiff.training.interrupts import TrainingInterrupted
 from physics.toy2d import Toy2DTask
 
 from .toy import ROOT, SMOKE, toy_config as _cfg
