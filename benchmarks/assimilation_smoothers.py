@@ -2,7 +2,8 @@
 same truth and observations, every method tuned on the validation split and scored on the test split.
 
     python benchmarks/assimilation_smoothers.py --system lorenz63 [--sda CKPT ...] [--windows 32]
-    python benchmarks/assimilation_smoothers.py --collect      # rebuild the table from the JSON records
+    python benchmarks/assimilation_smoothers.py --system lorenz96 --setting arctan [--sda pretrained:lorenz96]
+    python benchmarks/assimilation_smoothers.py --collect      # rebuild the tables from the JSON records
 
 Protocol (the same for every method):
 
@@ -17,6 +18,19 @@ Protocol (the same for every method):
   states, after the first ``--spinup`` (25) states, and at the observed states after spin-up (for the filters
   this is their analysis, DAPPER's ``rmse.a``); spread/error ratio and fair CRPS after spin-up; tables give the
   mean over windows and its standard error.  Seconds are wall-clock per window on this machine.
+
+Hard settings (``--setting``, :data:`SETTINGS`; item 3 of issue 13), each against the same methods:
+
+* ``arctan``: nonlinear observations ``arctan(x)`` of the same variables and times, noise std 0.1 (the classical
+  methods get the true ``g = arctan`` and linearise it through their ensembles; SDA differentiates through it);
+* ``sparse``: fewer variables and times (L63: x and z every 10th state; L96: every 2nd variable every 4th state);
+* ``model_error`` (L96): the classical methods -- and SDA's optional weak-constraint model term -- integrate
+  Lorenz-96 with forcing F = 7 while the truth (and the data the prior learned from) have F = 8;
+* ``long``: test windows of 256 states (the whole test trajectories), hyper-parameters tuned on 128-state
+  validation windows (the validation trajectories' length).
+
+SDA's hyper-parameters in the hard settings are tuned on their own validation windows over the grid given on the
+command line (``--sda-gamma``, ``--sda-dynamics``).
 """
 
 from __future__ import annotations
@@ -54,6 +68,22 @@ GRIDS = {
         "ienks": {"members": [40], "lag": [1, 2, 4], "inflation": [1.0, 1.02, 1.05]},
     },
 }
+#: the hard settings: config overrides of the observations, the classical model's Lorenz parameters, the test length
+SETTINGS = {
+    "lorenz63": {
+        "standard": {},
+        "arctan": {"observation": ["observation.transform=arctan", "observation.noise_std=0.1"]},
+        "sparse": {"observation": ["observation.kind=subsample", "observation.stride=2", "observation.every=10"]},
+        "long": {"length": 256},
+    },
+    "lorenz96": {
+        "standard": {},
+        "arctan": {"observation": ["observation.transform=arctan", "observation.noise_std=0.1"]},
+        "sparse": {"observation": ["observation.kind=subsample", "observation.stride=2", "observation.every=4"]},
+        "model_error": {"model": {"forcing": 7.0}},
+        "long": {"length": 256},
+    },
+}
 NAMES = {"etkf": "ETKF / LETKF (filter)", "enks": "EnKS (whole window)", "ienks": "iEnKS (lag L, S = 1)",
          "pf": "particle filter (SIR)", "sda": "SDA (diffusion prior)", "climatology": "climatology"}
 
@@ -65,8 +95,9 @@ def machine() -> str:
 class Windows:
     """Truth ``[B, T, D]`` and observations of one split, with what every method needs to run on them."""
 
-    def __init__(self, task, split: str, n: int, length: int, seed: int):
+    def __init__(self, task, split: str, n: int, length: int, seed: int, model: dict | None = None):
         self.task = task
+        self.model = model or {}  # the classical methods' Lorenz parameters (model error), {} for the truth's
         self.truth = task.trajectories(split, progress=False)[:n, :length].double()
         if len(self.truth) < n:
             raise SystemExit(f"the {split} split has {len(self.truth)} trajectories, asked for {n}")
@@ -87,10 +118,10 @@ class Windows:
 
 def run_classical(method: str, params: dict, w: Windows, seed: int = 0) -> torch.Tensor:
     """Ensembles ``[B, M, T, D]`` of a classical method with ``params`` on the windows ``w``."""
-    sim = simulator(w.task.spec)
+    sim = simulator(w.task.spec, **w.model)
     ens0 = w.climatology(params["members"], seed)
     noise = w.task.cfg.observation.noise_std
-    kw = dict(interval=w.task.spec.interval, num_states=w.length, keep_ensemble=True)
+    kw = dict(interval=w.task.spec.interval, num_states=w.length, keep_ensemble=True, obs_fn=w.task.operator.obs_fn)
     if method == "etkf":
         loc = params.get("localization", 0.0)
         rho = ring_localization(w.task.shape[0], loc) if loc > 0 else None
@@ -148,21 +179,30 @@ def tune_and_test(name: str, grid: dict, run, valid: Windows, test: Windows, spi
         trials.append({"params": params, "valid": score, "seconds": time.time() - t0})
         print(f"  valid {name} {params}: {score.get('rmse_after_spinup', score)}", flush=True)
     ok = [t for t in trials if "error" not in t["valid"]]
+    if not ok:
+        print(f"  TEST {name}: every setting diverged on validation", flush=True)
+        return {"method": name, "params": {}, "test": {"error": "every setting diverged on validation"},
+                "trials": trials}
     best = min(ok, key=lambda t: t["valid"]["rmse_after_spinup"][0])
     chosen = {**best["params"], **(test_params or {})}
     t0 = time.time()
-    ens = run(name, chosen, test)
+    try:
+        ens = run(name, chosen, test)
+        score = _score(ens, test, spinup)
+    except (FloatingPointError, torch.linalg.LinAlgError) as e:  # diverged on a test window: reported as such
+        score = {"error": f"diverged on the test windows: {str(e)[:150]}"}
     seconds = (time.time() - t0) / len(test.truth)
-    score = _score(ens, test, spinup)
-    print(f"  TEST {name} {chosen}: {score['rmse_after_spinup']}", flush=True)
+    print(f"  TEST {name} {chosen}: {score.get('rmse_after_spinup', score)}", flush=True)
     return {"method": name, "params": chosen, "test": score, "seconds_per_window": seconds, "trials": trials}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--system", choices=sorted(GRIDS))
+    ap.add_argument("--setting", default="standard", help="standard or a hard setting of SETTINGS (see above)")
     ap.add_argument("--methods", nargs="*", default=None, help="classical methods to run (default: all of the grid)")
-    ap.add_argument("--sda", nargs="*", default=[], metavar="CKPT", help="trajectory-prior checkpoints to score")
+    ap.add_argument("--sda", nargs="*", default=[], metavar="CKPT",
+                    help="trajectory-prior checkpoints to score (pretrained:NAME for a shipped prior)")
     ap.add_argument("--sda-methods", nargs="*", default=["sda"], choices=["sda", "mmps"])
     ap.add_argument("--sda-gamma", nargs="*", type=float, default=[0.03, 0.1, 0.3])
     ap.add_argument("--sda-dynamics", nargs="*", type=float, default=[0.0],
@@ -173,7 +213,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="overrides of the SDA checkpoint")
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--valid-windows", type=int, default=16)
-    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--length", type=int, default=None, help="test window length (default: the setting's, 128)")
     ap.add_argument("--spinup", type=int, default=25)
     ap.add_argument("--grid", default=None, metavar="JSON",
                     help='replace grids, e.g. \'{"ienks": {"members": [20], "lag": [3], "inflation": [1.0]}}\'')
@@ -182,10 +222,18 @@ def main() -> None:
     a = ap.parse_args()
     if a.collect:
         return collect()
+    if a.setting not in SETTINGS[a.system]:
+        raise SystemExit(f"--setting: {a.system} has {sorted(SETTINGS[a.system])}, not {a.setting!r}")
+    setting = SETTINGS[a.system][a.setting]
+    length = a.length or setting.get("length", 128)
+    valid_length = min(length, 128)  # the validation trajectories' length
+    model = setting.get("model", {})
     OUT.mkdir(parents=True, exist_ok=True)
-    cfg = moldiff.load_config(ROOT / "configs" / f"{a.system}_sda.yaml", ["tracking.enabled=false"])
+    obs_overrides = ["eval.methods=[sda]", *setting.get("observation", [])]  # the task's own evaluation is unused
+    cfg = moldiff.load_config(ROOT / "configs" / f"{a.system}_sda.yaml", ["tracking.enabled=false", *obs_overrides])
     task = moldiff.tasks.get_task("trajectory")(cfg)
-    valid, test = (Windows(task, "valid", a.valid_windows, a.length, 11), Windows(task, "test", a.windows, a.length, 12))
+    valid = Windows(task, "valid", a.valid_windows, valid_length, 11, model)
+    test = Windows(task, "test", a.windows, length, 12, model)
     records = []
     clim = task.stats[0].double()
     records.append({"method": "climatology", "test": {"rmse_after_spinup": [
@@ -194,11 +242,14 @@ def main() -> None:
     for name in a.methods if a.methods is not None else ([] if a.sda else grids):
         records.append(tune_and_test(name, grids[name], run_classical, valid, test, a.spinup))
     if a.sda:  # the checkpoint is one more hyper-parameter: only the best setting of the best prior is tested
-        priors = {str(c): moldiff.load_model(c, overrides=a.overrides, device="cpu") for c in a.sda}
+        overrides = [*a.overrides, *obs_overrides]
+        if "forcing" in model:  # the weak-constraint model term gets the same wrong model as the classical methods
+            overrides.append(f"eval.dynamics_forcing={model['forcing']}")
+        priors = {str(c): _load_prior(str(c), overrides) for c in a.sda}
         for ptask, _ in priors.values():
-            same = Windows(ptask, "test", a.windows, a.length, 12)
+            same = Windows(ptask, "test", a.windows, length, 12)
             assert torch.equal(same.y, test.y), "every prior's task must observe the same truth as the classical methods"
-        pv = Windows(next(iter(priors.values()))[0], "valid", a.sda_valid_windows, a.length, 11)
+        pv = Windows(next(iter(priors.values()))[0], "valid", a.sda_valid_windows, valid_length, 11)
         grid = {"prior": list(priors), "members": [a.sda_valid_members], "method": a.sda_methods,
                 "gamma": a.sda_gamma, "dynamics_std": a.sda_dynamics}
         rec = tune_and_test("sda", grid, lambda _n, p, w: run_sda(*priors[p["prior"]], p, w), pv, test, a.spinup,
@@ -206,13 +257,22 @@ def main() -> None:
         ptask = priors[rec["params"]["prior"]][0]
         rec["prior"] = {"checkpoint": rec["params"].pop("prior"), "window": ptask.cfg.model.window,
                         "width": ptask.cfg.model.width, "depth": ptask.cfg.model.depth,
-                        "sampler": moldiff.config.to_dict(ptask.cfg.sampler), "overrides": a.overrides}
+                        "sampler": moldiff.config.to_dict(ptask.cfg.sampler), "overrides": overrides}
         records.append(rec)
-    out = OUT / f"{a.system}{('_' + a.tag) if a.tag else ''}.json"
-    out.write_text(json.dumps({"system": a.system, "windows": a.windows, "valid_windows": a.valid_windows,
-                               "length": a.length, "spinup": a.spinup, "machine": machine(),
+    stem = a.system if a.setting == "standard" else f"{a.system}_{a.setting}"
+    out = OUT / f"{stem}{('_' + a.tag) if a.tag else ''}.json"
+    out.write_text(json.dumps({"system": a.system, "setting": a.setting, "windows": a.windows,
+                               "valid_windows": a.valid_windows, "length": length, "valid_length": valid_length,
+                               "model": model, "spinup": a.spinup, "machine": machine(),
                                "observation": moldiff.config.to_dict(cfg.observation), "records": records}, indent=1))
     print(f"wrote {out}")
+
+
+def _load_prior(source: str, overrides: list[str]):
+    """A trajectory prior from a checkpoint path or ``pretrained:NAME``: ``(task, model)``."""
+    if source.startswith("pretrained:"):
+        return moldiff.load_model(pretrained=source.split(":", 1)[1], overrides=overrides, device="cpu")
+    return moldiff.load_model(source, overrides=overrides, device="cpu")
 
 
 def _fmt(v) -> str:
@@ -221,49 +281,69 @@ def _fmt(v) -> str:
     return f"{v[0]:.3f} ± {v[1]:.3f}" if v[1] is not None and v[1] == v[1] else f"{v[0]:.3f}"
 
 
+HARD_TABLE = ROOT / "benchmarks" / "results" / "assimilation_hard.md"
+INTRO = ("Written by `python benchmarks/assimilation_smoothers.py --collect` from "
+         "`benchmarks/results/assimilation_smoothers/*.json`; protocol in the script's docstring.  Mean over test "
+         "windows ± its standard error.  RMSE: of the ensemble mean, all states / after the spin-up / at the observed "
+         "states after the spin-up (a filter's analysis).  Spread/error and CRPS after the spin-up.")
+
+
 def collect() -> None:
-    lines = [
-        "# Smoothers next to smoothers: Lorenz-63 and Lorenz-96, tuned on validation, scored on test",
-        "",
-        "Written by `python benchmarks/assimilation_smoothers.py --collect` from "
-        "`benchmarks/results/assimilation_smoothers/*.json`; protocol in the script's docstring.  Mean over test "
-        "windows ± its standard error.  RMSE: of the ensemble mean, all states / after the spin-up / at the observed "
-        "states after the spin-up (a filter's analysis).  Spread/error and CRPS after the spin-up.",
-        "",
-    ]
-    merged: dict[str, dict] = {}
-    for path in sorted(OUT.glob("*.json")):  # one table per system: the classical run and the SDA runs
+    merged: dict[tuple[str, str], dict] = {}
+    for path in sorted(OUT.glob("*.json")):  # one table per system and setting: the classical run and the SDA runs
         rec = json.loads(path.read_text())
-        tag = path.stem[len(rec["system"]) + 1:].replace("sda_", "").replace("_", " ")
+        setting = rec.get("setting", "standard")
+        prefix = rec["system"] if setting == "standard" else f"{rec['system']}_{setting}"
+        tag = path.stem[len(prefix) + 1:]
+        tag = tag.removeprefix("sda_").removeprefix("sda").replace("_", " ")
         for r in rec["records"]:
             if tag and r["method"] != "climatology":
                 r["label"] = f"SDA, {tag}" if r["method"] == "sda" else f"{NAMES[r['method']]}, {tag}"
-        if rec["system"] not in merged:
-            merged[rec["system"]] = rec
+        key = (rec["system"], setting)
+        if key not in merged:
+            merged[key] = rec
         else:
-            merged[rec["system"]]["records"] += [r for r in rec["records"] if r["method"] != "climatology"]
-    for system, rec in merged.items():
-        ob = rec["observation"]
-        lines += [f"## {system}: {rec['windows']} test windows x {rec['length']} states, spin-up {rec['spinup']} "
-                  f"states; observations `{ob['kind']}`, every {ob['every']}, noise std {ob['noise_std']:.3g}",
-                  "", f"Machine: {rec['machine']}.", "",
-                  "| method | chosen on validation | RMSE all | RMSE after spin-up | RMSE observed | spread/error "
-                  "| CRPS | s / window |", "|---|---|---|---|---|---|---|---|"]
-        for r in rec["records"]:
-            t = r["test"]
-            params = ", ".join(f"{k} {v}" for k, v in r.get("params", {}).items())
-            if "prior" in r:  # the diffusion prior: its window, width and sampler
-                p = r["prior"]
-                sampler = p["sampler"]
-                params = (f"window {2 * p['window'] + 1} states, MLP {p['width']} x {p['depth']}, {sampler['name']} "
-                          f"{sampler['steps']} steps x {sampler['corrector_steps']} corrector; {params}")
-            secs = f"{r['seconds_per_window']:.2f}" if "seconds_per_window" in r else ""
-            lines.append(f"| {r.get('label', NAMES.get(r['method'], r['method']))} | {params} | {_fmt(t.get('rmse'))} | "
-                         f"{_fmt(t.get('rmse_after_spinup'))} | {_fmt(t.get('rmse_observed'))} | "
-                         f"{_fmt(t.get('spread_error_ratio'))} | {_fmt(t.get('crps'))} | {secs} |")
-        lines.append("")
-    TABLE.write_text("\n".join(lines))
-    print(f"wrote {TABLE}")
+            merged[key]["records"] += [r for r in rec["records"] if r["method"] != "climatology"]
+    standard = ["# Smoothers next to smoothers: Lorenz-63 and Lorenz-96, tuned on validation, scored on test", "",
+                INTRO, ""]
+    hard = ["# Where the classical methods break: hard settings, every method tuned on validation, scored on test",
+            "", INTRO, ""]
+    for (system, setting), rec in sorted(merged.items()):
+        (standard if setting == "standard" else hard).extend(_table(system, setting, rec))
+    TABLE.write_text("\n".join(standard))
+    HARD_TABLE.write_text("\n".join(hard))
+    print(f"wrote {TABLE} and {HARD_TABLE}")
+
+
+def _table(system: str, setting: str, rec: dict) -> list[str]:
+    ob = rec["observation"]
+    what = f"`{ob['kind']}`" + (f" (stride {ob['stride']})" if ob["kind"] == "subsample" else "")
+    if ob.get("transform", "identity") != "identity":
+        what += f", {ob['transform']}"
+    model = ", ".join(f"{k} {v}" for k, v in rec.get("model", {}).items())
+    lines = [f"## {system}, {setting}: {rec['windows']} test windows x {rec['length']} states, spin-up "
+             f"{rec['spinup']} states; observations {what}, every {ob['every']}, noise std {ob['noise_std']:.3g}"
+             + (f"; the methods' model: {model} (the truth's differs)" if model else ""),
+             "", f"Machine: {rec['machine']}.", "",
+             "| method | chosen on validation | RMSE all | RMSE after spin-up | RMSE observed | spread/error "
+             "| CRPS | s / window |", "|---|---|---|---|---|---|---|---|"]
+    for r in rec["records"]:
+        t = r["test"]
+        params = ", ".join(f"{k} {v}" for k, v in r.get("params", {}).items())
+        if "prior" in r:  # the diffusion prior: its window, width and sampler
+            p = r["prior"]
+            sampler = p["sampler"]
+            params = (f"window {2 * p['window'] + 1} states, MLP {p['width']} x {p['depth']}, {sampler['name']} "
+                      f"{sampler['steps']} steps x {sampler['corrector_steps']} corrector; {params}")
+        if "error" in t:
+            lines.append(f"| {r.get('label', NAMES.get(r['method'], r['method']))} | {params} | diverged: "
+                         f"{t['error'][:80]} | | | | | |")
+            continue
+        secs = f"{r['seconds_per_window']:.2f}" if "seconds_per_window" in r else ""
+        lines.append(f"| {r.get('label', NAMES.get(r['method'], r['method']))} | {params} | {_fmt(t.get('rmse'))} | "
+                     f"{_fmt(t.get('rmse_after_spinup'))} | {_fmt(t.get('rmse_observed'))} | "
+                     f"{_fmt(t.get('spread_error_ratio'))} | {_fmt(t.get('crps'))} | {secs} |")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

@@ -4,8 +4,12 @@ Conventions used throughout:
 
 * An ensemble is a tensor ``[..., M, D]``: ``M`` members (rows) of a ``D``-dimensional state, with any leading
   batch shape ``...`` (independent filters, e.g. a grid of inflation factors, run as one tensor).
-* Observations are linear, ``y = H x + e`` with a dense operator ``H`` ``[P, D]`` and independent Gaussian noise
-  ``e ~ N(0, R)``, ``R = diag(obs_std**2)``; ``obs_std`` is a scalar or a ``[P]`` tensor.
+* Observations are ``y = H x + e`` with a dense operator ``H`` ``[P, D]`` and independent Gaussian noise
+  ``e ~ N(0, R)``, ``R = diag(obs_std**2)``; ``obs_std`` is a scalar or a ``[P]`` tensor.  The ensemble-space
+  methods (ETKF / LETKF, and the smoothers and particle filter built on them) also take nonlinear observations
+  ``y = g(H x) + e``: an elementwise ``obs_fn = g`` applied to every member's ``H x`` (the ensemble's observation
+  anomalies replace ``H X``, as in DAPPER and Hunt et al. 2007, sec. 2.3); ``H`` still says where each observation
+  is, for localisation.
 * Randomness (the perturbed observations of the stochastic EnKF, the ETKF's optional random rotations) comes only
   from an explicit :class:`torch.Generator`; the plain ETKF is deterministic.
 * Multiplicative ``inflation`` multiplies the forecast *anomalies* (so the forecast covariance by
@@ -26,6 +30,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 __all__ = [
+    "ObsFn",
+    "observe_members",
     "enkf_analysis",
     "etkf_analysis",
     "random_mean_preserving_rotation",
@@ -44,6 +50,8 @@ __all__ = [
 ]
 
 Advance = Callable[[Tensor, float], Tensor]
+#: an elementwise map ``g`` of nonlinear observations ``y = g(H x) + e`` (``None``: linear)
+ObsFn = Union[Callable[[Tensor], Tensor], None]
 Observations = Union[Mapping[int, Tensor], tuple[Union[Tensor, Sequence[int]], Tensor]]
 
 
@@ -152,6 +160,7 @@ def etkf_analysis(
     localization: Tensor | None = None,
     rotate: bool = False,
     generator: torch.Generator | None = None,
+    obs_fn: ObsFn = None,
 ) -> Tensor:
     """Ensemble transform Kalman filter analysis with the symmetric square root (Hunt et al. 2007).
 
@@ -180,13 +189,14 @@ def etkf_analysis(
         localization: optional ``[D, P]`` (or ``[..., D, P]``) weights in ``[0, 1]``.
         rotate: apply a random mean-preserving rotation to the analysis anomalies (needs ``generator``).
         generator: random source of the rotation.
+        obs_fn: nonlinear observations ``y = obs_fn(H x) + e`` (elementwise; ``None``: linear).
 
     Returns:
         The analysis ensemble ``[..., M, D]``.
     """
     if rotate and generator is None:
         raise ValueError("rotate=True needs an explicit torch.Generator")
-    ana = _etkf_transform(ens, y, H, obs_std, localization)
+    ana = _etkf_transform(ens, y, H, obs_std, localization, obs_fn)
     if not rotate:
         return ana
     mean = ana.mean(-2, keepdim=True)
@@ -216,15 +226,35 @@ def random_mean_preserving_rotation(
     return torch.full((m, m), 1.0 / m, dtype=dtype, device=device) + F @ E.T
 
 
-def etkf_inputs(ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def observe_members(ens: Tensor, H: Tensor, obs_fn: ObsFn = None) -> Tensor:
+    """``g(H x_i)`` for every member: ``[..., M, D] -> [..., M, P]`` (``H x_i`` when ``obs_fn`` is None); a
+    non-finite value is a ``FloatingPointError`` (the observation function left its domain)."""
+    hx = ens @ H.T
+    if obs_fn is None:
+        return hx
+    out = obs_fn(hx)
+    if out.shape != hx.shape:
+        raise ValueError(f"obs_fn must be elementwise: it mapped {tuple(hx.shape)} to {tuple(out.shape)}")
+    if not torch.isfinite(out).all():
+        raise FloatingPointError("obs_fn gave non-finite observations of the ensemble")
+    return out
+
+
+def etkf_inputs(ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor,
+                obs_fn: ObsFn = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Checked inputs of an ETKF analysis: the ensemble mean ``[..., 1, D]``, anomalies ``X [..., M, D]``, scaled
-    observation anomalies ``Y = R^-1/2 H X [..., M, P]`` and scaled innovation ``d = R^-1/2 (y - H xbar) [..., P]``."""
+    observation anomalies ``Y = R^-1/2 H X [..., M, P]`` and scaled innovation ``d = R^-1/2 (y - H xbar) [..., P]``;
+    with ``obs_fn`` (nonlinear observations) the anomalies and mean of the members' observations ``g(H x_i)``."""
     _check_ensemble(ens)
     y, H = _check_obs(y, H, ens.shape[-1], ens)
     std = _obs_std(obs_std, H.shape[0], ens)
     mean = ens.mean(-2, keepdim=True)
     X = ens - mean
-    return mean, X, (X @ H.T) / std, (y - (mean @ H.T).squeeze(-2)) / std
+    if obs_fn is None:
+        return mean, X, (X @ H.T) / std, (y - (mean @ H.T).squeeze(-2)) / std
+    hx = observe_members(ens, H, obs_fn)
+    hbar = hx.mean(-2, keepdim=True)
+    return mean, X, (hx - hbar) / std, (y - hbar.squeeze(-2)) / std
 
 
 def etkf_weights(Y: Tensor, innov: Tensor) -> tuple[Tensor, Tensor]:
@@ -252,10 +282,10 @@ def inflate(ens: Tensor, infl: Tensor) -> Tensor:
 
 
 def _etkf_transform(
-    ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor, localization: Tensor | None
+    ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor, localization: Tensor | None, obs_fn: ObsFn = None
 ) -> Tensor:
     """The deterministic (L)ETKF analysis of :func:`etkf_analysis`."""
-    mean, X, Y, innov = etkf_inputs(ens, y, H, obs_std)
+    mean, X, Y, innov = etkf_inputs(ens, y, H, obs_std, obs_fn)
     m, d, p = ens.shape[-2], ens.shape[-1], Y.shape[-1]
     if localization is None and m <= p:
         w, W = etkf_weights(Y, innov)
@@ -446,6 +476,7 @@ def run_filter(
     keep_ensemble: bool = False,
     progress: bool = False,
     callback: Callable[[int, Tensor], None] | None = None,
+    obs_fn: ObsFn = None,
 ) -> FilterResult:
     """Cycle an ensemble filter over states at times ``0, interval, ..., (num_states - 1) interval``.
 
@@ -471,6 +502,7 @@ def run_filter(
         keep_ensemble: also return the analysis ensembles ``[..., T, M, D]``.
         progress: show a tqdm progress bar.
         callback: called as ``callback(k, ens)`` with every analysis ensemble (e.g. for scores against a truth).
+        obs_fn: nonlinear observations ``y = obs_fn(H x) + e`` (elementwise; ETKF only; ``None``: linear).
 
     Returns:
         A :class:`FilterResult`.
@@ -479,6 +511,8 @@ def run_filter(
         raise ValueError(f"method must be 'enkf' or 'etkf', got {method!r}")
     if method == "enkf" and generator is None:
         raise ValueError("the stochastic EnKF needs an explicit torch.Generator")
+    if obs_fn is not None and method != "etkf":
+        raise ValueError("nonlinear observations (obs_fn) need method='etkf': the stochastic EnKF here is linear")
     if rotate and (method != "etkf" or generator is None):
         raise ValueError("rotate=True is for method='etkf' and needs an explicit torch.Generator")
     d = ens0.shape[-1]
@@ -502,7 +536,8 @@ def run_filter(
             if method == "enkf":
                 ens = enkf_analysis(ens, obs[k], H, obs_std, generator=generator, localization=rho)
             else:
-                ens = etkf_analysis(ens, obs[k], H, obs_std, localization=rho, rotate=rotate, generator=generator)
+                ens = etkf_analysis(ens, obs[k], H, obs_std, localization=rho, rotate=rotate, generator=generator,
+                                    obs_fn=obs_fn)
             if callback is not None:
                 callback(k, ens)
         means.append(ens.mean(-2))

@@ -2,7 +2,8 @@
 
 A trajectory is ``x [B, L, *S]``: ``L`` states of shape ``S`` (``[D]`` for Lorenz systems, ``[n, n]`` for
 vorticity fields).  An :class:`ObservationOperator` observes the states at times ``offset, offset + every,
-...`` and applies the same linear map ``H [p, prod(S)]`` to each of them:
+...`` and applies the same linear map ``H [p, prod(S)]`` to each of them, then optionally an elementwise
+``transform`` (``arctan``: nonlinear observations ``arctan(H x)``, as in the score-filter literature):
 
 * ``full``       every variable / pixel;
 * ``subsample``  every ``stride``-th variable (Lorenz) or pixel along both axes (fields);
@@ -10,7 +11,8 @@ vorticity fields).  An :class:`ObservationOperator` observes the states at times
 * ``mask``       a fixed random ``fraction`` of the variables / pixels (seeded).
 
 Because ``H`` is an explicit matrix, the same operator serves the diffusion posterior samplers (``A`` as a
-differentiable function) and the ensemble Kalman filters (``H`` per observed time).
+differentiable function) and the ensemble Kalman filters (``H`` per observed time, with :attr:`obs_fn` for a
+transform).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-__all__ = ["ObservationOperator", "OBSERVATION_KINDS", "observe"]
+__all__ = ["ObservationOperator", "OBSERVATION_KINDS", "OBSERVATION_TRANSFORMS", "observe"]
 
 OBSERVATION_KINDS = ("full", "subsample", "coarsen", "mask")
+#: elementwise maps applied after ``H`` (``identity``: linear observations)
+OBSERVATION_TRANSFORMS = {"identity": None, "arctan": torch.atan}
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class ObservationOperator:
         factor: coarsen: block size (per axis).
         fraction: mask: fraction of variables / pixels observed.
         seed: mask: which ones.
+        transform: identity | arctan, applied to ``H x`` elementwise.
     """
 
     state_shape: tuple[int, ...]
@@ -50,11 +55,14 @@ class ObservationOperator:
     factor: int = 1
     fraction: float = 1.0
     seed: int = 0
+    transform: str = "identity"
 
     def __post_init__(self):
         object.__setattr__(self, "state_shape", tuple(int(s) for s in self.state_shape))
         checks = [
             (self.kind in OBSERVATION_KINDS, f"unknown observation kind {self.kind!r}; choose one of {OBSERVATION_KINDS}"),
+            (self.transform in OBSERVATION_TRANSFORMS,
+             f"unknown observation transform {self.transform!r}; choose one of {tuple(OBSERVATION_TRANSFORMS)}"),
             (len(self.state_shape) in (1, 2), f"states must be 1D or 2D, got shape {self.state_shape}"),
             (self.every >= 1 and self.offset >= 0, "needs every >= 1 and offset >= 0"),
             (self.stride >= 1 and self.factor >= 1, "needs stride >= 1 and factor >= 1"),
@@ -101,6 +109,12 @@ class ObservationOperator:
         return self._matrix.to(dtype=dtype, device=device)
 
     @property
+    def obs_fn(self):
+        """The elementwise transform after ``H`` as a function (``None`` for linear observations): the ``obs_fn``
+        of the ensemble methods in :mod:`physics.assimilation.enkf`."""
+        return OBSERVATION_TRANSFORMS[self.transform]
+
+    @property
     def per_state(self) -> int:
         """``p``: values observed per observed state."""
         return self._matrix.shape[0]
@@ -118,14 +132,16 @@ class ObservationOperator:
         return len(self.times(length)) * self.per_state
 
     def __call__(self, x: Tensor) -> Tensor:
-        """``A``: ``x [B, L, *S] -> [B, K * p]`` (``K`` observed times), differentiable."""
+        """``A``: ``x [B, L, *S] -> [B, K * p]`` (``K`` observed times), differentiable: ``g(H x_k)`` per observed
+        state."""
         nd = len(self.state_shape)
         if tuple(x.shape[-nd:]) != self.state_shape or x.dim() != nd + 2:
             raise ValueError(f"expected trajectories [B, L, {', '.join(map(str, self.state_shape))}], got {tuple(x.shape)}")
         xs = x[:, self.offset :: self.every].flatten(2)  # [B, K, d]
         if xs.shape[1] == 0:
             raise ValueError(f"no state of a length-{x.shape[1]} trajectory is observed (offset {self.offset})")
-        return (xs @ self.matrix(x.dtype, x.device).T).flatten(1)
+        hx = (xs @ self.matrix(x.dtype, x.device).T).flatten(1)
+        return hx if self.obs_fn is None else self.obs_fn(hx)
 
     def split(self, y: Tensor) -> Tensor:
         """``[B, K * p] -> [B, K, p]`` (per observed time)."""

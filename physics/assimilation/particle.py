@@ -2,7 +2,8 @@
 regularisation jitter -- the classical method that needs no Gaussian assumption, practical for small state
 dimensions such as Lorenz-63 (Gordon, Salmond & Smith 1993; van Leeuwen et al. 2019).
 
-Conventions as in :mod:`physics.assimilation.enkf` (ensembles ``[..., M, D]``, linear ``H``, Gaussian noise).
+Conventions as in :mod:`physics.assimilation.enkf` (ensembles ``[..., M, D]``, ``y = H x + e`` or
+``y = obs_fn(H x) + e``, Gaussian noise).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .enkf import Advance, FilterResult, Observations, _obs_std, _spread, checked_schedule
+from .enkf import Advance, FilterResult, ObsFn, Observations, _obs_std, _spread, checked_schedule, observe_members
 
 __all__ = ["systematic_resample", "run_particle_filter"]
 
@@ -44,6 +45,7 @@ def run_particle_filter(
     jitter: float = 0.0,
     keep_ensemble: bool = False,
     progress: bool = False,
+    obs_fn: ObsFn = None,
 ) -> FilterResult:
     """Bootstrap particle filter over states ``0, interval, ..., (T - 1) interval``.
 
@@ -58,6 +60,7 @@ def run_particle_filter(
         generator: randomness of the resampling and the jitter.
         resample_threshold: ESS fraction below which to resample (1: every observation).
         jitter: regularisation noise in units of the ensemble std (0: none).
+        obs_fn: nonlinear observations ``y = obs_fn(H x) + e`` (elementwise; ``None``: linear).
     """
     if not 0 <= resample_threshold <= 1 or jitter < 0:
         raise ValueError(f"need 0 <= resample_threshold <= 1 and jitter >= 0, got {resample_threshold}, {jitter}")
@@ -75,7 +78,7 @@ def run_particle_filter(
         f_spreads.append(_spread(ens))
         if k in obs:
             y = torch.as_tensor(obs[k], dtype=ens.dtype, device=ens.device)
-            log_w = log_w - 0.5 * (((y.unsqueeze(-2) - ens @ H.T) / std) ** 2).sum(-1)
+            log_w = log_w - 0.5 * (((y.unsqueeze(-2) - observe_members(ens, H, obs_fn)) / std) ** 2).sum(-1)
             log_w = log_w - torch.logsumexp(log_w, -1, keepdim=True)
             ess = 1.0 / torch.exp(2 * log_w).sum(-1)  # [...]
             if bool((ess < resample_threshold * m).any()):

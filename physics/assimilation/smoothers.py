@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .enkf import (Advance, Observations, _obs_std, _spread, checked_schedule, etkf_inputs, etkf_weights, inflate,
-                   inflation_factor, kalman_filter)
+from .enkf import (Advance, ObsFn, Observations, _obs_std, _spread, checked_schedule, etkf_inputs, etkf_weights,
+                   inflate, inflation_factor, kalman_filter, observe_members)
 
 __all__ = ["SmootherResult", "etkf_transform", "rts_smoother", "run_enks", "run_ienks"]
 
@@ -90,14 +90,14 @@ def rts_smoother(
 # EnKS
 
 
-def etkf_transform(ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor) -> Tensor:
+def etkf_transform(ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor, obs_fn: ObsFn = None) -> Tensor:
     """The ETKF analysis as a left transform of the ensemble: ``G [..., M, M]`` with ``E_a = G @ E``.
 
     With ``X = Pi E`` the anomalies (``Pi = I - 1 1^T / M``), ``w`` and ``W = sqrt(M - 1) A^-1/2`` as in
     :func:`~physics.assimilation.enkf.etkf_analysis`: ``G = 1 1^T / M + (1 w^T + W) Pi``.  Applying the same
     ``G`` to the ensemble of an earlier state is the ensemble smoother's update of that state.
     """
-    _, _, Y, innov = etkf_inputs(ens, y, H, obs_std)
+    _, _, Y, innov = etkf_inputs(ens, y, H, obs_std, obs_fn)
     m = ens.shape[-2]
     w, W = etkf_weights(Y, innov)
     pi = torch.eye(m, dtype=ens.dtype, device=ens.device) - 1.0 / m
@@ -118,6 +118,7 @@ def run_enks(
     lag: int | None = None,
     keep_ensemble: bool = False,
     progress: bool = False,
+    obs_fn: ObsFn = None,
 ) -> SmootherResult:
     """Ensemble transform Kalman smoother over states ``0, interval, ..., (T - 1) interval``.
 
@@ -126,7 +127,7 @@ def run_enks(
     applied to the stored ensembles of the earlier states within ``lag`` states (``None``: the whole window).
 
     Args:
-        advance, ens0, observations, H, obs_std, interval, num_states, inflation: as in ``run_filter``.
+        advance, ens0, observations, H, obs_std, interval, num_states, inflation, obs_fn: as in ``run_filter``.
         lag: smooth only states at most ``lag`` states before the analysis time (``None``: all).
         keep_ensemble: also return the smoothed ensembles ``[..., T, M, D]``.
     """
@@ -142,7 +143,7 @@ def run_enks(
             ens = advance(ens, interval)
         if k in obs:
             ens = inflate(ens, infl)
-            G = etkf_transform(ens, obs[k], H, obs_std)
+            G = etkf_transform(ens, obs[k], H, obs_std, obs_fn)
             ens = G @ ens
             first = 0 if lag is None else max(0, k - lag)
             for j in range(first, k):
@@ -180,6 +181,7 @@ def run_ienks(
     tolerance: float = 1e-3,
     keep_ensemble: bool = False,
     progress: bool = False,
+    obs_fn: ObsFn = None,
 ) -> SmootherResult:
     """Iterative ensemble Kalman smoother (Bocquet & Sakov 2014): lag ``L`` observation cycles, shift 1, single
     data assimilation, transform variant.
@@ -201,7 +203,8 @@ def run_ienks(
     smoother (:func:`rts_smoother` without process noise).
 
     Args:
-        advance, ens0, observations, H, obs_std, interval, num_states, inflation: as in ``run_filter``.
+        advance, ens0, observations, H, obs_std, interval, num_states, inflation, obs_fn: as in ``run_filter``
+            (with ``obs_fn`` the Gauss-Newton steps linearise ``g(H M(x))`` through the ensemble).
         lag: ``L >= 0`` observation cycles (0: an iterative ETKF).
         max_iterations, tolerance: Gauss-Newton stopping rule (``|dw|`` in ensemble space, largest over the batch).
     """
@@ -227,7 +230,7 @@ def run_ienks(
         for _ in range(max_iterations):
             ens = xbar + (w.unsqueeze(-2) @ A) + math.sqrt(m - 1) * (T @ A)
             end = _propagate(advance, ens, tau - start, interval)
-            hy = end @ H.T  # [..., M, P]
+            hy = observe_members(end, H, obs_fn)  # [..., M, P]
             hbar = hy.mean(-2)
             Y = torch.linalg.solve(T, (hy - hbar.unsqueeze(-2)) / math.sqrt(m - 1)) / std  # [..., M, P]
             grad = w - (Y @ ((y - hbar) / std).unsqueeze(-1)).squeeze(-1)

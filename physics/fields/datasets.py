@@ -26,7 +26,7 @@ import json
 import os
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +104,26 @@ def state_shape(spec: DatasetSpec) -> tuple[int, ...]:
     return (get_lorenz(spec.system).dim,)
 
 
-def simulator(spec: DatasetSpec):
+def simulator(spec: DatasetSpec, **params: float):
     """The simulator of a dataset: a :class:`~physics.fields.lorenz.LorenzSystem` or a
-    :class:`~physics.fields.navier_stokes.KolmogorovFlow`; both have ``advance``, ``trajectory``, ``random_*``."""
+    :class:`~physics.fields.navier_stokes.KolmogorovFlow`; both have ``advance``, ``trajectory``, ``random_*``.
+
+    ``params`` replace parameters of a Lorenz system's right-hand side (``forcing=7.0``: a wrong model, for
+    model-error studies); an unknown name is a ``ValueError``."""
     if spec.system == "kolmogorov":
+        if params:
+            raise ValueError(f"the Kolmogorov simulator takes no model parameters, got {sorted(params)}")
         from .navier_stokes import KolmogorovFlow
 
         return KolmogorovFlow(n=spec.resolution)
-    return get_lorenz(spec.system)
+    system = get_lorenz(spec.system)
+    if not params:
+        return system
+    known = dict(system.params)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"{spec.system} has no parameter {unknown[0]!r}; it has {sorted(known)}")
+    return replace(system, params=tuple({**known, **{k: float(v) for k, v in params.items()}}.items()))
 
 
 def _generate(spec: DatasetSpec, split: str, progress: bool) -> np.ndarray:

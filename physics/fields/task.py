@@ -81,11 +81,13 @@ class ObservationConfig:
     fraction: float = 1.0  #: mask: fraction observed
     noise_std: float = 1.0
     seed: int = 0  #: mask pattern and observation noise
+    transform: str = "identity"  #: identity | arctan: elementwise map after the linear observation (nonlinear obs)
 
     def build(self, shape: tuple[int, ...]) -> ObservationOperator:
         try:
             return ObservationOperator(shape, kind=self.kind, every=self.every, offset=self.offset, stride=self.stride,
-                                       factor=self.factor, fraction=self.fraction, seed=self.seed)
+                                       factor=self.factor, fraction=self.fraction, seed=self.seed,
+                                       transform=self.transform)
         except ValueError as e:
             raise ConfigError(f"observation: {e}") from e
 
@@ -101,6 +103,7 @@ class AssimilationEval:
     dps_steps: int = 0  #: dps: ancestral steps (0: sampler.steps)
     cg_iterations: int = 3  #: mmps: conjugate-gradient iterations of the covariance-aware likelihood
     dynamics_std: float = 0.0  #: sda / mmps: weak-constraint std of the one-step model residual (physical units; 0: off)
+    dynamics_forcing: float = 0.0  #: Lorenz-96 forcing F of that model term (0: the data's; another: model error)
     inflation: float = 1.0  #: enkf / etkf: multiplicative inflation of the forecast anomalies
     localization: float = 0.0  #: enkf / etkf on lorenz96: Gaspari-Cohn radius in grid points (0: none)
     batch_size: int = 0  #: posterior samples drawn at once (0: all)
@@ -144,6 +147,10 @@ class TrajectoryConfig(ExperimentConfig):
             (ev.cg_iterations >= 1, "eval.cg_iterations", "must be >= 1"),
             (ev.dynamics_std >= 0 and (ev.dynamics_std == 0 or lorenz), "eval.dynamics_std",
              "must be >= 0; the weak-constraint dynamics term is for the Lorenz systems"),
+            (ev.dynamics_forcing >= 0 and (ev.dynamics_forcing == 0 or self.data.system == "lorenz96"),
+             "eval.dynamics_forcing", "must be >= 0, and set only for lorenz96"),
+            (ob.transform == "identity" or not {"enkf"} & set(ev.methods), "eval.methods",
+             "the stochastic EnKF takes linear observations only; use etkf with observation.transform"),
         ])
         self.observation.build(state_shape(get_dataset(self.data.system, self.data.size)))
 
@@ -241,6 +248,11 @@ class TrajectoryTask(Task):
             z = (sampler or self.cfg.sampler).run(self.denoiser(model), x, generator=generator, progress=progress)
         return self.denormalize(z)
 
+    def dynamics_model(self):
+        """The simulator of the weak-constraint model term (``eval.dynamics_forcing``: a wrong Lorenz-96 forcing)."""
+        f = self.cfg.eval.dynamics_forcing
+        return simulator(self.spec, forcing=f) if f > 0 else simulator(self.spec)
+
     def observation_model(self, y: Tensor, length: int | None = None) -> GaussianObservation:
         """The Gaussian likelihood of observations ``y [B, P]`` as a function of *normalised* trajectories.
 
@@ -260,7 +272,7 @@ class TrajectoryTask(Task):
             return GaussianObservation(y / s, observe, std)
         if length is None:
             raise ValueError("the weak-constraint dynamics term needs the trajectory length")
-        sim, dt = simulator(self.spec), self.spec.interval
+        sim, dt = self.dynamics_model(), self.spec.interval
 
         def observe_with_dynamics(z: Tensor) -> Tensor:
             x = self.denormalize(z.clamp(-6.0, 6.0))
@@ -329,7 +341,7 @@ class TrajectoryTask(Task):
         res = run_filter(sim.advance, train[pick].double(), obs, self.operator.matrix(torch.float64),
                          self.cfg.observation.noise_std, interval=self.spec.interval, num_states=length,
                          method=method, inflation=ev.inflation, localization=loc, generator=generator,
-                         keep_ensemble=True, progress=progress)
+                         keep_ensemble=True, progress=progress, obs_fn=self.operator.obs_fn)
         return res.ensemble.transpose(1, 2).float()  # [B, T, M, D] -> [B, M, T, D]
 
     def evaluate(self, model, *, generator, progress=True) -> EvalResult:

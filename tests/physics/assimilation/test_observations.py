@@ -85,3 +85,12 @@ def test_wrong_shapes_raise():
         op(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="noise_std"):
         observe(torch.zeros(1, 6, 8, 8), op, 0.0, torch.Generator())
+
+
+def test_arctan_transform_after_the_linear_map():
+    op = ObservationOperator((6,), kind="subsample", stride=2, every=2, transform="arctan")
+    x = _traj((6,), length=5) * 10
+    assert torch.equal(op(x), torch.atan(x[:, ::2, ::2]).flatten(1))
+    assert op.obs_fn is torch.atan and ObservationOperator((6,)).obs_fn is None
+    with pytest.raises(ValueError, match="unknown observation transform"):
+        ObservationOperator((6,), transform="square")
