@@ -77,3 +77,19 @@ def test_normalization_per_variable_or_scalar():
     assert mean.shape == (3,) and torch.allclose(std, torch.tensor([1.0, 2.0, 3.0]), rtol=0.05)
     mean, std = normalization("lorenz96", x)
     assert mean.shape == (1,)
+
+
+def test_simulator_with_a_wrong_model_parameter():
+    """``simulator(spec, forcing=7.0)``: Lorenz-96 with another forcing (model-error studies); the default is the
+    registered system itself, and a parameter the system does not have is named."""
+    from physics.fields.datasets import simulator
+    from physics.fields.lorenz import lorenz96
+
+    spec = get_dataset("lorenz96")
+    x = torch.randn(2, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(simulator(spec, forcing=7.0).rhs(x), lorenz96(x, forcing=7.0))
+    assert simulator(spec) is simulator(spec) and dict(simulator(spec).params)["forcing"] == 8.0
+    with pytest.raises(ValueError, match="no parameter 'rho'"):
+        simulator(spec, rho=30.0)
+    with pytest.raises(ValueError, match="no model parameters"):
+        simulator(get_dataset("kolmogorov"), forcing=1.0)

@@ -42,6 +42,14 @@ def test_assimilate_api_shapes_and_every_method(checkpoint):
                                progress=False)
         assert post.shape == (2, 2, 20, 3) and torch.isfinite(post).all()
     task.cfg.eval.dynamics_std = 0.0
+    # nonlinear observations: SDA differentiates through arctan, the ETKF linearises it through its ensemble
+    arctan = moldiff.load_model(checkpoint, overrides=["sampler.steps=6", "observation.transform=arctan",
+                                                       "observation.noise_std=0.1", "eval.methods=[sda,etkf]"])[0]
+    ya = arctan.observe(truth.double(), torch.Generator().manual_seed(0)).float()
+    assert ya.abs().max() < torch.pi / 2 + 1
+    post = arctan.assimilate(model, ya, n=2, length=20, generator=torch.Generator().manual_seed(1), progress=False)
+    ens = arctan.run_filter(ya.double(), 20, "etkf", torch.Generator().manual_seed(2))
+    assert torch.isfinite(post).all() and torch.isfinite(ens).all()
     ens = task.run_filter(y.double(), 20, "etkf", torch.Generator().manual_seed(2))
     assert ens.shape == (2, task.cfg.eval.ensemble, 20, 3)
     with pytest.raises(ValueError, match="shape"):
@@ -113,6 +121,9 @@ def test_assimilate_cli_and_bad_inputs(checkpoint, tmp_path, capsys):
     ("eval.methods=[sda,kalman]", "eval.methods"),
     ("eval.length=3", "eval.length"),
     ("data.size=big", "data.size"),
+    ("observation.transform=square", "observation"),
+    ("observation.transform=arctan", "eval.methods"),  # the smoke config's methods include the linear EnKF
+    ("eval.dynamics_forcing=7", "eval.dynamics_forcing"),  # Lorenz-63 has no forcing
 ])
 def test_config_errors_name_the_key(override, key):
     extra = ["observation.factor=2"] if override == "observation.kind=coarsen" else []
@@ -133,3 +144,22 @@ def test_other_tasks_do_not_assimilate(tmp_path):
     ckpt = moldiff.train(cfg, progress=False).checkpoint
     with pytest.raises(ConfigError, match="does not assimilate"):
         moldiff.api.assimilate(ckpt, torch.zeros(1, 2), n=1, length=4)
+
+
+def test_the_weak_constraint_term_can_be_given_a_wrong_model():
+    """``eval.dynamics_forcing``: the model term integrates Lorenz-96 with that forcing (model error), so a true
+    (F = 8) trajectory leaves one-step residuals of about ``(8 - 7) * dt`` per variable, the true model none."""
+    from moldiff.tasks import get_task
+
+    def residual(*extra):
+        cfg = load_config("configs/smoke/trajectory_lorenz96.yaml", ["tracking.enabled=false", "eval.dynamics_std=0.1",
+                                                                     *extra])
+        task = get_task("trajectory")(cfg)
+        truth = task.trajectories("test")[:1, :6].double()
+        y = task.observe(truth, torch.Generator().manual_seed(0))
+        obs = task.observation_model(y, 6)
+        p = y.shape[1]
+        return (obs.residual(task.normalize(truth))[:, p:] * 0.1).abs().mean()  # back to physical units
+
+    assert residual() < 1e-4
+    assert 0.02 < residual("eval.dynamics_forcing=7") < 0.08  # ~ 1 x 0.05 MTU between states
