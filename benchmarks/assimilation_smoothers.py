@@ -308,11 +308,40 @@ def collect() -> None:
                 INTRO, ""]
     hard = ["# Where the classical methods break: hard settings, every method tuned on validation, scored on test",
             "", INTRO, ""]
+    hard += _summary({k: v for k, v in merged.items() if k[1] != "standard"})
     for (system, setting), rec in sorted(merged.items()):
         (standard if setting == "standard" else hard).extend(_table(system, setting, rec))
     TABLE.write_text("\n".join(standard))
     HARD_TABLE.write_text("\n".join(hard))
     print(f"wrote {TABLE} and {HARD_TABLE}")
+
+
+def _summary(merged: dict[tuple[str, str], dict]) -> list[str]:
+    """One line per method, one column per (system, setting): the test RMSE after spin-up; the best in bold."""
+    keys = sorted(merged)
+    methods = ["climatology", "etkf", "enks", "ienks", "pf", "sda"]
+    cells: dict[str, dict] = {m: {} for m in methods}
+    for key in keys:
+        for r in merged[key]["records"]:
+            if r["method"] in cells and "label" not in r:
+                t = r["test"]
+                cells[r["method"]][key] = t.get("rmse_after_spinup") if "error" not in t else "diverged"
+    lines = ["## Summary: RMSE after spin-up (test windows, mean ± standard error; best of each column in bold)", "",
+             "| method | " + " | ".join(f"{s} {k}" for s, k in keys) + " |", "|---|" + "---|" * len(keys)]
+    for m in methods:
+        row = []
+        for key in keys:
+            v = cells[m].get(key)
+            vals = [c[key][0] for mm, c in cells.items() if mm != "climatology" and isinstance(c.get(key), list)]
+            if v is None:
+                row.append("")
+            elif isinstance(v, str):
+                row.append(v)
+            else:
+                txt = _fmt(v)
+                row.append(f"**{txt}**" if m != "climatology" and vals and v[0] == min(vals) else txt)
+        lines.append(f"| {NAMES[m]} | " + " | ".join(row) + " |")
+    return [*lines, ""]
 
 
 def _table(system: str, setting: str, rec: dict) -> list[str]:
