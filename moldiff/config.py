@@ -24,6 +24,8 @@ import yaml
 __all__ = [
     "ConfigError",
     "ProcessConfig",
+    "PrecondConfig",
+    "LossConfig",
     "SamplerConfig",
     "CouplingConfig",
     "TrainConfig",
@@ -88,8 +90,14 @@ class ProcessConfig:
 class SamplerConfig:
     """A sampler and its settings (see :mod:`moldiff.diffusion.samplers`)."""
 
-    name: str = "ode_heun"  #: ancestral | ddim | euler_maruyama | pc | ode_euler | ode_heun | ode_rk45
+    name: str = "ode_heun"  #: ancestral | ddim | euler_maruyama | pc | ode_euler | ode_heun | ode_rk45 | heun_churn
     steps: int = 500  #: grid steps (ignored by ode_rk45, which picks its own)
+    spacing: str = "uniform"  #: time grid: uniform (in t) | karras (EDM's rho-spaced noise levels)
+    rho: float = 7.0  #: karras spacing exponent
+    s_churn: float = 0.0  #: heun_churn: total churn (0: EDM's deterministic Heun)
+    s_tmin: float = 0.0  #: heun_churn: churn only at noise levels sigma/alpha in [s_tmin, s_tmax]
+    s_tmax: float = 1e9  #: heun_churn
+    s_noise: float = 1.0  #: heun_churn: scale of the churn noise
     snr: float = 0.16  #: pc: Langevin signal-to-noise ratio
     corrector_steps: int = 1  #: pc
     predictor: str = "euler_maruyama"  #: pc: euler_maruyama | ancestral | ddim | none
@@ -106,7 +114,7 @@ class SamplerConfig:
         steps = self.steps
         if proc.num_levels:  # a discrete schedule cannot take more steps than it has levels
             steps = min(steps, proc.num_levels - round(proc.t_min * proc.num_levels))
-        ts = time_grid(proc, steps, device=x.device, dtype=x.dtype)
+        ts = time_grid(proc, steps, spacing=self.spacing, rho=self.rho, device=x.device, dtype=x.dtype)
         fn = get_sampler(self.name)
         return fn(model, x, ts, generator=generator, callback=callback, progress=progress, **self.kwargs())
 
@@ -117,6 +125,9 @@ class SamplerConfig:
                     "denoise": self.denoise}
         if self.name == "ode_rk45":
             return {"rtol": self.rtol, "atol": self.atol, "denoise": self.denoise}
+        if self.name == "heun_churn":
+            return {"s_churn": self.s_churn, "s_tmin": self.s_tmin, "s_tmax": self.s_tmax, "s_noise": self.s_noise,
+                    "denoise": self.denoise}
         return {"denoise": self.denoise}
 
 
@@ -138,6 +149,53 @@ class CouplingConfig:
                            iterations=self.iterations)
         except ValueError as e:
             raise ConfigError(f"coupling: {e}") from e
+
+
+@dataclass
+class PrecondConfig:
+    """EDM's preconditioning of the denoiser (see :mod:`moldiff.diffusion.preconditioning`); ``edm`` needs the
+    model to predict ``x0``."""
+
+    kind: str = "none"  #: none | edm
+    sigma_data: float = 1.0  #: edm: the data's standard deviation
+
+    def build(self):
+        from .diffusion.preconditioning import EDMPreconditioning
+
+        if self.kind == "none":
+            return None
+        if self.kind != "edm":
+            raise ConfigError(f"precond.kind: unknown preconditioning {self.kind!r}; choose none or edm")
+        try:
+            return EDMPreconditioning(self.sigma_data)
+        except ValueError as e:
+            raise ConfigError(f"precond.sigma_data: {e}") from e
+
+
+@dataclass
+class LossConfig:
+    """How denoising training draws noise levels and weights them (see :func:`moldiff.diffusion.denoising_loss`)."""
+
+    time_distribution: str = "uniform"  #: uniform (in t) | lognormal (EDM: ln(sigma/alpha) ~ N(p_mean, p_std^2))
+    p_mean: float = -1.2  #: lognormal
+    p_std: float = 1.2  #: lognormal
+    weighting: str = "kind"  #: kind (plain MSE of the predicted kind) | edm (1 / c_out^2; needs precond.kind edm)
+    cond_dropout: float = 0.0  #: conditional models: probability of training a sample unconditionally (for CFG)
+
+    def check(self) -> None:
+        from .diffusion.losses import TIME_DISTRIBUTIONS, WEIGHTINGS
+
+        raise_failed([
+            (self.time_distribution in TIME_DISTRIBUTIONS, "loss.time_distribution", f"choose one of {TIME_DISTRIBUTIONS}"),
+            (self.weighting in WEIGHTINGS, "loss.weighting", f"choose one of {WEIGHTINGS}"),
+            (self.p_std > 0, "loss.p_std", "must be > 0"),
+            (0 <= self.cond_dropout <= 1, "loss.cond_dropout", "must be in [0, 1]"),
+        ])
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~moldiff.diffusion.denoising_loss`."""
+        return {"distribution": self.time_distribution, "p_mean": self.p_mean, "p_std": self.p_std,
+                "weighting": self.weighting}
 
 
 @dataclass
@@ -178,6 +236,8 @@ class ExperimentConfig:
     seed: int = 0
     runs_root: str = "runs"
     process: ProcessConfig = field(default_factory=ProcessConfig)
+    precond: PrecondConfig = field(default_factory=PrecondConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -441,7 +501,24 @@ def validate(cfg: ExperimentConfig) -> None:
     pred = getattr(getattr(cfg, "model", None), "prediction", None)
     if pred is not None:
         checks.append((pred in ("eps", "x0", "score", "velocity"), "model.prediction", "must be eps, x0, score or velocity"))
+    flow = cfg.process.kind == "flow"
+    checks += [
+        (cfg.sampler.spacing in ("uniform", "karras"), "sampler.spacing", "must be uniform or karras"),
+        (cfg.sampler.rho > 0, "sampler.rho", "must be > 0"),
+        (cfg.sampler.s_churn >= 0 and cfg.sampler.s_noise >= 0, "sampler.s_churn", "needs s_churn >= 0, s_noise >= 0"),
+        (not flow or (cfg.sampler.spacing == "uniform" and cfg.sampler.name != "heun_churn"), "sampler.name",
+         "heun_churn and the karras spacing need noise levels: a diffusion process, not a flow path"),
+        (cfg.precond.kind in ("none", "edm"), "precond.kind", "must be none or edm"),
+        (cfg.precond.kind == "none" or not flow, "precond.kind", "EDM's preconditioning is for diffusion processes"),
+        (cfg.precond.kind == "none" or pred == "x0", "model.prediction" if pred else "precond.kind",
+         "a preconditioned (precond.kind: edm) model predicts x0" if pred else
+         "this task's model has no model.prediction to set to x0: EDM's preconditioning is not available for it"),
+        (cfg.loss.weighting != "edm" or cfg.precond.kind == "edm", "loss.weighting", "edm weighting needs precond.kind: edm"),
+        (cfg.loss.time_distribution == "uniform" or not flow, "loss.time_distribution",
+         "the log-normal noise levels are for diffusion processes"),
+    ]
     raise_failed(checks)
+    cfg.loss.check()
     task_checks = getattr(cfg, "check", None)  # a task config's own value checks
     if callable(task_checks):
         task_checks()

@@ -40,6 +40,7 @@ __all__ = [
     "FlowPath",
     "ddpm_alphas_cumprod",
     "time_grid",
+    "SPACINGS",
     "build_process",
 ]
 
@@ -84,6 +85,25 @@ class Process:
     def log_snr(self, t: Tensor) -> Tensor:
         alpha, sigma = self.marginal(t)
         return 2 * (torch.log(alpha) - torch.log(sigma))
+
+    def noise_level(self, t: Tensor) -> Tensor:
+        """EDM's noise level ``sigma(t) / alpha(t)``: ``x_t / alpha = x_0 + (sigma / alpha) eps`` (Karras et al.
+        2022 write every process this way); increasing in ``t``."""
+        alpha, sigma = self.marginal(t)
+        return sigma / alpha
+
+    def time_at(self, level: Tensor) -> Tensor:
+        """The time ``t in [t_min, 1]`` whose :meth:`noise_level` is ``level`` (any shape; clamped to the
+        process's range), by bisection in float64 -- exact to about 1e-12 in ``t`` for every process here."""
+        level = torch.as_tensor(level)
+        target = level.to(torch.float64)
+        lo = torch.full_like(target, float(self.t_min))
+        hi = torch.ones_like(target)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            below = self.noise_level(mid) < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (0.5 * (lo + hi)).to(level.dtype if level.is_floating_point() else torch.float32)
 
     def drift(self, x: Tensor, t: Tensor, space: Space | None = None) -> Tensor:
         """``f(t) x`` with per-sample ``t [B]``."""
@@ -390,15 +410,37 @@ class FlowPath(Process):
 
 
 # --------------------------------------------------------------------------------------------------
-def time_grid(process: Process, steps: int, *, t_min: float | None = None, device=None, dtype=torch.float32) -> Tensor:
+SPACINGS = ("uniform", "karras")
+
+
+def time_grid(process: Process, steps: int, *, t_min: float | None = None, spacing: str = "uniform", rho: float = 7.0,
+              device=None, dtype=torch.float32) -> Tensor:
     """Decreasing sampling times ``[steps + 1]`` from 1 to ``t_min``.
 
-    Continuous processes get a uniform grid.  Discrete ones get levels ``round(linspace(T, first, steps+1))/T``,
-    i.e. every level when ``steps == T`` (the exact DDPM chain) and evenly skipped levels otherwise.
+    ``spacing="uniform"``: continuous processes get a uniform grid in ``t``; discrete ones get levels
+    ``round(linspace(T, first, steps+1))/T``, i.e. every level when ``steps == T`` (the exact DDPM chain) and
+    evenly skipped levels otherwise.  ``spacing="karras"``: Karras et al.'s (2022, eq. 5) grid, uniform in
+    ``level^(1/rho)`` between the noise levels (:meth:`Process.noise_level`) at 1 and ``t_min``, which puts
+    most steps at low noise; mapped back to times with :meth:`Process.time_at` (any Gaussian process, discrete
+    schedules through their interpolation).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown time spacing {spacing!r}; choose one of {SPACINGS}")
     lo = process.t_min if t_min is None else t_min
+    if spacing == "karras":
+        if isinstance(process, FlowPath):
+            raise ValueError("the Karras grid is for diffusion processes (its noise level is unbounded at t = 1 "
+                             "for a flow path)")
+        if rho <= 0:
+            raise ValueError(f"rho must be > 0, got {rho}")
+        ends = process.noise_level(torch.tensor([1.0, lo], dtype=torch.float64))
+        hi_r, lo_r = ends[0] ** (1 / rho), ends[1] ** (1 / rho)
+        levels = (hi_r + torch.linspace(0, 1, steps + 1, dtype=torch.float64) * (lo_r - hi_r)) ** rho
+        ts = process.time_at(levels)
+        ts[0], ts[-1] = 1.0, lo  # exact ends
+        return ts.to(dtype=dtype, device=device)
     if process.num_levels:
         T = process.num_levels
         first = round(lo * T)

@@ -229,10 +229,10 @@ class TrajectoryTask(Task):
         return LocalScoreNet(backbone, m.window)
 
     def denoiser(self, model: nn.Module) -> Denoiser:
-        return Denoiser(model, self.process, kind=self.cfg.model.prediction)
+        return Denoiser(model, self.process, kind=self.cfg.model.prediction, precond=self.cfg.precond.build())
 
     def loss(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
-        return denoising_loss(model, batch, self.process, kind=self.cfg.model.prediction, generator=generator)
+        return denoising_loss(self.denoiser(model), batch, generator=generator, **self.cfg.loss.kwargs())
 
     # -- sampling ------------------------------------------------------------------------------------
     def _prior(self, n: int, length: int, device, generator) -> Tensor:

@@ -98,6 +98,7 @@ class Toy2DTask(Task):
         super().__init__(cfg)
         cfg.check()
         self.process = cfg.process.build()
+        self.precond = cfg.precond.build()
         self.is_flow = isinstance(self.process, FlowPath)
         self.coupler = cfg.coupling.build()
         self._train: Tensor | None = None
@@ -138,11 +139,11 @@ class Toy2DTask(Task):
         return MLPDenoiser(2, width=m.width, depth=m.depth, time_dim=m.time_dim)
 
     def denoiser(self, model: nn.Module) -> Denoiser:
-        return Denoiser(model, self.process, kind=self.cfg.model.prediction)
+        return Denoiser(model, self.process, kind=self.cfg.model.prediction, precond=self.precond)
 
     def loss(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
         if not self.is_flow:
-            return denoising_loss(model, batch, self.process, kind=self.cfg.model.prediction, generator=generator)
+            return denoising_loss(self.denoiser(model), batch, generator=generator, **self.cfg.loss.kwargs())
         x0, x1 = self.coupler(batch, self.source_batch(batch, generator), generator)
         return flow_matching_loss(model, x0, x1, self.process, generator=generator)
 
