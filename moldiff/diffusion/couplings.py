@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .spaces import remove_com_dense
+
 __all__ = [
     "CouplingWarning",
     "COUPLING_KINDS",
@@ -374,10 +376,6 @@ def kabsch(x: Tensor, y: Tensor, *, reflections: bool = False) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.swapaxes(Q, -1, -2))).to(x.device, x.dtype)
 
 
-def _centre(x: np.ndarray) -> np.ndarray:
-    return x - x.mean(-2, keepdims=True)
-
-
 def _principal_frames(xc: np.ndarray) -> np.ndarray:
     """Principal axes ``U [B, d, d]`` (columns, ascending variance) of centred clouds ``[B, n, d]``, with
     ``det U = +1``."""
@@ -501,7 +499,7 @@ def align(x: Tensor, y: Tensor, *, reflections: bool = False, starts: str = "pca
 
 def _apply(x0: np.ndarray, x1: np.ndarray, perm: np.ndarray, Q: np.ndarray) -> np.ndarray:
     """``x1c[perm] @ Q + com(x0)`` for matching leading dims: ``x0, x1 [..., n, d]``."""
-    y = np.take_along_axis(_centre(x1), perm[..., None], axis=-2) @ Q
+    y = np.take_along_axis(remove_com_dense(x1), perm[..., None], axis=-2) @ Q
     return y + x0.mean(-2, keepdims=True)
 
 
@@ -570,7 +568,7 @@ def equivariant_cost_matrix(
         raise ValueError(f"particle shapes differ: {X0.shape[1:]} vs {X1.shape[1:]}")
     if not (np.isfinite(X0).all() and np.isfinite(X1).all()):
         raise ValueError("equivariant_cost_matrix needs finite states")
-    cost, perm, Q = _equivariant_solve(_centre(X0), _centre(X1), reflections=reflections, starts=starts,
+    cost, perm, Q = _equivariant_solve(remove_com_dense(X0), remove_com_dense(X1), reflections=reflections, starts=starts,
                                        iterations=iterations)
     if not return_aligned:
         return cost, None
@@ -608,7 +606,7 @@ def align_source_per_graph(data: Tensor, source: Tensor, batch: Tensor, num_grap
             continue
         g = np.nonzero(counts == n)[0]
         idx = starts[g][:, None] + np.arange(n)[None]  # [M, n] node rows
-        Xg, Yg = _centre(X[idx]), _centre(Y[idx])
+        Xg, Yg = remove_com_dense(X[idx]), remove_com_dense(Y[idx])
         _, perm, Q = _alternate(Xg, Yg, np.broadcast_to(np.eye(d), (len(g), d, d)), iterations, reflections)
         out[idx] = np.take_along_axis(Yg, perm[:, :, None], axis=1) @ Q
     return torch.from_numpy(out).to(source.device, source.dtype)
@@ -694,7 +692,7 @@ class Coupler:
             if X0.shape[1:] != X1.shape[1:]:
                 raise ValueError(f"particle shapes differ: {X0.shape[1:]} vs {X1.shape[1:]}")
             if np.isfinite(X0).all() and np.isfinite(X1).all():
-                C, perm, Q = _equivariant_solve(_centre(X0), _centre(X1), reflections=self.reflections,
+                C, perm, Q = _equivariant_solve(remove_com_dense(X0), remove_com_dense(X1), reflections=self.reflections,
                                                 starts=self.starts, iterations=self.iterations)
             else:
                 C = np.full((B, B), np.nan)  # ot_plan falls back to the independent plan, with a warning

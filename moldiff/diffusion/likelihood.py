@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .denoiser import Denoiser
 from .ode import integrate_ode
-from .spaces import EuclideanSpace
+from .spaces import EuclideanSpace, node_slots
 
 __all__ = ["LikelihoodResult", "log_likelihood", "sample_with_log_likelihood", "divergence_exact", "divergence_hutchinson"]
 
@@ -60,8 +60,7 @@ def divergence_exact(v: Tensor, x: Tensor, space=None) -> Tensor:
 
 def _divergence_exact_graphs(v: Tensor, x: Tensor, space) -> Tensor:
     counts = space.counts.to(x.device)
-    ptr = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(x.shape[0], device=x.device) - ptr[space.batch]
+    slot = node_slots(space.batch, counts)
     div = torch.zeros(space.num_graphs, device=v.device, dtype=v.dtype)
     for k in range(int(counts.max())):
         sel = (slot == k).to(v.dtype)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +34,10 @@ from .spaces import EuclideanSpace, Space
 
 __all__ = [
     "Process",
+    "Marginal",
+    "MarginalDerivative",
+    "Perturbed",
+    "PathSample",
     "VPSDE",
     "SubVPSDE",
     "VESDE",
@@ -45,6 +50,34 @@ __all__ = [
 ]
 
 
+class Marginal(NamedTuple):
+    """``x_t = alpha x_0 + sigma eps`` (unpacks as ``alpha, sigma = process.marginal(t)``)."""
+
+    alpha: Tensor
+    sigma: Tensor
+
+
+class MarginalDerivative(NamedTuple):
+    """``(d alpha / dt, d sigma / dt)``."""
+
+    dalpha: Tensor
+    dsigma: Tensor
+
+
+class Perturbed(NamedTuple):
+    """A draw ``x_t`` of ``q(x_t | x_0)`` and the noise ``eps`` that made it."""
+
+    x_t: Tensor
+    eps: Tensor
+
+
+class PathSample(NamedTuple):
+    """A point ``x_t`` on a flow path and the conditional velocity ``u_t`` there."""
+
+    x_t: Tensor
+    u_t: Tensor
+
+
 class Process:
     """Base class: a linear Gaussian diffusion on ``[t_min, 1]`` (see module docstring)."""
 
@@ -53,7 +86,7 @@ class Process:
     num_levels: int = 0
 
     # -- to implement -------------------------------------------------------------------------------
-    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def marginal(self, t: Tensor) -> Marginal:
         """``(alpha(t), sigma(t))`` of ``x_t = alpha x_0 + sigma eps``."""
         raise NotImplementedError
 
@@ -71,11 +104,11 @@ class Process:
         return 1.0
 
     # -- derived --------------------------------------------------------------------------------------
-    def marginal_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def marginal_derivative(self, t: Tensor) -> MarginalDerivative:
         """``(d alpha / dt, d sigma / dt)``, from ``d alpha = f alpha dt`` and ``d sigma^2 = (2 f sigma^2 + g^2) dt``."""
         alpha, sigma = self.marginal(t)
         f = self.f(t)
-        return f * alpha, (2 * f * sigma**2 + self.g2(t)) / (2 * sigma)
+        return MarginalDerivative(f * alpha, (2 * f * sigma**2 + self.g2(t)) / (2 * sigma))
 
     def snr(self, t: Tensor) -> Tensor:
         """Signal-to-noise ratio ``alpha^2 / sigma^2``."""
@@ -105,19 +138,14 @@ class Process:
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
         return (0.5 * (lo + hi)).to(level.dtype if level.is_floating_point() else torch.float32)
 
-    def drift(self, x: Tensor, t: Tensor, space: Space | None = None) -> Tensor:
-        """``f(t) x`` with per-sample ``t [B]``."""
-        space = space or EuclideanSpace()
-        return space.expand(self.f(t), x) * x
-
     def perturb(
         self, x0: Tensor, t: Tensor, space: Space | None = None, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> Perturbed:
         """Draw ``x_t ~ q(x_t | x_0)``; returns ``(x_t, eps)``.  ``t`` is per sample, ``[B]``."""
         space = space or EuclideanSpace()
         eps = space.randn_like(x0, generator)
         alpha, sigma = self.marginal(t)
-        return space.expand(alpha, x0) * x0 + space.expand(sigma, x0) * eps, eps
+        return Perturbed(space.expand(alpha, x0) * x0 + space.expand(sigma, x0) * eps, eps)
 
     def prior_sample(
         self, like: Tensor, space: Space | None = None, generator: torch.Generator | None = None
@@ -133,11 +161,6 @@ class Process:
         s2 = self.prior_std**2
         dof = space.dof(x)
         return -0.5 * space.sum(x**2) / s2 - 0.5 * dof * math.log(2 * math.pi * s2)
-
-    def _t(self, t: Tensor | float, like: Tensor | None = None) -> Tensor:
-        if isinstance(t, Tensor):
-            return t
-        return torch.tensor(float(t), dtype=torch.float64 if like is None else like.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,9 +180,9 @@ class VPSDE(Process):
     def integral_beta(self, t: Tensor) -> Tensor:
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
-    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def marginal(self, t: Tensor) -> Marginal:
         B = self.integral_beta(t)
-        return torch.exp(-0.5 * B), torch.sqrt(-torch.expm1(-B))
+        return Marginal(torch.exp(-0.5 * B), torch.sqrt(-torch.expm1(-B)))
 
     def f(self, t: Tensor) -> Tensor:
         return -0.5 * self.beta(t)
@@ -172,9 +195,9 @@ class VPSDE(Process):
 class SubVPSDE(VPSDE):
     """Sub-VP SDE: VP's mean, variance ``(1 - e^{-B(t)})^2`` and ``g^2 = beta (1 - e^{-2 B(t)})``."""
 
-    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def marginal(self, t: Tensor) -> Marginal:
         B = self.integral_beta(t)
-        return torch.exp(-0.5 * B), -torch.expm1(-B)
+        return Marginal(torch.exp(-0.5 * B), -torch.expm1(-B))
 
     def g2(self, t: Tensor) -> Tensor:
         return self.beta(t) * -torch.expm1(-2 * self.integral_beta(t))
@@ -195,8 +218,8 @@ class VESDE(Process):
     def sigma(self, t: Tensor) -> Tensor:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
 
-    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.ones_like(t), self.sigma(t)
+    def marginal(self, t: Tensor) -> Marginal:
+        return Marginal(torch.ones_like(t), self.sigma(t))
 
     def f(self, t: Tensor) -> Tensor:
         return torch.zeros_like(t)
@@ -307,9 +330,9 @@ class DiscreteVP(Process):
         i0 = u.floor().long().clamp(min=round(self.t_min * T), max=T - 1)
         return (g[i0 + 1] - g[i0]) * T
 
-    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def marginal(self, t: Tensor) -> Marginal:
         gamma = self.gamma(t)
-        return torch.sqrt(torch.sigmoid(-gamma)), torch.sqrt(torch.sigmoid(gamma))
+        return Marginal(torch.sqrt(torch.sigmoid(-gamma)), torch.sqrt(torch.sigmoid(gamma)))
 
     def f(self, t: Tensor) -> Tensor:
         return -0.5 * self.g2(t)
@@ -373,7 +396,7 @@ class FlowPath(Process):
 
     def conditional(
         self, x0: Tensor, x1: Tensor, t: Tensor, space: Space | None = None, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> PathSample:
         """Draw ``x_t`` on the path between paired ``x0`` (data) and ``x1`` (source) and return
         ``(x_t, u_t)``; ``t`` is per sample ``[B]``."""
         space = space or EuclideanSpace()
@@ -382,13 +405,13 @@ class FlowPath(Process):
         s = space.expand(self.noise_std(t), x0).to(x0.dtype)
         ds = space.expand(self.noise_std_derivative(t), x0).to(x0.dtype)
         x_t = (1 - tt) * x0 + tt * x1 + s * eps
-        return x_t, x1 - x0 + ds * eps
+        return PathSample(x_t, x1 - x0 + ds * eps)
 
     # -- the marginal Gaussian process (Gaussian source, independent pairs) -------------------------
-    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        return 1 - t, torch.sqrt((self.prior_std * t) ** 2 + self.noise_std(t) ** 2)
+    def marginal(self, t: Tensor) -> Marginal:
+        return Marginal(1 - t, torch.sqrt((self.prior_std * t) ** 2 + self.noise_std(t) ** 2))
 
-    def marginal_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def marginal_derivative(self, t: Tensor) -> MarginalDerivative:
         """Analytic: ``alpha' = -1``, ``sigma' = (prior_std^2 t + s s') / sigma_t`` (``prior_std`` at ``t = 0``
         when ``sigma = 0``)."""
         if self.noise == "bridge":
@@ -396,7 +419,7 @@ class FlowPath(Process):
         _, sig = self.marginal(t)
         num = self.prior_std**2 * t + self.noise_std(t) * self.noise_std_derivative(t)
         dsig = torch.where(sig > 0, num / sig.clamp(min=1e-30), torch.full_like(t, self.prior_std))
-        return -torch.ones_like(t), dsig
+        return MarginalDerivative(-torch.ones_like(t), dsig)
 
     def f(self, t: Tensor) -> Tensor:
         return -1 / (1 - t).clamp(min=self.eps_t)

@@ -52,6 +52,7 @@ from moldiff.diffusion import (
 )
 from moldiff.diffusion.couplings import COUPLING_KINDS
 from moldiff.diffusion.processes import FlowPath
+from moldiff.training import step_seed
 from moldiff.tasks import EvalResult, Task, register_task
 
 __all__ = ["ParticleConfig", "ParticleData", "ParticleModel", "ParticleEval", "ParticleTask"]
@@ -197,7 +198,7 @@ class ParticleTask(Task):
         g = torch.Generator()
         step = start_step
         while True:
-            g.manual_seed(hash((self.cfg.seed, rank, step)) % (2**62))
+            g.manual_seed(step_seed(self.cfg.seed, rank, step, stream=1))
             idx = torch.randint(0, len(data), (bs,), generator=g)
             yield data[idx.to(device)]
             step += 1

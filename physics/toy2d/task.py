@@ -26,6 +26,7 @@ from moldiff.config import ConfigError, CouplingConfig, ExperimentConfig, Sample
 from moldiff.diffusion import Denoiser, FlowPath, denoising_loss, flow_matching_loss, log_likelihood
 from moldiff.metrics import count_outliers, wasserstein2
 from moldiff.nn import MLPDenoiser
+from moldiff.training import step_seed
 from moldiff.tasks import EvalResult, Task, register_task
 
 from .plots import scatter_grid
@@ -133,7 +134,7 @@ class Toy2DTask(Task):
         g = torch.Generator()
         step = start_step
         while True:
-            g.manual_seed(hash((self.cfg.seed, rank, step)) % (2**62))
+            g.manual_seed(step_seed(self.cfg.seed, rank, step, stream=1))
             idx = torch.randint(0, len(self._train), (self.cfg.train.batch_size,), generator=g)
             yield self._train[idx.to(device)]
             step += 1
