@@ -17,6 +17,7 @@ from .couplings import (
 from .conditioning import ClassifierFreeGuidance, drop_condition, missing_condition
 from .denoiser import PREDICTION_KINDS, Denoiser
 from .guidance import GaussianObservation, MMPSDenoiser, PosteriorDenoiser, sample_dps
+from .inpainting import inpainting_observation, sample_repaint
 from .likelihood import LikelihoodResult, log_likelihood, sample_with_log_likelihood
 from .mixed import MixedPrediction, MixedState, flow_time_grid, sample_mixed_flow
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, denoising_loss, flow_matching_loss, sample_time
