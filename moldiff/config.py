@@ -105,8 +105,9 @@ class SamplerConfig:
     atol: float = 1e-5  #: ode_rk45
     denoise: bool = True  #: replace the last state by the model's x0 prediction
 
-    def run(self, model, x, *, generator=None, callback=None, progress: bool = True):
-        """Run this sampler: ``model`` is a :class:`~moldiff.diffusion.Denoiser`, ``x`` a prior sample."""
+    def run(self, model, x, *, generator=None, callback=None, progress: bool = True, cond=None):
+        """Run this sampler: ``model`` is a :class:`~moldiff.diffusion.Denoiser`, ``x`` a prior sample, ``cond`` an
+        optional condition handed to the model."""
         from .diffusion.processes import time_grid
         from .diffusion.samplers import get_sampler
 
@@ -116,7 +117,8 @@ class SamplerConfig:
             steps = min(steps, proc.num_levels - round(proc.t_min * proc.num_levels))
         ts = time_grid(proc, steps, spacing=self.spacing, rho=self.rho, device=x.device, dtype=x.dtype)
         fn = get_sampler(self.name)
-        return fn(model, x, ts, generator=generator, callback=callback, progress=progress, **self.kwargs())
+        extra = {} if cond is None else {"cond": cond}
+        return fn(model, x, ts, generator=generator, callback=callback, progress=progress, **extra, **self.kwargs())
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the sampler function."""

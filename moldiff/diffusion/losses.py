@@ -102,13 +102,15 @@ def flow_matching_loss(
     space: Space | None = None,
     generator: torch.Generator | None = None,
     t: Tensor | None = None,
+    cond=None,
 ) -> Tensor:
     """Conditional flow matching, per sample ``[B]``: ``|net(x_t, t) - u_t(x_t | x0, x1)|^2`` averaged over the
     sample's degrees of freedom, ``t ~ U[0, 1]``.
 
     ``x0`` are data, ``x1`` their paired source samples (independent pairs: I-CFM; pairs from an OT plan:
     OT-CFM; from an entropic plan with ``path.noise="bridge"``: SB-CFM -- see
-    :mod:`moldiff.diffusion.couplings`).  Both have the same shape and live in ``space``.
+    :mod:`moldiff.diffusion.couplings`).  Both have the same shape and live in ``space``.  ``cond`` (a conditional
+    network) is handed to ``net`` unchanged.
     """
     space = space or EuclideanSpace()
     if x0.shape != x1.shape:
@@ -117,5 +119,5 @@ def flow_matching_loss(
     if t is None:
         t = torch.rand(n, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t, u = path.conditional(x0, x1, t, space, generator)
-    err = net(x_t, t) - u
+    err = (net(x_t, t) if cond is None else net(x_t, t, cond)) - u
     return space.mean(err.float() ** 2)
