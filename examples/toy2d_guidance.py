@@ -30,7 +30,7 @@ args = ap.parse_args()
 
 root = Path(__file__).resolve().parents[1]
 extra = ["train.batch_size=128", "model.width=32", "eval.n_samples=100", "eval.steps=10"] if args.tiny else []
-cfg = moldiff.load_config(root / "configs" / "toy2d_cfg.yaml", [f"train.steps={args.steps}", f"runs_root={args.runs_root}",
+cfg = moldiff.load_config(root / "configs" / "toy2d_vp_cfg.yaml", [f"train.steps={args.steps}", f"runs_root={args.runs_root}",
                                                                "name=example_toy2d_cfg", *extra])
 result = moldiff.train(cfg, overwrite=True, progress=not args.tiny)
 task, model = moldiff.load_model(result.checkpoint)

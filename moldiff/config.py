@@ -67,23 +67,20 @@ class ProcessConfig:
     prior_std: float = 1.0  #: flow: std of the Gaussian source
 
     def build(self):
-        from .diffusion.processes import DiscreteVP, FlowPath, SubVPSDE, VESDE, VPSDE
+        """The process, by :func:`~moldiff.diffusion.processes.build_process` with this kind's fields."""
+        from .diffusion.processes import PROCESS_KINDS, build_process
 
-        extra = {} if self.t_min is None else {"t_min": self.t_min}
-        if self.kind == "vp":
-            return VPSDE(self.beta_min, self.beta_max, **extra)
-        if self.kind == "subvp":
-            return SubVPSDE(self.beta_min, self.beta_max, **extra)
-        if self.kind == "ve":
-            return VESDE(self.sigma_min, self.sigma_max, **extra)
-        if self.kind == "ddpm":
-            return DiscreteVP(self.schedule, self.num_steps, self.precision)
-        if self.kind == "flow":
-            try:
-                return FlowPath(sigma=self.sigma, noise=self.noise, prior_std=self.prior_std)
-            except ValueError as e:
-                raise ConfigError(f"process: {e}") from e
-        raise ConfigError(f"process.kind: unknown process {self.kind!r}; choose vp, subvp, ve, ddpm or flow")
+        fields = {"vp": ("beta_min", "beta_max"), "subvp": ("beta_min", "beta_max"), "ve": ("sigma_min", "sigma_max"),
+                  "ddpm": ("schedule", "num_steps", "precision"), "flow": ("sigma", "noise", "prior_std")}
+        if self.kind not in PROCESS_KINDS:
+            raise ConfigError(f"process.kind: unknown process {self.kind!r}; choose one of {sorted(PROCESS_KINDS)}")
+        kw = {k: getattr(self, k) for k in fields[self.kind]}
+        if self.t_min is not None and self.kind in ("vp", "subvp", "ve"):
+            kw["t_min"] = self.t_min
+        try:
+            return build_process(self.kind, **kw)
+        except ValueError as e:
+            raise ConfigError(f"process: {e}") from e
 
 
 @dataclass
@@ -467,7 +464,9 @@ _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 def validate(cfg: ExperimentConfig) -> None:
     """Value checks that types cannot express."""
-    from .diffusion.samplers import SAMPLERS
+    from .diffusion.denoiser import PREDICTION_KINDS
+    from .diffusion.processes import FLOW_NOISE, PROCESS_KINDS, SPACINGS
+    from .diffusion.samplers import PREDICTORS, SAMPLERS
 
     t = cfg.train
     checks = [
@@ -486,13 +485,12 @@ def validate(cfg: ExperimentConfig) -> None:
         (all(0 <= b < 1 for b in t.betas), "train.betas", "must lie in [0, 1)"),
         (cfg.tracking.timeout > 0, "tracking.timeout", "must be > 0 seconds"),
         (len(t.betas) == 2, "train.betas", "needs two values"),
-        (cfg.process.kind in ("vp", "subvp", "ve", "ddpm", "flow"), "process.kind", "must be vp, subvp, ve, ddpm or flow"),
-        (cfg.process.noise in ("constant", "bridge"), "process.noise", "must be constant or bridge"),
+        (cfg.process.kind in PROCESS_KINDS, "process.kind", f"must be one of {sorted(PROCESS_KINDS)}"),
+        (cfg.process.noise in FLOW_NOISE, "process.noise", f"must be one of {FLOW_NOISE}"),
         (cfg.process.sigma >= 0 and cfg.process.prior_std > 0, "process.sigma", "needs sigma >= 0 and prior_std > 0"),
         (cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {sorted(SAMPLERS)}"),
         (cfg.sampler.steps >= 1, "sampler.steps", "must be >= 1"),
-        (cfg.sampler.predictor in ("euler_maruyama", "ancestral", "ddim", "none"), "sampler.predictor",
-         "must be euler_maruyama, ancestral, ddim or none"),
+        (cfg.sampler.predictor in PREDICTORS, "sampler.predictor", f"must be one of {sorted(PREDICTORS)}"),
         (_DEVICE_RE.fullmatch(t.device) is not None, "train.device", "must be auto, cpu, cuda or cuda:N"),
         (cfg.process.sigma_max > cfg.process.sigma_min > 0, "process.sigma_min", "needs 0 < sigma_min < sigma_max"),
         (cfg.process.beta_max > cfg.process.beta_min > 0, "process.beta_min", "needs 0 < beta_min < beta_max"),
@@ -502,10 +500,10 @@ def validate(cfg: ExperimentConfig) -> None:
         checks.append((name in SAMPLERS, f"eval.samplers[{i}]", f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}"))
     pred = getattr(getattr(cfg, "model", None), "prediction", None)
     if pred is not None:
-        checks.append((pred in ("eps", "x0", "score", "velocity"), "model.prediction", "must be eps, x0, score or velocity"))
+        checks.append((pred in PREDICTION_KINDS, "model.prediction", f"must be one of {PREDICTION_KINDS}"))
     flow = cfg.process.kind == "flow"
     checks += [
-        (cfg.sampler.spacing in ("uniform", "karras"), "sampler.spacing", "must be uniform or karras"),
+        (cfg.sampler.spacing in SPACINGS, "sampler.spacing", f"must be one of {SPACINGS}"),
         (cfg.sampler.rho > 0, "sampler.rho", "must be > 0"),
         (cfg.sampler.s_churn >= 0 and cfg.sampler.s_noise >= 0, "sampler.s_churn", "needs s_churn >= 0, s_noise >= 0"),
         (not flow or (cfg.sampler.spacing == "uniform" and cfg.sampler.name != "heun_churn"), "sampler.name",

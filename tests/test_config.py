@@ -69,7 +69,8 @@ def test_every_shipped_config_loads(path):
     assert cfg.task != "toy2d" or isinstance(cfg, Toy2DConfig)
     assert cfg.name == raw.get("name", path.stem)  # run name: from the file name unless given
     # what the YAML says is what the dataclass holds (values, not just keys)
-    for section in ("process", "train", "sampler", "data", "model", "eval", "tracking", "coupling", "observation"):
+    for section in ("process", "precond", "loss", "train", "sampler", "data", "model", "eval", "tracking", "coupling",
+                    "observation"):
         for key, value in (raw.get(section) or {}).items():
             got = getattr(getattr(cfg, section), key)
             assert got == value, f"{section}.{key}: YAML {value!r}, config {got!r}"

@@ -46,6 +46,8 @@ __all__ = [
     "ddpm_alphas_cumprod",
     "time_grid",
     "SPACINGS",
+    "PROCESS_KINDS",
+    "FLOW_NOISE",
     "build_process",
 ]
 
@@ -474,9 +476,11 @@ def time_grid(process: Process, steps: int, *, t_min: float | None = None, spaci
     return torch.linspace(1.0, lo, steps + 1, dtype=dtype, device=device)
 
 
+PROCESS_KINDS = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "ddpm": DiscreteVP, "flow": FlowPath}
+
+
 def build_process(kind: str, **kwargs) -> Process:
     """Process from a name: ``vp``, ``subvp``, ``ve``, ``ddpm`` or ``flow`` (kwargs: the dataclass fields)."""
-    kinds = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "ddpm": DiscreteVP, "flow": FlowPath}
-    if kind not in kinds:
-        raise ValueError(f"unknown process kind {kind!r}; choose one of {sorted(kinds)}")
-    return kinds[kind](**kwargs)
+    if kind not in PROCESS_KINDS:
+        raise ValueError(f"unknown process kind {kind!r}; choose one of {sorted(PROCESS_KINDS)}")
+    return PROCESS_KINDS[kind](**kwargs)
