@@ -39,6 +39,8 @@ __all__ = [
     "apply_overrides",
     "load_config",
     "read_yaml",
+    "resolve_config",
+    "shipped_configs",
 ]
 
 
@@ -378,10 +380,30 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship inside the package, by name (``toy2d_vp``, ``smoke/toy2d_vp``, ...)."""
+    return {str(p.relative_to(SHIPPED_CONFIGS).with_suffix("")): p for p in sorted(SHIPPED_CONFIGS.rglob("*.yaml"))}
+
+
+def resolve_config(source: str | Path) -> Path:
+    """A config file: ``source`` itself if it is a file, else the shipped config of that name (``qm9_edm``,
+    ``smoke/toy2d_vp``, with or without ``.yaml``), so that ``moldiff train qm9_edm`` works from any folder."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    name = str(source).removesuffix(".yaml").removeprefix("configs/")
+    shipped = shipped_configs()
+    if name in shipped:
+        return shipped[name]
+    raise ConfigError(f"config file not found: {source} (and no shipped config of that name; `moldiff config list` "
+                      "shows them)")
+
+
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    path = resolve_config(path)
     try:
         data = _load_yaml(path.read_text())
     except yaml.YAMLError as e:
@@ -447,7 +469,7 @@ def load_config(
     task_cls = get_task(task_name)
     cfg = from_dict(task_cls.config_class, data)
     if not cfg.name and name_from_file and not isinstance(source, dict):
-        cfg.name = Path(source).stem
+        cfg.name = Path(str(source).removesuffix(".yaml")).name
     validate(cfg)
     return cfg
 
