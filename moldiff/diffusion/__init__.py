@@ -4,16 +4,8 @@ Pure math on states: no I/O, no MLflow, no RDKit.
 """
 
 from .categorical import CATEGORICAL_PRIORS, CategoricalPath
-from .couplings import (
-    COUPLING_KINDS,
-    Coupler,
-    CouplingStats,
-    CouplingWarning,
-    align,
-    align_source_per_graph,
-    equivariant_cost_matrix,
-    ot_plan,
-)
+from .alignment import align, align_source_per_graph, equivariant_cost_matrix, kabsch
+from .couplings import COUPLING_KINDS, Coupler, CouplingStats, CouplingWarning, ot_plan
 from .conditioning import ClassifierFreeGuidance, drop_condition, missing_condition
 from .denoiser import PREDICTION_KINDS, Denoiser
 from .guidance import GaussianObservation, MMPSDenoiser, PosteriorDenoiser, sample_dps

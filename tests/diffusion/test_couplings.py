@@ -8,14 +8,12 @@ import ot
 import pytest
 import torch
 
+from moldiff.diffusion.alignment import _alternate, _principal_frames, _start_rotations, align, equivariant_cost_matrix, kabsch
 from moldiff.diffusion.couplings import (
     COUPLING_KINDS,
     Coupler,
     CouplingWarning,
-    align,
-    equivariant_cost_matrix,
     independent_plan,
-    kabsch,
     ot_plan,
     pair_batches,
     plan_cost,
@@ -23,8 +21,8 @@ from moldiff.diffusion.couplings import (
     sample_plan,
     sqeuclidean_cost,
 )
+from moldiff.diffusion.couplings import _solve_plan
 from moldiff.diffusion.spaces import remove_com_dense
-from moldiff.diffusion.couplings import _alternate, _principal_frames, _solve_plan, _start_rotations
 
 
 def _marginal_errors(P, a, b):
