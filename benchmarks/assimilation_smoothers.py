@@ -63,9 +63,9 @@ GRIDS = {
         "pf": {"members": [1000], "jitter": [0.0, 0.1, 0.2, 0.4]},
     },
     "lorenz96": {
-        "etkf": {"members": [20, 50], "inflation": [1.0, 1.02, 1.05, 1.1], "localization": [0.0, 4.0, 8.0]},
-        "enks": {"members": [50], "inflation": [1.0, 1.02, 1.05, 1.1]},
-        "ienks": {"members": [40], "lag": [1, 2, 4], "inflation": [1.0, 1.02, 1.05]},
+        "etkf": {"members": [20, 50], "inflation": [1.0, 1.02, 1.05, 1.1, 1.2], "localization": [0.0, 4.0, 8.0]},
+        "enks": {"members": [50], "inflation": [1.0, 1.02, 1.05, 1.1, 1.2]},
+        "ienks": {"members": [40], "lag": [1, 2, 4], "inflation": [1.0, 1.02, 1.05, 1.1]},
     },
 }
 #: the hard settings: config overrides of the observations, the classical model's Lorenz parameters, the test length

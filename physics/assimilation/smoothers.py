@@ -179,6 +179,7 @@ def run_ienks(
     inflation: float | Tensor = 1.0,
     max_iterations: int = 10,
     tolerance: float = 1e-3,
+    max_halvings: int = 8,
     keep_ensemble: bool = False,
     progress: bool = False,
     obs_fn: ObsFn = None,
@@ -207,6 +208,9 @@ def run_ienks(
             (with ``obs_fn`` the Gauss-Newton steps linearise ``g(H M(x))`` through the ensemble).
         lag: ``L >= 0`` observation cycles (0: an iterative ETKF).
         max_iterations, tolerance: Gauss-Newton stopping rule (``|dw|`` in ensemble space, largest over the batch).
+        max_halvings: a step whose members leave the model's domain (the integration blows up, a
+            ``FloatingPointError``) is halved and retried from the last good point, at most this many times per
+            cycle (backtracking, which keeps long or strongly nonlinear windows from diverging).
     """
     if lag < 0 or max_iterations < 1:
         raise ValueError(f"need lag >= 0 and max_iterations >= 1, got {lag}, {max_iterations}")
@@ -227,21 +231,37 @@ def run_ienks(
         A = (prior - xbar) / math.sqrt(m - 1)  # [..., M, D]
         w = torch.zeros(prior.shape[:-1], dtype=prior.dtype, device=prior.device)  # [..., M]
         T = eye.expand(*prior.shape[:-2], m, m)
+        w_ok, ens_ok, dw, halvings = None, None, None, 0  # the last point that propagated, for the backtracking
         for _ in range(max_iterations):
             ens = xbar + (w.unsqueeze(-2) @ A) + math.sqrt(m - 1) * (T @ A)
-            end = _propagate(advance, ens, tau - start, interval)
-            hy = observe_members(end, H, obs_fn)  # [..., M, P]
+            try:
+                end = _propagate(advance, ens, tau - start, interval)
+                hy = observe_members(end, H, obs_fn)  # [..., M, P]
+            except FloatingPointError:
+                if w_ok is None or halvings >= max_halvings:
+                    raise
+                dw, halvings = dw / 2, halvings + 1  # the Gauss-Newton step overshot: halve it
+                w = w_ok - dw
+                total_iterations += 1
+                continue
             hbar = hy.mean(-2)
             Y = torch.linalg.solve(T, (hy - hbar.unsqueeze(-2)) / math.sqrt(m - 1)) / std  # [..., M, P]
             grad = w - (Y @ ((y - hbar) / std).unsqueeze(-1)).squeeze(-1)
             evals, Q = torch.linalg.eigh(eye + Y @ Y.transpose(-1, -2))
             dw = (Q @ ((Q.transpose(-1, -2) @ grad.unsqueeze(-1)) / evals.unsqueeze(-1))).squeeze(-1)
+            w_ok, ens_ok = w, ens
             w = w - dw
             T = (Q * evals.rsqrt().unsqueeze(-2)) @ Q.transpose(-1, -2)
             total_iterations += 1
             if float(dw.norm(dim=-1).max()) < tolerance:
                 break
         analysis = xbar + (w.unsqueeze(-2) @ A) + math.sqrt(m - 1) * (T @ A)
+        try:
+            _propagate(advance, analysis, tau - start, interval)
+        except FloatingPointError:  # the last step was never evaluated and overshot: keep the last ensemble that
+            if ens_ok is None:  # propagated
+                raise
+            analysis = ens_ok
         ens = analysis
         for k in range(start, tau + 1):  # the window's smoothed trajectory
             if k > start:
