@@ -47,7 +47,9 @@ for ax, w in zip(axes, (0.0, 1.0, 3.0)):
     x = task.sample(model, n, generator=torch.Generator().manual_seed(0), sampler=sampler, progress=False,
                     cond=cond, guidance=w)
     err = (torch.atan2(x[:, 1], x[:, 0]) - angle + math.pi) % (2 * math.pi) - math.pi
-    print(f"guidance {w:g}: mean |angle error| {float(err.abs().mean()):.3f} rad, spread {float(x.std(0).mean()):.3f}")
+    radius = x.norm(dim=1)
+    print(f"guidance {w:g}: mean |angle error| {float(err.abs().mean()):.3f} rad, radius {float(radius.median()):.2f} "
+          f"(IQR {float(radius.quantile(0.75) - radius.quantile(0.25)):.2f}), {int((radius > 6).sum())} beyond radius 6")
     ax.scatter(x[:, 0], x[:, 1], s=2)
     ax.set_title(f"w = {w:g}")
 out = Path(args.runs_root) / "example_toy2d_guidance.png"
