@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
 
     t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("config", help="YAML config file")
+    t.add_argument("config", help="YAML config file, or the name of a shipped config (moldiff config list)")
     add_set(t)
     t.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="'auto' continues the run's last checkpoint if there is one; or a checkpoint path")
@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     show = csub.add_parser("show", help="print a config with defaults filled in and overrides applied")
     show.add_argument("config")
     add_set(show)
+    csub.add_parser("list", help="list the configs that ship with moldiff (usable by name from any folder)")
     return p
 
 
@@ -124,6 +125,12 @@ def _run(args) -> int:
     from . import api
     from .config import load_config, to_yaml
 
+    if args.command == "config" and args.config_command == "list":
+        from .config import read_yaml, shipped_configs
+
+        for name, path in shipped_configs().items():
+            print(f"{name:28s} task {read_yaml(path).get('task', '?')}")
+        return 0
     if args.command == "config":
         print(to_yaml(load_config(args.config, args.overrides)), end="")
         return 0

@@ -24,6 +24,8 @@ import yaml
 __all__ = [
     "ConfigError",
     "ProcessConfig",
+    "PrecondConfig",
+    "LossConfig",
     "SamplerConfig",
     "CouplingConfig",
     "TrainConfig",
@@ -37,6 +39,8 @@ __all__ = [
     "apply_overrides",
     "load_config",
     "read_yaml",
+    "resolve_config",
+    "shipped_configs",
 ]
 
 
@@ -65,31 +69,34 @@ class ProcessConfig:
     prior_std: float = 1.0  #: flow: std of the Gaussian source
 
     def build(self):
-        from .diffusion.processes import DiscreteVP, FlowPath, SubVPSDE, VESDE, VPSDE
+        """The process, by :func:`~moldiff.diffusion.processes.build_process` with this kind's fields."""
+        from .diffusion.processes import PROCESS_KINDS, build_process
 
-        extra = {} if self.t_min is None else {"t_min": self.t_min}
-        if self.kind == "vp":
-            return VPSDE(self.beta_min, self.beta_max, **extra)
-        if self.kind == "subvp":
-            return SubVPSDE(self.beta_min, self.beta_max, **extra)
-        if self.kind == "ve":
-            return VESDE(self.sigma_min, self.sigma_max, **extra)
-        if self.kind == "ddpm":
-            return DiscreteVP(self.schedule, self.num_steps, self.precision)
-        if self.kind == "flow":
-            try:
-                return FlowPath(sigma=self.sigma, noise=self.noise, prior_std=self.prior_std)
-            except ValueError as e:
-                raise ConfigError(f"process: {e}") from e
-        raise ConfigError(f"process.kind: unknown process {self.kind!r}; choose vp, subvp, ve, ddpm or flow")
+        fields = {"vp": ("beta_min", "beta_max"), "subvp": ("beta_min", "beta_max"), "ve": ("sigma_min", "sigma_max"),
+                  "ddpm": ("schedule", "num_steps", "precision"), "flow": ("sigma", "noise", "prior_std")}
+        if self.kind not in PROCESS_KINDS:
+            raise ConfigError(f"process.kind: unknown process {self.kind!r}; choose one of {sorted(PROCESS_KINDS)}")
+        kw = {k: getattr(self, k) for k in fields[self.kind]}
+        if self.t_min is not None and self.kind in ("vp", "subvp", "ve"):
+            kw["t_min"] = self.t_min
+        try:
+            return build_process(self.kind, **kw)
+        except ValueError as e:
+            raise ConfigError(f"process: {e}") from e
 
 
 @dataclass
 class SamplerConfig:
     """A sampler and its settings (see :mod:`moldiff.diffusion.samplers`)."""
 
-    name: str = "ode_heun"  #: ancestral | ddim | euler_maruyama | pc | ode_euler | ode_heun | ode_rk45
+    name: str = "ode_heun"  #: ancestral | ddim | euler_maruyama | pc | ode_euler | ode_heun | ode_rk45 | heun_churn
     steps: int = 500  #: grid steps (ignored by ode_rk45, which picks its own)
+    spacing: str = "uniform"  #: time grid: uniform (in t) | karras (EDM's rho-spaced noise levels)
+    rho: float = 7.0  #: karras spacing exponent
+    s_churn: float = 0.0  #: heun_churn: total churn (0: EDM's deterministic Heun)
+    s_tmin: float = 0.0  #: heun_churn: churn only at noise levels sigma/alpha in [s_tmin, s_tmax]
+    s_tmax: float = 1e9  #: heun_churn
+    s_noise: float = 1.0  #: heun_churn: scale of the churn noise
     snr: float = 0.16  #: pc: Langevin signal-to-noise ratio
     corrector_steps: int = 1  #: pc
     predictor: str = "euler_maruyama"  #: pc: euler_maruyama | ancestral | ddim | none
@@ -97,8 +104,9 @@ class SamplerConfig:
     atol: float = 1e-5  #: ode_rk45
     denoise: bool = True  #: replace the last state by the model's x0 prediction
 
-    def run(self, model, x, *, generator=None, callback=None, progress: bool = True):
-        """Run this sampler: ``model`` is a :class:`~moldiff.diffusion.Denoiser`, ``x`` a prior sample."""
+    def run(self, model, x, *, generator=None, callback=None, progress: bool = True, cond=None):
+        """Run this sampler: ``model`` is a :class:`~moldiff.diffusion.Denoiser`, ``x`` a prior sample, ``cond`` an
+        optional condition handed to the model."""
         from .diffusion.processes import time_grid
         from .diffusion.samplers import get_sampler
 
@@ -106,9 +114,10 @@ class SamplerConfig:
         steps = self.steps
         if proc.num_levels:  # a discrete schedule cannot take more steps than it has levels
             steps = min(steps, proc.num_levels - round(proc.t_min * proc.num_levels))
-        ts = time_grid(proc, steps, device=x.device, dtype=x.dtype)
+        ts = time_grid(proc, steps, spacing=self.spacing, rho=self.rho, device=x.device, dtype=x.dtype)
         fn = get_sampler(self.name)
-        return fn(model, x, ts, generator=generator, callback=callback, progress=progress, **self.kwargs())
+        extra = {} if cond is None else {"cond": cond}
+        return fn(model, x, ts, generator=generator, callback=callback, progress=progress, **extra, **self.kwargs())
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the sampler function."""
@@ -117,6 +126,9 @@ class SamplerConfig:
                     "denoise": self.denoise}
         if self.name == "ode_rk45":
             return {"rtol": self.rtol, "atol": self.atol, "denoise": self.denoise}
+        if self.name == "heun_churn":
+            return {"s_churn": self.s_churn, "s_tmin": self.s_tmin, "s_tmax": self.s_tmax, "s_noise": self.s_noise,
+                    "denoise": self.denoise}
         return {"denoise": self.denoise}
 
 
@@ -138,6 +150,53 @@ class CouplingConfig:
                            iterations=self.iterations)
         except ValueError as e:
             raise ConfigError(f"coupling: {e}") from e
+
+
+@dataclass
+class PrecondConfig:
+    """EDM's preconditioning of the denoiser (see :mod:`moldiff.diffusion.preconditioning`); ``edm`` needs the
+    model to predict ``x0``."""
+
+    kind: str = "none"  #: none | edm
+    sigma_data: float = 1.0  #: edm: the data's standard deviation
+
+    def build(self):
+        from .diffusion.preconditioning import EDMPreconditioning
+
+        if self.kind == "none":
+            return None
+        if self.kind != "edm":
+            raise ConfigError(f"precond.kind: unknown preconditioning {self.kind!r}; choose none or edm")
+        try:
+            return EDMPreconditioning(self.sigma_data)
+        except ValueError as e:
+            raise ConfigError(f"precond.sigma_data: {e}") from e
+
+
+@dataclass
+class LossConfig:
+    """How denoising training draws noise levels and weights them (see :func:`moldiff.diffusion.denoising_loss`)."""
+
+    time_distribution: str = "uniform"  #: uniform (in t) | lognormal (EDM: ln(sigma/alpha) ~ N(p_mean, p_std^2))
+    p_mean: float = -1.2  #: lognormal
+    p_std: float = 1.2  #: lognormal
+    weighting: str = "kind"  #: kind (plain MSE of the predicted kind) | edm (1 / c_out^2; needs precond.kind edm)
+    cond_dropout: float = 0.0  #: conditional models: probability of training a sample unconditionally (for CFG)
+
+    def check(self) -> None:
+        from .diffusion.losses import TIME_DISTRIBUTIONS, WEIGHTINGS
+
+        raise_failed([
+            (self.time_distribution in TIME_DISTRIBUTIONS, "loss.time_distribution", f"choose one of {TIME_DISTRIBUTIONS}"),
+            (self.weighting in WEIGHTINGS, "loss.weighting", f"choose one of {WEIGHTINGS}"),
+            (self.p_std > 0, "loss.p_std", "must be > 0"),
+            (0 <= self.cond_dropout <= 1, "loss.cond_dropout", "must be in [0, 1]"),
+        ])
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~moldiff.diffusion.denoising_loss`."""
+        return {"distribution": self.time_distribution, "p_mean": self.p_mean, "p_std": self.p_std,
+                "weighting": self.weighting}
 
 
 @dataclass
@@ -178,6 +237,8 @@ class ExperimentConfig:
     seed: int = 0
     runs_root: str = "runs"
     process: ProcessConfig = field(default_factory=ProcessConfig)
+    precond: PrecondConfig = field(default_factory=PrecondConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -319,10 +380,30 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship inside the package, by name (``toy2d_vp``, ``smoke/toy2d_vp``, ...)."""
+    return {str(p.relative_to(SHIPPED_CONFIGS).with_suffix("")): p for p in sorted(SHIPPED_CONFIGS.rglob("*.yaml"))}
+
+
+def resolve_config(source: str | Path) -> Path:
+    """A config file: ``source`` itself if it is a file, else the shipped config of that name (``qm9_edm``,
+    ``smoke/toy2d_vp``, with or without ``.yaml``), so that ``moldiff train qm9_edm`` works from any folder."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    name = str(source).removesuffix(".yaml").removeprefix("configs/")
+    shipped = shipped_configs()
+    if name in shipped:
+        return shipped[name]
+    raise ConfigError(f"config file not found: {source} (and no shipped config of that name; `moldiff config list` "
+                      "shows them)")
+
+
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    path = resolve_config(path)
     try:
         data = _load_yaml(path.read_text())
     except yaml.YAMLError as e:
@@ -388,7 +469,7 @@ def load_config(
     task_cls = get_task(task_name)
     cfg = from_dict(task_cls.config_class, data)
     if not cfg.name and name_from_file and not isinstance(source, dict):
-        cfg.name = Path(source).stem
+        cfg.name = Path(str(source).removesuffix(".yaml")).name
     validate(cfg)
     return cfg
 
@@ -405,7 +486,9 @@ _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 def validate(cfg: ExperimentConfig) -> None:
     """Value checks that types cannot express."""
-    from .diffusion.samplers import SAMPLERS
+    from .diffusion.denoiser import PREDICTION_KINDS
+    from .diffusion.processes import FLOW_NOISE, PROCESS_KINDS, SPACINGS
+    from .diffusion.samplers import PREDICTORS, SAMPLERS
 
     t = cfg.train
     checks = [
@@ -424,13 +507,12 @@ def validate(cfg: ExperimentConfig) -> None:
         (all(0 <= b < 1 for b in t.betas), "train.betas", "must lie in [0, 1)"),
         (cfg.tracking.timeout > 0, "tracking.timeout", "must be > 0 seconds"),
         (len(t.betas) == 2, "train.betas", "needs two values"),
-        (cfg.process.kind in ("vp", "subvp", "ve", "ddpm", "flow"), "process.kind", "must be vp, subvp, ve, ddpm or flow"),
-        (cfg.process.noise in ("constant", "bridge"), "process.noise", "must be constant or bridge"),
+        (cfg.process.kind in PROCESS_KINDS, "process.kind", f"must be one of {sorted(PROCESS_KINDS)}"),
+        (cfg.process.noise in FLOW_NOISE, "process.noise", f"must be one of {FLOW_NOISE}"),
         (cfg.process.sigma >= 0 and cfg.process.prior_std > 0, "process.sigma", "needs sigma >= 0 and prior_std > 0"),
         (cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {sorted(SAMPLERS)}"),
         (cfg.sampler.steps >= 1, "sampler.steps", "must be >= 1"),
-        (cfg.sampler.predictor in ("euler_maruyama", "ancestral", "ddim", "none"), "sampler.predictor",
-         "must be euler_maruyama, ancestral, ddim or none"),
+        (cfg.sampler.predictor in PREDICTORS, "sampler.predictor", f"must be one of {sorted(PREDICTORS)}"),
         (_DEVICE_RE.fullmatch(t.device) is not None, "train.device", "must be auto, cpu, cuda or cuda:N"),
         (cfg.process.sigma_max > cfg.process.sigma_min > 0, "process.sigma_min", "needs 0 < sigma_min < sigma_max"),
         (cfg.process.beta_max > cfg.process.beta_min > 0, "process.beta_min", "needs 0 < beta_min < beta_max"),
@@ -440,8 +522,25 @@ def validate(cfg: ExperimentConfig) -> None:
         checks.append((name in SAMPLERS, f"eval.samplers[{i}]", f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}"))
     pred = getattr(getattr(cfg, "model", None), "prediction", None)
     if pred is not None:
-        checks.append((pred in ("eps", "x0", "score", "velocity"), "model.prediction", "must be eps, x0, score or velocity"))
+        checks.append((pred in PREDICTION_KINDS, "model.prediction", f"must be one of {PREDICTION_KINDS}"))
+    flow = cfg.process.kind == "flow"
+    checks += [
+        (cfg.sampler.spacing in SPACINGS, "sampler.spacing", f"must be one of {SPACINGS}"),
+        (cfg.sampler.rho > 0, "sampler.rho", "must be > 0"),
+        (cfg.sampler.s_churn >= 0 and cfg.sampler.s_noise >= 0, "sampler.s_churn", "needs s_churn >= 0, s_noise >= 0"),
+        (not flow or (cfg.sampler.spacing == "uniform" and cfg.sampler.name != "heun_churn"), "sampler.name",
+         "heun_churn and the karras spacing need noise levels: a diffusion process, not a flow path"),
+        (cfg.precond.kind in ("none", "edm"), "precond.kind", "must be none or edm"),
+        (cfg.precond.kind == "none" or not flow, "precond.kind", "EDM's preconditioning is for diffusion processes"),
+        (cfg.precond.kind == "none" or pred == "x0", "model.prediction" if pred else "precond.kind",
+         "a preconditioned (precond.kind: edm) model predicts x0" if pred else
+         "this task's model has no model.prediction to set to x0: EDM's preconditioning is not available for it"),
+        (cfg.loss.weighting != "edm" or cfg.precond.kind == "edm", "loss.weighting", "edm weighting needs precond.kind: edm"),
+        (cfg.loss.time_distribution == "uniform" or not flow, "loss.time_distribution",
+         "the log-normal noise levels are for diffusion processes"),
+    ]
     raise_failed(checks)
+    cfg.loss.check()
     task_checks = getattr(cfg, "check", None)  # a task config's own value checks
     if callable(task_checks):
         task_checks()

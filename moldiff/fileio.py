@@ -13,7 +13,12 @@ from typing import IO
 
 import numpy as np
 
-__all__ = ["lock_file", "file_mode", "atomic_path", "write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache", "cached_strings"]
+__all__ = ["cache_dir", "lock_file", "file_mode", "atomic_path", "write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache", "cached_strings"]
+
+
+def cache_dir(name: str) -> Path:
+    """The cache folder of one kind of data: ``$MOLDIFF_CACHE/<name>``, or ``~/.cache/moldiff/<name>``."""
+    return Path(os.environ.get("MOLDIFF_CACHE") or Path.home() / ".cache" / "moldiff") / name
 
 
 def lock_file(path: str | os.PathLike[str], timeout: float = 0.0) -> int | None:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["wasserstein2"]
+__all__ = ["wasserstein2", "count_outliers"]
 
 
 def _np(x: Tensor | np.ndarray) -> np.ndarray:
@@ -28,3 +28,14 @@ def wasserstein2(x: Tensor | np.ndarray, y: Tensor | np.ndarray, *, num_itermax:
     M = ot.dist(a, b, metric="sqeuclidean")
     cost = ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), M, numItermax=num_itermax)
     return float(np.sqrt(max(cost, 0.0)))
+
+
+def count_outliers(samples: Tensor | np.ndarray, reference: Tensor | np.ndarray, distance: float) -> int:
+    """How many of ``samples [n, d]`` lie farther than ``distance`` from every point of ``reference [m, d]`` (a
+    held-out data set): the samples a sampler flung off the data's support, which one W2 can hide."""
+    a = torch.as_tensor(_np(samples), dtype=torch.float64)
+    b = torch.as_tensor(_np(reference), dtype=torch.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need [n, d] samples and [m, d] reference points, got {tuple(a.shape)}, {tuple(b.shape)}")
+    nearest = torch.cat([torch.cdist(chunk, b).min(1).values for chunk in a.split(4096)])
+    return int(((nearest > distance) | ~torch.isfinite(nearest)).sum())

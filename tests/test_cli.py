@@ -434,3 +434,29 @@ def test_upper_case_molecule_files_are_read_like_lower_case(work, capsys):
         assert rc == 0, err
         results.append(json.loads((work / f"{name}.json").read_text()))
     assert results[0] == results[1] and results[0]["validity"] == 1.0
+
+
+def test_shipped_configs_by_name_from_any_folder(tmp_path, capsys, monkeypatch):
+    """``moldiff config list`` names the configs inside the package; ``moldiff train NAME`` finds them from a folder
+    with no ``configs/``; an unknown name is a clear error."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"^toy2d_vp\s+task toy2d$", listed, re.M) and "smoke/qm9_flow" in listed
+    assert main(["train", "smoke/toy2d_vp", "--dry-run"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["task"] == "toy2d" and out["name"] == "toy2d_vp"
+    assert main(["train", "no_such_config", "--dry-run"]) == 2
+    assert "moldiff config list" in capsys.readouterr().err
+
+
+def test_the_wheel_carries_the_configs(tmp_path):
+    """A non-editable install has the configs: they are package data of the wheel."""
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(root), "-w",
+                    str(tmp_path)], check=True, capture_output=True, timeout=300)
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    shipped = {p.name for p in (root / "moldiff" / "configs").glob("*.yaml")}
+    assert shipped and shipped <= {Path(n).name for n in names if n.startswith("moldiff/configs/")}

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from moldiff.config import (
@@ -69,7 +70,8 @@ def test_every_shipped_config_loads(path):
     assert cfg.task != "toy2d" or isinstance(cfg, Toy2DConfig)
     assert cfg.name == raw.get("name", path.stem)  # run name: from the file name unless given
     # what the YAML says is what the dataclass holds (values, not just keys)
-    for section in ("process", "train", "sampler", "data", "model", "eval", "tracking", "coupling", "observation"):
+    for section in ("process", "precond", "loss", "train", "sampler", "data", "model", "eval", "tracking", "coupling",
+                    "observation"):
         for key, value in (raw.get(section) or {}).items():
             got = getattr(getattr(cfg, section), key)
             assert got == value, f"{section}.{key}: YAML {value!r}, config {got!r}"
@@ -402,6 +404,17 @@ def test_task_by_module_path(tmp_path):
     (["process.kind=bogus"], "process.kind"),
     (["sampler.name=bogus"], "sampler.name"),
     (["sampler.steps=0"], "sampler.steps"),
+    (["sampler.spacing=log"], "sampler.spacing"),
+    (["sampler.rho=0"], "sampler.rho"),
+    (["sampler.s_churn=-1"], "sampler.s_churn"),
+    (["precond.kind=karras"], "precond.kind"),
+    (["precond.kind=edm"], "model.prediction"),  # the smoke model predicts eps
+    (["loss.weighting=edm"], "loss.weighting"),  # EDM's weight needs the preconditioning
+    (["loss.time_distribution=beta"], "loss.time_distribution"),
+    (["loss.p_std=0"], "loss.p_std"),
+    (["loss.cond_dropout=0.2"], "loss.cond_dropout"),  # the smoke toy is unconditional
+    (["loss.cond_dropout=1.5", "data.conditional=true"], "loss.cond_dropout"),
+    (["eval.guidance=[-1.0]"], "eval.guidance"),
 ])
 def test_validate_value_checks(overrides, key):
     msg = _error(VP_SMOKE, overrides)
@@ -501,3 +514,20 @@ def test_width_checks_of_every_task_at_dry_run():
     ]:
         if Path(path).is_file():
             assert _error(path, [override]).startswith(f"{key}:"), path
+
+
+def test_edm_recipe_validates_and_builds():
+    """EDM's recipe on the toy: x0 prediction, preconditioning, log-normal noise levels, EDM weighting, Karras grid
+    and Heun with churn -- a consistent config loads; the preconditioning reaches the task's denoiser."""
+    cfg = load_config(VP_SMOKE, ["precond.kind=edm", "precond.sigma_data=2.0", "model.prediction=x0",
+                                 "loss.time_distribution=lognormal", "loss.weighting=edm", "sampler.spacing=karras",
+                                 "sampler.name=heun_churn", "sampler.s_churn=10"])
+    from moldiff.tasks import get_task
+
+    task = get_task("toy2d")(cfg)
+    with torch.random.fork_rng():
+        den = task.denoiser(task.build_model())
+    assert den.precond is not None and den.precond.sigma_data == 2.0 and den.kind == "x0"
+    assert cfg.sampler.kwargs()["s_churn"] == 10.0
+    msg = _error(VP_SMOKE, ["process.kind=flow", "model.prediction=velocity", "sampler.name=heun_churn"])
+    assert msg.startswith("sampler.name:")

@@ -15,6 +15,8 @@ TINY_ARGS = {
     "qm9_flow.py": ["--steps", "10", "--tiny"],
     "particles_flow_matching.py": ["--steps", "30", "--tiny"],
     "assimilation_lorenz.py": ["--steps", "40", "--tiny"],
+    "inpainting_lorenz96.py": ["--tiny"],
+    "toy2d_guidance.py": ["--steps", "100", "--tiny"],
 }
 
 
@@ -49,6 +51,12 @@ def test_example_runs(script, tmp_path):
             assert f"{name} RMSE" in out.stdout, out.stdout
         assert "climatology RMSE" in out.stdout
         assert (tmp_path / "runs" / "example_lorenz63_assimilation.png").is_file()
+    elif script == "toy2d_guidance.py":
+        assert "guidance 3: mean |angle error|" in out.stdout and "angle_error/cfg_0" in out.stdout
+        assert (tmp_path / "runs" / "example_toy2d_guidance.png").is_file()
+    elif script == "inpainting_lorenz96.py":
+        for name in ("RePaint", "guided (SDA)", "linear interpolation", "climatology"):
+            assert name in out.stdout, out.stdout
     else:
         assert "W2 to held-out data" in out.stdout
         assert list((tmp_path / "runs").glob("example_*.png"))

@@ -4,28 +4,24 @@ Pure math on states: no I/O, no MLflow, no RDKit.
 """
 
 from .categorical import CATEGORICAL_PRIORS, CategoricalPath
-from .couplings import (
-    COUPLING_KINDS,
-    Coupler,
-    CouplingStats,
-    CouplingWarning,
-    align,
-    align_source_per_graph,
-    equivariant_cost_matrix,
-    ot_plan,
-)
+from .alignment import align, align_source_per_graph, equivariant_cost_matrix, kabsch
+from .couplings import COUPLING_KINDS, Coupler, CouplingStats, CouplingWarning, ot_plan
+from .conditioning import ClassifierFreeGuidance, drop_condition, missing_condition
 from .denoiser import PREDICTION_KINDS, Denoiser
 from .guidance import GaussianObservation, MMPSDenoiser, PosteriorDenoiser, sample_dps
+from .inpainting import inpainting_observation, sample_repaint
 from .likelihood import LikelihoodResult, log_likelihood, sample_with_log_likelihood
 from .mixed import MixedPrediction, MixedState, flow_time_grid, sample_mixed_flow
-from .losses import denoising_loss, flow_matching_loss, sample_time
+from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, denoising_loss, flow_matching_loss, sample_time
 from .ode import ODESolution, integrate_ode
+from .preconditioning import EDMPreconditioning, PrecondCoefficients
 from .processes import (
     VESDE,
     VPSDE,
     DiscreteVP,
     FlowPath,
     Process,
+    SPACINGS,
     SubVPSDE,
     build_process,
     ddpm_alphas_cumprod,
@@ -39,6 +35,7 @@ from .samplers import (
     sample_ancestral,
     sample_ddim,
     sample_euler_maruyama,
+    sample_heun_churn,
     sample_ode,
     sample_pc,
 )

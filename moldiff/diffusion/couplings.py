@@ -9,7 +9,7 @@ Independent pairs (I-CFM) regress a velocity field whose conditional paths cross
 * equivariant OT (Klein, Kraemer & Noe 2023): for particle states ``[B, n, d]`` the cost of a pair is
   the squared distance after the best relabelling of the target's particles (Hungarian) and the best
   rotation (Kabsch), so that the plan -- and the returned, aligned targets -- do not depend on the
-  arbitrary orientation and labelling of the samples.
+  arbitrary orientation and labelling of the samples (the alignment lives in :mod:`moldiff.diffusion.alignment`).
 
 Conventions: Euclidean states are ``[B, *event]`` (flattened to ``[B, D]`` for the cost); particle
 states are dense ``[B, n, d]`` (the same ``n`` for every sample) and are expected to be zero-CoM -- the
@@ -25,7 +25,6 @@ Sinkhorn, a plan rounded onto the marginals, or the independent plan ``a b^T`` (
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +32,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
+
+from .alignment import START_KINDS, _apply, _as_clouds, _equivariant_solve, equivariant_cost_matrix
+from .spaces import remove_com_dense
 
 __all__ = [
     "CouplingWarning",
@@ -44,16 +46,11 @@ __all__ = [
     "plan_to_permutation",
     "pair_batches",
     "sqeuclidean_cost",
-    "kabsch",
-    "align",
-    "equivariant_cost_matrix",
-    "align_source_per_graph",
     "CouplingStats",
     "Coupler",
 ]
 
 COUPLING_KINDS = ("independent", "ot", "sinkhorn", "eq_ot", "eq_sinkhorn")
-_START_KINDS = ("pca", "pca_permuted", "pca+identity", "identity")
 
 
 class CouplingWarning(RuntimeWarning):
@@ -349,272 +346,6 @@ def sqeuclidean_cost(x0: Tensor, x1: Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Equivariant alignment: permutation (Hungarian) x rotation (Kabsch)
-# ----------------------------------------------------------------------------------------------------
-
-
-def _kabsch_np(H: np.ndarray, reflections: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Orthogonal ``Q [..., d, d]`` maximising ``tr(X^T Y Q)`` for ``H = Y^T X [..., d, d]`` (``Y Q ~ X``),
-    and that maximal trace ``[...]``.  ``det Q = +1`` unless ``reflections``."""
-    U, s, Vt = np.linalg.svd(H)
-    if reflections:
-        return U @ Vt, s.sum(-1)
-    sign = np.where(np.linalg.det(U) * np.linalg.det(Vt) < 0, -1.0, 1.0)
-    U[..., :, -1] *= sign[..., None]
-    return U @ Vt, s[..., :-1].sum(-1) + sign * s[..., -1]
-
-
-def kabsch(x: Tensor, y: Tensor, *, reflections: bool = False) -> Tensor:
-    """Kabsch: the orthogonal ``R [..., d, d]`` minimising ``sum_a |x_a - R y_a|^2`` for matched point sets
-    ``x, y [..., n, d]`` (no centring, no relabelling; batched over leading dims).  Apply it as
-    ``y @ R.transpose(-1, -2)``.  ``det R = +1`` unless ``reflections``."""
-    X = x.detach().to("cpu", torch.float64).numpy()
-    Y = y.detach().to("cpu", torch.float64).numpy()
-    Q, _ = _kabsch_np(np.swapaxes(Y, -1, -2) @ X, reflections)
-    return torch.from_numpy(np.ascontiguousarray(np.swapaxes(Q, -1, -2))).to(x.device, x.dtype)
-
-
-def _centre(x: np.ndarray) -> np.ndarray:
-    return x - x.mean(-2, keepdims=True)
-
-
-def _principal_frames(xc: np.ndarray) -> np.ndarray:
-    """Principal axes ``U [B, d, d]`` (columns, ascending variance) of centred clouds ``[B, n, d]``, with
-    ``det U = +1``."""
-    _, U = np.linalg.eigh(np.swapaxes(xc, -1, -2) @ xc)
-    U = U.copy()
-    U[..., :, -1] *= np.where(np.linalg.det(U) < 0, -1.0, 1.0)[:, None]
-    return U
-
-
-def _start_rotations(d: int, reflections: bool, starts: str) -> np.ndarray:
-    """Initial rotations ``[S, d, d]`` expressed between principal frames: the diagonal sign matrices
-    (``"pca"``: ``2^(d-1)`` with det +1, all ``2^d`` with reflections) or the signed permutation matrices
-    (``"pca_permuted"``: ``d! 2^(d-1)``, resp. ``d! 2^d``).  Both are groups containing every sign flip
-    allowed, which is what makes the set of starts independent of the eigenvectors' arbitrary signs."""
-    perms = list(itertools.permutations(range(d))) if starts == "pca_permuted" else [tuple(range(d))]
-    mats = []
-    for p in perms:
-        for signs in itertools.product((1.0, -1.0), repeat=d):
-            m = np.zeros((d, d))
-            m[np.arange(d), p] = signs
-            if reflections or np.linalg.det(m) > 0:
-                mats.append(m)
-    return np.stack(mats)
-
-
-def _alternate(X: np.ndarray, Y: np.ndarray, Q: np.ndarray, iterations: int, reflections: bool):
-    """Alternate Hungarian (given the rotation) and Kabsch (given the labels) on ``M`` problems
-    ``X, Y [M, n, d]`` (centred) from rotations ``Q [M, d, d]`` (``Y[perm] @ Q ~ X``).
-
-    Each step minimises the cost over one factor with the other fixed, so the cost never increases; a
-    problem stops when the Hungarian step returns the labelling it already had.  Returns
-    ``cost [M], perm [M, n], Q [M, d, d]``.
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    M, n, _ = X.shape
-    sqx, sqy = (X * X).sum(2), (Y * Y).sum(2)
-    base = sqx.sum(1) + sqy.sum(1)
-    cost = base.copy()
-    perm = np.broadcast_to(np.arange(n), (M, n)).copy()
-    Q = Q.copy()
-    active = np.arange(M)
-    for it in range(max(int(iterations), 1)):
-        Xa, Ya = X[active], Y[active]
-        # Hungarian on the squared distances |x_a - y_b Q|^2 (scipy solves these ~2x faster than the
-        # equivalent "maximise x_a . y_b Q" at n = 55)
-        D = sqx[active][:, :, None] + sqy[active][:, None, :] - 2.0 * (Xa @ np.swapaxes(Ya @ Q[active], 1, 2))
-        new = np.empty((len(active), n), dtype=np.intp)
-        for k in range(len(active)):
-            new[k] = linear_sum_assignment(D[k])[1]
-        if it > 0:
-            moved = (new != perm[active]).any(1)
-            active, new, Xa, Ya = active[moved], new[moved], Xa[moved], Ya[moved]
-            if not len(active):
-                break
-        perm[active] = new
-        Yp = np.take_along_axis(Ya, new[:, :, None], axis=1)
-        Q[active], trace = _kabsch_np(np.swapaxes(Yp, 1, 2) @ Xa, reflections)
-        cost[active] = base[active] - 2.0 * trace
-    return np.maximum(cost, 0.0), perm, Q
-
-
-def _equivariant_solve(x0: np.ndarray, x1: np.ndarray, *, reflections=False, starts="pca", iterations=10,
-                       chunk_bytes=2**25):
-    """Best alignment of every pair ``(x0[i], x1[j])`` of centred clouds ``[B0, n, d], [B1, n, d]``:
-    ``cost [B0, B1]``, ``perm [B0, B1, n]``, ``Q [B0, B1, d, d]`` with ``x1[j][perm[i, j]] @ Q[i, j] ~ x0[i]``."""
-    if starts not in _START_KINDS:
-        raise ValueError(f"unknown starts {starts!r}; choose one of {_START_KINDS}")
-    B0, n, d = x0.shape
-    B1 = x1.shape[0]
-    pca = starts != "identity"
-    if pca:
-        U0, U1 = _principal_frames(x0), _principal_frames(x1)
-        G = _start_rotations(d, reflections, "pca" if starts == "pca+identity" else starts)
-    S = (len(G) if pca else 0) + (starts in ("identity", "pca+identity"))
-    P = B0 * B1
-    cost = np.empty(P)
-    perm = np.empty((P, n), dtype=np.intp)
-    Q = np.empty((P, d, d))
-    per_chunk = max(1, chunk_bytes // (8 * S * max(n * n, 4 * n * d)))
-    for lo in range(0, P, per_chunk):
-        idx = np.arange(lo, min(lo + per_chunk, P))
-        I, J = idx // B1, idx % B1
-        Q0 = []
-        if pca:
-            # y -> its principal frame -> a sign flip / axis permutation -> x's principal frame.  The set
-            # of starts turns with either cloud, so the result is invariant to rotating either.
-            Q0.append(U1[J][:, None] @ G[None] @ np.swapaxes(U0[I], 1, 2)[:, None])
-        if starts in ("identity", "pca+identity"):
-            Q0.append(np.broadcast_to(np.eye(d), (len(idx), 1, d, d)))
-        Q0 = np.concatenate(Q0, axis=1).reshape(-1, d, d)
-        X = np.repeat(x0[I], S, axis=0)
-        Y = np.repeat(x1[J], S, axis=0)
-        c, p, q = _alternate(X, Y, Q0, iterations, reflections)
-        best = c.reshape(-1, S).argmin(1)
-        pick = np.arange(len(idx)) * S + best
-        cost[idx], perm[idx], Q[idx] = c[pick], p[pick], q[pick]
-    return cost.reshape(B0, B1), perm.reshape(B0, B1, n), Q.reshape(B0, B1, d, d)
-
-
-def _as_clouds(x: Tensor, name: str) -> np.ndarray:
-    if x.dim() != 3:
-        raise ValueError(f"{name} must be dense particle states [B, n, d], got shape {tuple(x.shape)}")
-    return x.detach().to("cpu", torch.float64).numpy()
-
-
-def align(x: Tensor, y: Tensor, *, reflections: bool = False, starts: str = "pca", iterations: int = 10
-          ) -> tuple[Tensor, float]:
-    """Relabel and rotate the cloud ``y [n, d]`` onto ``x [n, d]``: ``(y_aligned [n, d], cost)``.
-
-    Both clouds are centred first; ``y_aligned = R P (y - com(y)) + com(x)`` and
-    ``cost = |x - y_aligned|^2`` (sum over particles and coordinates).  See :func:`equivariant_cost_matrix`
-    for the search (``starts``, ``iterations``, ``reflections``).
-    """
-    if x.dim() != 2 or x.shape != y.shape:
-        raise ValueError(f"align needs two clouds [n, d] of the same shape, got {tuple(x.shape)}, {tuple(y.shape)}")
-    cost, aligned = equivariant_cost_matrix(x[None], y[None], reflections=reflections, starts=starts,
-                                            iterations=iterations)
-    return aligned[0, 0], float(cost[0, 0])
-
-
-def _apply(x0: np.ndarray, x1: np.ndarray, perm: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    """``x1c[perm] @ Q + com(x0)`` for matching leading dims: ``x0, x1 [..., n, d]``."""
-    y = np.take_along_axis(_centre(x1), perm[..., None], axis=-2) @ Q
-    return y + x0.mean(-2, keepdims=True)
-
-
-def equivariant_cost_matrix(
-    x0: Tensor,
-    x1: Tensor,
-    *,
-    reflections: bool = False,
-    starts: str = "pca",
-    iterations: int = 10,
-    return_aligned: bool = True,
-) -> tuple[np.ndarray, Tensor | None]:
-    """E(d) x S(n)-invariant cost between particle states (Klein, Kraemer & Noe 2023).
-
-    ``cost[i, j] = min over permutations P and rotations R of |x0c[i] - R P x1c[j]|^2`` (``c`` = centred:
-    states are meant to be zero-CoM and translations are removed first), found by alternating the
-    Hungarian algorithm (``scipy.optimize.linear_sum_assignment`` on squared distances, given R) and
-    Kabsch (given P) until the labelling stops changing or ``iterations`` rounds are done; each step
-    cannot increase the cost.  The alternation is a local search: it is run from several initial
-    rotations and the best result is kept.
-
-    Args:
-        x0: ``[B0, n, d]`` sources; x1: ``[B1, n, d]`` targets.
-        reflections: allow improper rotations (O(d) instead of SO(d)).
-        starts: initial rotations.  ``"pca"`` -- map y's principal axes onto x's with every sign choice
-            of the axes (``2^(d-1)`` starts for rotations, ``2^d`` with reflections).  This set of starts
-            turns with either cloud and ignores labels, so the cost is invariant (to rounding) under
-            rotating or relabelling either side, and an exact rotated + permuted copy is recovered with
-            cost 0 (for clouds with distinct principal variances).  ``"pca_permuted"`` -- also every
-            permutation of the axes (``d! 2^(d-1)`` starts: 4 in 2D, 24 in 3D); equally invariant, ~6x
-            slower in 3D and much closer to the global minimum (see below).  ``"pca+identity"`` --
-            ``"pca"`` plus ``R = 1``: never worse than the unaligned cost ``|x0c - x1c|^2``, but no longer
-            exactly invariant (the identity start is not).  ``"identity"`` -- that start only (cheapest).
-        iterations: most Hungarian + Kabsch rounds per start (most pairs stop after 2--4).
-        return_aligned: also return the aligned targets.
-
-    Returns:
-        ``cost`` float64 numpy ``[B0, B1]`` and ``aligned [B0, B1, n, d]`` (dtype/device of ``x1``):
-        ``aligned[i, j] = R P x1c[j] + com(x0[i])`` is ``x1[j]`` aligned onto ``x0[i]``, so that
-        ``cost[i, j] = |x0[i] - aligned[i, j]|^2``.  Non-finite states raise ``ValueError`` (the
-        :class:`Coupler` falls back to independent pairs instead).
-
-    The search is local: on Gaussian clouds (both sides random, where local minima abound) ``"pca"`` misses
-    the global minimum (brute force over all n! labellings, n <= 7) for 15-40% of the pairs, by 4-8% of
-    the cost on average in 3D; ``"pca_permuted"`` for 2-20% of the pairs, by <= 1% on average (and it
-    finds the lowest cost of all variants for n = 13 and 55).  Exact copies are always recovered.
-
-    Cost of one call, ``x0, x1 [B, n, d]`` Gaussian, float64, ``iterations=10``, aligned targets included,
-    measured on a shared 2-core AMD EPYC CPU, one thread (process CPU seconds; wall clock was 1.1-1.5x
-    that under load).  ``B^2`` pairs x starts x ~2-4 Hungarian calls each: scipy's
-    ``linear_sum_assignment`` dominates (~4 us at n = 4, ~12 us at n = 13, ~50-150 us at n = 55)::
-
-        starts           n=4, d=2         n=13, d=3        n=55, d=3
-                         B=64   B=128     B=64   B=128     B=64    B=128
-        "identity"  (1)  0.05   0.21 s    0.15   0.63 s    3.0     11.6 s
-        "pca"    (2, 4)  0.09   0.30 s    0.56   2.2 s     11      41 s
-        "pca_permuted"   0.12   0.54 s    3.6    14 s      70      (~280) s
-                 (4, 24)
-
-    (starts per pair in parentheses: 2D, 3D.)  Capping ``iterations`` trades accuracy for time: at n = 55
-    (``"pca"``) ``iterations=3`` is 1.7x faster for a 2% higher mean cost, ``iterations=1`` (one Hungarian
-    + Kabsch per start) 4x faster for +6%.
-    """
-    X0, X1 = _as_clouds(x0, "x0"), _as_clouds(x1, "x1")
-    if X0.shape[1:] != X1.shape[1:]:
-        raise ValueError(f"particle shapes differ: {X0.shape[1:]} vs {X1.shape[1:]}")
-    if not (np.isfinite(X0).all() and np.isfinite(X1).all()):
-        raise ValueError("equivariant_cost_matrix needs finite states")
-    cost, perm, Q = _equivariant_solve(_centre(X0), _centre(X1), reflections=reflections, starts=starts,
-                                       iterations=iterations)
-    if not return_aligned:
-        return cost, None
-    aligned = _apply(X0[:, None], X1[None], perm, Q)
-    return cost, torch.from_numpy(aligned).to(x1.device, x1.dtype)
-
-
-def align_source_per_graph(data: Tensor, source: Tensor, batch: Tensor, num_graphs: int, *,
-                           iterations: int = 3, reflections: bool = False) -> Tensor:
-    """Equivariant OT within each graph of a concatenated batch: relabel and rotate each graph's source
-    points onto its data points (Hungarian + Kabsch, alternated from the identity, as in
-    :func:`equivariant_cost_matrix` with ``starts="identity"``), pairing every graph with its own source.
-
-    This is the per-molecule coupling of molecular flow matching (SemlaFlow, EquiFM): the source is an
-    isotropic Gaussian whose points are exchangeable, so any relabelling and rotation of a source draw is an
-    equally likely draw, and aligning it shortens the conditional paths.  Categorical source tokens are
-    exchangeable too and need no relabelling.  Graphs of equal size are solved together.
-
-    Args:
-        data, source: ``[N, d]`` positions of ``num_graphs`` graphs (``batch [N]``, sorted), zero-CoM per graph.
-    Returns:
-        the aligned source ``[N, d]`` (same dtype/device, zero-CoM per graph, no gradient).
-    """
-    if data.shape != source.shape or data.dim() != 2:
-        raise ValueError(f"data and source must be [N, d] of one shape, got {tuple(data.shape)}, {tuple(source.shape)}")
-    X = data.detach().to("cpu", torch.float64).numpy()
-    Y = source.detach().to("cpu", torch.float64).numpy()
-    b = batch.detach().cpu().numpy()
-    counts = np.bincount(b, minlength=num_graphs)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    out = Y.copy()
-    d = X.shape[1]
-    for n in np.unique(counts):
-        if n < 2:
-            continue
-        g = np.nonzero(counts == n)[0]
-        idx = starts[g][:, None] + np.arange(n)[None]  # [M, n] node rows
-        Xg, Yg = _centre(X[idx]), _centre(Y[idx])
-        _, perm, Q = _alternate(Xg, Yg, np.broadcast_to(np.eye(d), (len(g), d, d)), iterations, reflections)
-        out[idx] = np.take_along_axis(Yg, perm[:, :, None], axis=1) @ Q
-    return torch.from_numpy(out).to(source.device, source.dtype)
-
-
-# ----------------------------------------------------------------------------------------------------
 # The coupler used by training code
 # ----------------------------------------------------------------------------------------------------
 
@@ -673,8 +404,8 @@ class Coupler:
     def __post_init__(self):
         if self.kind not in COUPLING_KINDS:
             raise ValueError(f"unknown coupling kind {self.kind!r}; choose one of {COUPLING_KINDS}")
-        if self.starts not in _START_KINDS:
-            raise ValueError(f"unknown starts {self.starts!r}; choose one of {_START_KINDS}")
+        if self.starts not in START_KINDS:
+            raise ValueError(f"unknown starts {self.starts!r}; choose one of {START_KINDS}")
 
     def __call__(self, x0: Tensor, x1: Tensor, generator: torch.Generator | np.random.Generator | None = None
                  ) -> tuple[Tensor, Tensor]:
@@ -694,7 +425,7 @@ class Coupler:
             if X0.shape[1:] != X1.shape[1:]:
                 raise ValueError(f"particle shapes differ: {X0.shape[1:]} vs {X1.shape[1:]}")
             if np.isfinite(X0).all() and np.isfinite(X1).all():
-                C, perm, Q = _equivariant_solve(_centre(X0), _centre(X1), reflections=self.reflections,
+                C, perm, Q = _equivariant_solve(remove_com_dense(X0), remove_com_dense(X1), reflections=self.reflections,
                                                 starts=self.starts, iterations=self.iterations)
             else:
                 C = np.full((B, B), np.nan)  # ot_plan falls back to the independent plan, with a warning

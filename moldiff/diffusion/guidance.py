@@ -82,8 +82,8 @@ class GaussianObservation:
         return -0.5 * self.residual(x).square().sum(-1)
 
 
-def _x0_and_eps(model: Denoiser, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    eps = model.eps(x, t)
+def _x0_and_eps(model: Denoiser, x: Tensor, t: Tensor, cond=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    eps = model.eps(x, t, cond)
     alpha, sigma = model.process.marginal(t)
     a, s = model.space.expand(alpha, x).to(x.dtype), model.space.expand(sigma, x).to(x.dtype)
     return (x - s * eps) / a, eps, alpha.to(x.dtype), s
@@ -107,11 +107,11 @@ class PosteriorDenoiser(Denoiser):
         self.observation = observation
         self.gamma = gamma
 
-    def _guided_eps(self, x: Tensor, t: Tensor) -> Tensor:
+    def _guided_eps(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         obs = self.observation
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            x0, eps, alpha, sigma = _x0_and_eps(self.prior, xg, t)
+            x0, eps, alpha, sigma = _x0_and_eps(self.prior, xg, t, cond)
             _, sig = self.process.marginal(t)
             var = torch.as_tensor(obs.noise_std).to(x) ** 2 + self.gamma * ((sig.to(x) / alpha) ** 2)[:, None]
             ax = obs.operator(x0)
@@ -189,11 +189,11 @@ class MMPSDenoiser(Denoiser):
         self.observation = observation
         self.cg_iterations = int(cg_iterations)
 
-    def _guided_eps(self, x: Tensor, t: Tensor) -> Tensor:
+    def _guided_eps(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         obs = self.observation
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            x0, eps, alpha, sigma = _x0_and_eps(self.prior, xg, t)
+            x0, eps, alpha, sigma = _x0_and_eps(self.prior, xg, t, cond)
             y_hat = obs.operator(x0)
             y = obs.y.to(y_hat)
             if y_hat.dim() != 2 or y_hat.shape[-1] != y.shape[-1]:
@@ -231,6 +231,7 @@ def sample_dps(
     callback: Callback | None = None,
     progress: bool = True,
     denoise: bool = True,
+    cond=None,
 ) -> Tensor:
     """Diffusion posterior sampling along ``ts``: an ancestral step, then ``x -= zeta grad_{x_t} ||r(x0_hat)||``."""
     if zeta < 0:
@@ -240,10 +241,10 @@ def sample_dps(
         tb = model.batch_time(t, x)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            x0, eps, _, _ = _x0_and_eps(model, xg, tb)
+            x0, eps, _, _ = _x0_and_eps(model, xg, tb, cond)
             norm = observation.residual(x0).square().sum(-1).clamp(min=1e-30).sqrt()
             (grad,) = torch.autograd.grad(norm.sum(), xg)
         x = ancestral_update(model, x.detach(), eps.detach(), t, s, generator) - zeta * grad
         if callback is not None:
             callback({"i": i, "t": s, "x": x})
-    return _finish(model, x, ts, denoise)
+    return _finish(model, x, ts, denoise, cond)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .denoiser import Denoiser
 from .ode import integrate_ode
-from .spaces import EuclideanSpace
+from .spaces import EuclideanSpace, node_slots
 
 __all__ = ["LikelihoodResult", "log_likelihood", "sample_with_log_likelihood", "divergence_exact", "divergence_hutchinson"]
 
@@ -60,8 +60,7 @@ def divergence_exact(v: Tensor, x: Tensor, space=None) -> Tensor:
 
 def _divergence_exact_graphs(v: Tensor, x: Tensor, space) -> Tensor:
     counts = space.counts.to(x.device)
-    ptr = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(x.shape[0], device=x.device) - ptr[space.batch]
+    slot = node_slots(space.batch, counts)
     div = torch.zeros(space.num_graphs, device=v.device, dtype=v.dtype)
     for k in range(int(counts.max())):
         sel = (slot == k).to(v.dtype)
@@ -88,7 +87,7 @@ def _resolve_divergence(divergence: str, x: Tensor, space) -> str:
 
 
 def _integrate_with_divergence(model: Denoiser, x: Tensor, ts: Tensor, divergence: str, method: str, rtol: float,
-                               atol: float, generator, progress: bool):
+                               atol: float, generator, progress: bool, cond=None):
     """Integrate ``(x, delta)`` with ``dx/dt = v``, ``d delta/dt = div v`` along ``ts``; returns the final
     ``(x, delta [B], nfe)``."""
     space = model.space
@@ -102,7 +101,7 @@ def _integrate_with_divergence(model: Denoiser, x: Tensor, ts: Tensor, divergenc
         xs = y[:numel].reshape(x.shape)
         with torch.enable_grad():
             xs = xs.detach().requires_grad_(True)
-            vel = model.velocity(space.project(xs), model.batch_time(t, xs))
+            vel = model.velocity(space.project(xs), model.batch_time(t, xs), cond)
             if divergence == "exact":
                 div = divergence_exact(vel, xs, space)
             else:
@@ -132,6 +131,7 @@ def log_likelihood(
     t_min: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    cond=None,
 ) -> LikelihoodResult:
     """``log p_{t_min}(x)`` per sample under the model's probability-flow ODE.
 
@@ -142,12 +142,14 @@ def log_likelihood(
             most 16 dimensions).
         method: ``rk45`` (adaptive) or ``euler`` / ``heun`` with ``steps`` uniform steps.
         t_min: lower integration limit (default: the process's ``t_min``).
+        cond: the condition of a conditional model (``log p(x | cond)``), handed to it unchanged.
     """
     proc = model.process
     divergence = _resolve_divergence(divergence, x, model.space)
     lo = proc.t_min if t_min is None else t_min
     ts = _ode_times(lo, 1.0, method, steps, x)
-    z, delta, nfe = _integrate_with_divergence(model, x, ts, divergence, method, rtol, atol, generator, progress)
+    z, delta, nfe = _integrate_with_divergence(model, x, ts, divergence, method, rtol, atol, generator, progress,
+                                               cond)
     prior = proc.prior_logp(z, model.space)
     return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z, nfe=nfe,
                             dof=model.space.dof(x))
@@ -165,6 +167,7 @@ def sample_with_log_likelihood(
     t_min: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    cond=None,
 ) -> LikelihoodResult:
     """Sample by the probability-flow ODE from a prior draw ``z`` (``t = 1``) to ``t_min`` and get the model's
     log-density of each sample in the same pass (FFJORD-style): ``log q(x) = log p_prior(z) - delta`` where
@@ -178,7 +181,8 @@ def sample_with_log_likelihood(
     divergence = _resolve_divergence(divergence, z, model.space)
     lo = proc.t_min if t_min is None else t_min
     ts = _ode_times(1.0, lo, method, steps, z)
-    x, delta, nfe = _integrate_with_divergence(model, z, ts, divergence, method, rtol, atol, generator, progress)
+    x, delta, nfe = _integrate_with_divergence(model, z, ts, divergence, method, rtol, atol, generator, progress,
+                                               cond)
     prior = proc.prior_logp(z, model.space)
     return LikelihoodResult(logp=prior - delta, prior_logp=prior, delta_logp=-delta, z=z, nfe=nfe,
                             dof=model.space.dof(z), x=x)

@@ -7,15 +7,32 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .denoiser import PREDICTION_KINDS
+from .denoiser import Denoiser
 from .processes import FlowPath, Process
 from .spaces import EuclideanSpace, Space
 
-__all__ = ["sample_time", "denoising_loss", "flow_matching_loss"]
+__all__ = ["sample_time", "denoising_loss", "flow_matching_loss", "TIME_DISTRIBUTIONS", "WEIGHTINGS"]
 
 
-def sample_time(process: Process, n: int, *, generator=None, device=None, dtype=torch.float32) -> Tensor:
-    """Training times ``[n]``: uniform on ``[t_min, 1]``, or uniform over the levels of a discrete schedule."""
+TIME_DISTRIBUTIONS = ("uniform", "lognormal")
+WEIGHTINGS = ("kind", "edm")
+
+
+def sample_time(process: Process, n: int, *, distribution: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2,
+                generator=None, device=None, dtype=torch.float32) -> Tensor:
+    """Training times ``[n]``.
+
+    ``uniform``: uniform on ``[t_min, 1]``, or uniform over the levels of a discrete schedule.  ``lognormal``:
+    EDM's noise-level distribution, ``ln(sigma / alpha) ~ N(p_mean, p_std^2)`` (Karras et al. 2022: -1.2, 1.2),
+    mapped to times by :meth:`Process.time_at` (levels beyond the process's range land on its ends).
+    """
+    if distribution not in TIME_DISTRIBUTIONS:
+        raise ValueError(f"unknown time distribution {distribution!r}; choose one of {TIME_DISTRIBUTIONS}")
+    if distribution == "lognormal":
+        if isinstance(process, FlowPath):
+            raise ValueError("the log-normal noise-level distribution is for diffusion processes, not a flow path")
+        z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+        return process.time_at(torch.exp(p_mean + p_std * z)).to(dtype)
     if process.num_levels:
         T = process.num_levels
         first = round(process.t_min * T)
@@ -26,30 +43,40 @@ def sample_time(process: Process, n: int, *, generator=None, device=None, dtype=
 
 
 def denoising_loss(
-    net: Callable[[Tensor, Tensor], Tensor],
+    model: Denoiser,
     x0: Tensor,
-    process: Process,
     *,
-    kind: str = "eps",
-    space: Space | None = None,
     generator: torch.Generator | None = None,
     t: Tensor | None = None,
+    cond=None,
+    distribution: str = "uniform",
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    weighting: str = "kind",
 ) -> Tensor:
-    """Denoising score matching, per sample ``[B]``: mean squared error of ``net(x_t, t)`` against its target.
+    """Denoising score matching through ``model`` (its process, space, prediction kind and preconditioning),
+    per sample ``[B]``.
 
-    ``kind="eps"`` regresses the noise (Ho et al.; EDM's L2 loss), ``x0`` the clean state, ``score`` the
-    conditional score ``-eps / sigma`` scaled by ``sigma`` (Song's ``lambda = sigma^2`` weighting, i.e. the
-    same objective as ``eps``), ``velocity`` the conditional velocity ``alpha' x0 + sigma' eps`` (with a
-    :class:`FlowPath` and independent pairs: I-CFM with a Gaussian source).  The mean runs over the sample's degrees of freedom (``space.dof``).
+    ``weighting="kind"``: the mean squared error of the model's raw prediction against the target of its
+    declared kind -- ``eps`` the noise (Ho et al.), ``x0`` the clean state, ``score`` the conditional score
+    ``-eps / sigma`` scaled by ``sigma`` (Song's ``lambda = sigma^2``, i.e. the ``eps`` objective), ``velocity``
+    ``alpha' x0 + sigma' eps`` (with a :class:`FlowPath` and independent pairs: I-CFM with a Gaussian source).
+    ``weighting="edm"`` (a preconditioned model): EDM's ``lambda(s) |D - x0|^2`` with ``lambda = 1 / c_out^2``,
+    the unit-variance target of the raw network at every noise level.  Times: ``t`` if given, else drawn from
+    ``distribution`` (with ``p_mean``, ``p_std``; :func:`sample_time`).  ``cond`` is handed to the model unchanged.  The mean runs over the
+    sample's degrees of freedom (``space.dof``).
     """
-    if kind not in PREDICTION_KINDS:
-        raise ValueError(f"unknown prediction kind {kind!r}; choose one of {PREDICTION_KINDS}")
-    space = space or EuclideanSpace()
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    if weighting == "edm" and model.precond is None:
+        raise ValueError("weighting='edm' is EDM's weight for a preconditioned denoiser (give the Denoiser precond=)")
+    process, space, kind = model.process, model.space, model.kind
     n = space.num_samples(x0)
     if t is None:
-        t = sample_time(process, n, generator=generator, device=x0.device, dtype=x0.dtype)
+        t = sample_time(process, n, distribution=distribution, p_mean=p_mean, p_std=p_std, generator=generator,
+                        device=x0.device, dtype=x0.dtype)
     x_t, eps = process.perturb(x0, t, space, generator)
-    pred = net(x_t, t)
+    pred = model(x_t, t, cond)
     if kind == "eps":
         err = pred - eps
     elif kind == "x0":
@@ -60,7 +87,10 @@ def denoising_loss(
     else:
         _, sigma = process.marginal(t)
         err = space.expand(sigma, x0) * pred + eps
-    return space.mean(err.float() ** 2)
+    loss = space.mean(err.float() ** 2)
+    if weighting == "edm":
+        loss = loss * model.precond.loss_weight(process.noise_level(t)).to(loss)
+    return loss
 
 
 def flow_matching_loss(
@@ -72,13 +102,15 @@ def flow_matching_loss(
     space: Space | None = None,
     generator: torch.Generator | None = None,
     t: Tensor | None = None,
+    cond=None,
 ) -> Tensor:
     """Conditional flow matching, per sample ``[B]``: ``|net(x_t, t) - u_t(x_t | x0, x1)|^2`` averaged over the
     sample's degrees of freedom, ``t ~ U[0, 1]``.
 
     ``x0`` are data, ``x1`` their paired source samples (independent pairs: I-CFM; pairs from an OT plan:
     OT-CFM; from an entropic plan with ``path.noise="bridge"``: SB-CFM -- see
-    :mod:`moldiff.diffusion.couplings`).  Both have the same shape and live in ``space``.
+    :mod:`moldiff.diffusion.couplings`).  Both have the same shape and live in ``space``.  ``cond`` (a conditional
+    network) is handed to ``net`` unchanged.
     """
     space = space or EuclideanSpace()
     if x0.shape != x1.shape:
@@ -87,5 +119,5 @@ def flow_matching_loss(
     if t is None:
         t = torch.rand(n, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t, u = path.conditional(x0, x1, t, space, generator)
-    err = net(x_t, t) - u
+    err = (net(x_t, t) if cond is None else net(x_t, t, cond)) - u
     return space.mean(err.float() ** 2)

@@ -5,7 +5,8 @@ space), ``x`` a prior sample at ``ts[0]`` (see :meth:`Process.prior_sample`), ``
 grid (see :func:`~moldiff.diffusion.processes.time_grid`).  Each returns the final state.  With
 ``denoise=True`` the state at ``ts[-1]`` is replaced by the model's ``x0`` prediction (Tweedie's
 denoising step).  ``callback`` receives ``{"i", "t", "x"}`` after each step.  Randomness comes only from
-``generator``.
+``generator``.  ``cond`` (optional) is handed to every model evaluation unchanged (a conditional model; see
+:class:`~moldiff.diffusion.denoiser.Denoiser`).
 
 * :func:`sample_ancestral` -- ancestral sampling from the Gaussian posterior ``q(x_s | x_t, x0_hat)``;
   on a DDPM schedule's full grid it is the DDPM chain.
@@ -16,10 +17,15 @@ denoising step).  ``callback`` receives ``{"i", "t", "x"}`` after each step.  Ra
   predictor step (Song et al. 2021); the predictor is Euler-Maruyama, ancestral or DDIM (the latter is
   the sampler of score-based data assimilation, Rozet & Louppe 2023).
 * :func:`sample_ode` -- the probability-flow ODE (Euler, Heun, adaptive RK45).
+* :func:`sample_heun_churn` -- EDM's second-order stochastic sampler (Karras et al. 2022, algorithm 2): Heun
+  steps on the probability-flow ODE in the noise level ``s = sigma / alpha``, each after a "churn" that raises
+  the noise level by ``gamma = min(s_churn / N, sqrt 2 - 1)`` with fresh noise; ``s_churn = 0`` is EDM's
+  deterministic Heun sampler.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -35,6 +41,7 @@ __all__ = [
     "sample_euler_maruyama",
     "sample_pc",
     "sample_ode",
+    "sample_heun_churn",
     "ancestral_update",
     "langevin_correct",
     "SAMPLERS",
@@ -49,8 +56,8 @@ def _steps(ts: Tensor, progress: bool, desc: str):
     return tqdm(range(len(ts) - 1), disable=not progress, desc=desc, leave=False)
 
 
-def _finish(model: Denoiser, x: Tensor, ts: Tensor, denoise: bool) -> Tensor:
-    return model.x0(x, model.batch_time(ts[-1], x)) if denoise else x
+def _finish(model: Denoiser, x: Tensor, ts: Tensor, denoise: bool, cond=None) -> Tensor:
+    return model.x0(x, model.batch_time(ts[-1], x), cond) if denoise else x
 
 
 def ancestral_update(model: Denoiser, x: Tensor, eps: Tensor, t: Tensor, s: Tensor, generator) -> Tensor:
@@ -66,24 +73,24 @@ def ancestral_update(model: Denoiser, x: Tensor, eps: Tensor, t: Tensor, s: Tens
     return mean + std * space.randn_like(x, generator)
 
 
-def _ancestral_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator) -> Tensor:
-    return ancestral_update(model, x, model.eps(x, model.batch_time(t, x)), t, s, generator)
+def _ancestral_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator, cond=None) -> Tensor:
+    return ancestral_update(model, x, model.eps(x, model.batch_time(t, x), cond), t, s, generator)
 
 
-def _ddim_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator=None) -> Tensor:
+def _ddim_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator=None, cond=None) -> Tensor:
     """``x_s = alpha_s x0_hat + sigma_s eps_hat`` (deterministic; ``generator`` unused)."""
-    eps = model.eps(x, model.batch_time(t, x))
+    eps = model.eps(x, model.batch_time(t, x), cond)
     a_t, s_t = model.process.marginal(t)
     a_s, s_s = model.process.marginal(s)
     return (a_s / a_t) * x + (s_s - (a_s / a_t) * s_t) * eps
 
 
-def _em_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator) -> Tensor:
+def _em_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator, cond=None) -> Tensor:
     """Euler-Maruyama on ``dx = [f x - g^2 score] dt + g dw`` from ``t`` to ``s < t``."""
     proc = model.process
     tb = model.batch_time(t, x)
     dt = s - t
-    drift = proc.f(t) * x - proc.g2(t) * model.score(x, tb)
+    drift = proc.f(t) * x - proc.g2(t) * model.score(x, tb, cond)
     return x + drift * dt + torch.sqrt(proc.g2(t) * -dt) * model.space.randn_like(x, generator)
 
 
@@ -96,13 +103,14 @@ def sample_ancestral(
     callback: Callback | None = None,
     progress: bool = True,
     denoise: bool = True,
+    cond=None,
 ) -> Tensor:
     """Ancestral sampling along ``ts`` (see module docstring)."""
     for i in _steps(ts, progress, "ancestral"):
-        x = _ancestral_step(model, x, ts[i], ts[i + 1], generator)
+        x = _ancestral_step(model, x, ts[i], ts[i + 1], generator, cond)
         if callback is not None:
             callback({"i": i, "t": ts[i + 1], "x": x})
-    return _finish(model, x, ts, denoise)
+    return _finish(model, x, ts, denoise, cond)
 
 
 def sample_ddim(
@@ -114,13 +122,14 @@ def sample_ddim(
     callback: Callback | None = None,
     progress: bool = True,
     denoise: bool = True,
+    cond=None,
 ) -> Tensor:
     """Deterministic DDIM along ``ts`` (``generator`` is accepted for a uniform signature)."""
     for i in _steps(ts, progress, "ddim"):
-        x = _ddim_step(model, x, ts[i], ts[i + 1])
+        x = _ddim_step(model, x, ts[i], ts[i + 1], cond=cond)
         if callback is not None:
             callback({"i": i, "t": ts[i + 1], "x": x})
-    return _finish(model, x, ts, denoise)
+    return _finish(model, x, ts, denoise, cond)
 
 
 def sample_euler_maruyama(
@@ -132,17 +141,18 @@ def sample_euler_maruyama(
     callback: Callback | None = None,
     progress: bool = True,
     denoise: bool = True,
+    cond=None,
 ) -> Tensor:
     """Euler-Maruyama on the reverse-time SDE along ``ts``."""
     for i in _steps(ts, progress, "euler-maruyama"):
-        x = _em_step(model, x, ts[i], ts[i + 1], generator)
+        x = _em_step(model, x, ts[i], ts[i + 1], generator, cond)
         if callback is not None:
             callback({"i": i, "t": ts[i + 1], "x": x})
-    return _finish(model, x, ts, denoise)
+    return _finish(model, x, ts, denoise, cond)
 
 
 def langevin_correct(
-    model: Denoiser, x: Tensor, t: Tensor, s: Tensor, *, snr: float, steps: int, generator=None
+    model: Denoiser, x: Tensor, t: Tensor, s: Tensor, *, snr: float, steps: int, generator=None, cond=None
 ) -> Tensor:
     """Langevin corrector at time ``t`` with Song et al.'s step size ``eps = 2 a (snr |z| / |score|)^2``,
     ``a = alpha(t)^2 / alpha(s)^2`` (1 for VE), the norms averaged over the batch as in their code (a
@@ -153,7 +163,7 @@ def langevin_correct(
     a_s, _ = proc.marginal(s)
     a = (a_t / a_s) ** 2
     for _ in range(steps):
-        grad = model.score(x, tb)
+        grad = model.score(x, tb, cond)
         z = space.randn_like(x, generator)
         g_norm = torch.sqrt(space.sum(grad**2)).mean()
         z_norm = torch.sqrt(space.sum(z**2)).mean()
@@ -174,6 +184,7 @@ def sample_pc(
     callback: Callback | None = None,
     progress: bool = True,
     denoise: bool = True,
+    cond=None,
 ) -> Tensor:
     """Predictor-corrector: at each grid time, ``corrector_steps`` Langevin steps, then one predictor step
     (``euler_maruyama``, ``ancestral``, ``ddim`` or ``none`` for corrector-only annealed Langevin)."""
@@ -182,12 +193,12 @@ def sample_pc(
     step = PREDICTORS[predictor]
     for i in _steps(ts, progress, "predictor-corrector"):
         t, s = ts[i], ts[i + 1]
-        x = langevin_correct(model, x, t, s, snr=snr, steps=corrector_steps, generator=generator)
+        x = langevin_correct(model, x, t, s, snr=snr, steps=corrector_steps, generator=generator, cond=cond)
         if step is not None:
-            x = step(model, x, t, s, generator)
+            x = step(model, x, t, s, generator, cond)
         if callback is not None:
             callback({"i": i, "t": s, "x": x})
-    return _finish(model, x, ts, denoise)
+    return _finish(model, x, ts, denoise, cond)
 
 
 def sample_ode(
@@ -202,15 +213,76 @@ def sample_ode(
     callback: Callback | None = None,
     progress: bool = True,
     denoise: bool = True,
+    cond=None,
 ) -> Tensor:
     """Probability-flow ODE ``dx/dt = f x - g^2/2 score`` from ``ts[0]`` to ``ts[-1]`` (deterministic;
     ``generator`` is accepted for a uniform signature).  ``method``: euler | heun | rk45."""
 
     def velocity(y: Tensor, t: Tensor) -> Tensor:
-        return model.velocity(y, model.batch_time(t, y))
+        return model.velocity(y, model.batch_time(t, y), cond)
 
     sol = integrate_ode(velocity, x, ts, method=method, rtol=rtol, atol=atol, callback=callback, progress=progress)
-    return _finish(model, sol.x, ts, denoise)
+    return _finish(model, sol.x, ts, denoise, cond)
+
+
+def sample_heun_churn(
+    model: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = True,
+    denoise: bool = True,
+    cond=None,
+) -> Tensor:
+    """EDM's stochastic sampler (Karras et al. 2022, algorithm 2) along ``ts`` for any Gaussian process.
+
+    In the scaled state ``y = x / alpha(t)`` at noise level ``s = sigma / alpha`` the probability-flow ODE is
+    ``dy / ds = (y - D(y; s)) / s`` with ``D`` the model's ``x0``.  Each step from level ``s_i`` to ``s_{i+1}``:
+    if ``s_tmin <= s_i <= s_tmax``, raise the level to ``s_hat = s_i (1 + gamma)``, ``gamma = min(s_churn / N,
+    sqrt(2) - 1)`` (``N`` steps), adding ``sqrt(s_hat^2 - s_i^2) s_noise`` fresh noise (capped at the process's
+    level at ``t = 1``); then an Euler step to ``s_{i+1}`` and Heun's correction.  Two model evaluations per step
+    (NFE ``2 N``).  ``s_churn = 0``: EDM's deterministic Heun sampler.  Not for a flow path (no noise levels)."""
+    from .processes import FlowPath
+
+    if isinstance(model.process, FlowPath):
+        raise ValueError("sample_heun_churn needs a diffusion process (a flow path has no noise level at t = 1)")
+    if s_churn < 0 or s_noise < 0:
+        raise ValueError(f"need s_churn >= 0 and s_noise >= 0, got {s_churn}, {s_noise}")
+    proc, space = model.process, model.space
+    n = len(ts) - 1
+    gamma_max = min(s_churn / n, math.sqrt(2) - 1) if n > 0 else 0.0
+    top = float(proc.noise_level(torch.tensor(1.0, dtype=torch.float64)))
+
+    def denoised(y: Tensor, t: Tensor) -> Tensor:  # D(y; s(t)) through the model at time t
+        alpha, _ = proc.marginal(t)
+        return model.x0(alpha * y, model.batch_time(t, y), cond)
+
+    for i in _steps(ts, progress, "heun-churn"):
+        t, t_next = ts[i], ts[i + 1]
+        a_t, sig_t = proc.marginal(t)
+        level, level_next = sig_t / a_t, proc.noise_level(t_next)
+        y = x / a_t
+        gamma = gamma_max if s_tmin <= float(level) <= s_tmax else 0.0
+        if gamma > 0:
+            level_hat = torch.clamp(level * (1 + gamma), max=top)
+            t_hat = proc.time_at(level_hat).to(ts.dtype)
+            y = y + torch.sqrt((level_hat**2 - level**2).clamp(min=0)) * s_noise * space.randn_like(y, generator)
+        else:
+            level_hat, t_hat = level, t
+        d = (y - denoised(y, t_hat)) / level_hat
+        y_next = y + (level_next - level_hat) * d
+        d_next = (y_next - denoised(y_next, t_next)) / level_next
+        y_next = y + (level_next - level_hat) * 0.5 * (d + d_next)
+        x = proc.marginal(t_next)[0] * y_next
+        if callback is not None:
+            callback({"i": i, "t": t_next, "x": x})
+    return _finish(model, x, ts, denoise, cond)
 
 
 PREDICTORS = {"euler_maruyama": _em_step, "ancestral": _ancestral_step, "ddim": _ddim_step, "none": None}
@@ -223,11 +295,12 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ode_euler": lambda *a, **k: sample_ode(*a, method="euler", **k),
     "ode_heun": lambda *a, **k: sample_ode(*a, method="heun", **k),
     "ode_rk45": lambda *a, **k: sample_ode(*a, method="rk45", **k),
+    "heun_churn": sample_heun_churn,
 }
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
-    """Sampler by name: ancestral, ddim, euler_maruyama, pc, ode_euler, ode_heun, ode_rk45."""
+    """Sampler by name: ancestral, ddim, euler_maruyama, pc, ode_euler, ode_heun, ode_rk45, heun_churn."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name]

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Space", "EuclideanSpace", "PointCloudSpace", "center_of_mass", "remove_com", "graph_sizes"]
+__all__ = ["Space", "EuclideanSpace", "PointCloudSpace", "center_of_mass", "remove_com", "remove_com_dense", "graph_sizes",
+           "node_slots"]
 
 
 class Space:
@@ -83,6 +84,13 @@ def graph_sizes(batch: Tensor, num_graphs: int) -> Tensor:
     return torch.zeros(num_graphs, dtype=torch.long, device=batch.device).scatter_add_(0, batch, torch.ones_like(batch))
 
 
+def node_slots(batch: Tensor, counts: Tensor) -> Tensor:
+    """Index of each node within its graph ``[N]``: ``arange(N) - ptr[batch]`` with ``ptr`` the exclusive cumulative
+    sum of the node counts ``[G]`` (``batch`` sorted ascending)."""
+    ptr = torch.cumsum(counts, 0) - counts
+    return torch.arange(batch.numel(), device=batch.device) - ptr[batch]
+
+
 def center_of_mass(pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     """Mean position of each graph: ``pos [N, P], batch [N] -> [G, P]``."""
     total = torch.zeros(num_graphs, pos.shape[1], device=pos.device, dtype=pos.dtype)
@@ -94,6 +102,16 @@ def center_of_mass(pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
 def remove_com(pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     """Shift every graph so that its centre of mass is at the origin."""
     return pos - center_of_mass(pos, batch, num_graphs)[batch]
+
+
+def remove_com_dense(x, mask=None):
+    """Zero centre of mass of dense clouds ``x [..., n, d]`` (a torch tensor or a numpy array; equal masses).
+    With ``mask [..., n]`` (padded clouds) only the real nodes count and the padding stays zero."""
+    if mask is None:
+        return x - x.mean(-2, keepdims=True)
+    m = mask[..., None].to(x.dtype)
+    com = (x * m).sum(-2, keepdim=True) / m.sum(-2, keepdim=True).clamp(min=1)
+    return (x - com) * m
 
 
 class PointCloudSpace(Space):
@@ -120,9 +138,6 @@ class PointCloudSpace(Space):
         self.counts = graph_sizes(self.batch, self.num_graphs)
         if validate and bool((self.counts == 0).any()):
             raise ValueError("PointCloudSpace: every graph needs at least one node")
-
-    def to(self, device: torch.device | str) -> "PointCloudSpace":
-        return PointCloudSpace(self.batch.to(device), self.num_graphs, self.pos_dims, self.zero_com, validate=False)
 
     def num_samples(self, x: Tensor) -> int:
         return self.num_graphs

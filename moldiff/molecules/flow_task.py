@@ -5,7 +5,7 @@ unordered atom pair (none / single / double / triple, kekulized; see :mod:`moldi
 
 * Positions follow the linear :class:`~moldiff.diffusion.processes.FlowPath` from the data to a zero-CoM
   Gaussian; every molecule's Gaussian draw is relabelled and rotated onto it first
-  (:func:`~moldiff.diffusion.couplings.align_source_per_graph`: Hungarian + Kabsch, equivariant OT).
+  (:func:`~moldiff.diffusion.alignment.align_source_per_graph`: Hungarian + Kabsch, equivariant OT).
 * Elements, charges and bonds follow :class:`~moldiff.diffusion.categorical.CategoricalPath` s (discrete flow
   matching; ``flow.categorical: mask | uniform``).
 * :class:`~moldiff.nn.molgraph.MolGraphNet` predicts the clean molecule; the loss per molecule is

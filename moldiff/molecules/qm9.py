@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import array_checksum, cached_strings, read_npz_cache, write_npz_cache
+from ..fileio import array_checksum, cache_dir, cached_strings, read_npz_cache, write_npz_cache
 
 __all__ = [
     "QM9",
@@ -71,8 +71,7 @@ class QM9CacheError(RuntimeError):
 
 def default_cache_dir() -> Path:
     """``$MOLDIFF_CACHE/qm9`` or ``~/.cache/moldiff/qm9``."""
-    root = os.environ.get("MOLDIFF_CACHE") or Path.home() / ".cache" / "moldiff"
-    return Path(root) / "qm9"
+    return cache_dir("qm9")
 
 
 def qm9pack_data_dir() -> Path:

@@ -184,7 +184,7 @@ class QM9Task(QM9Source, Task):
 
     def loss(self, model: nn.Module, batch: MoleculeBatch, generator: torch.Generator) -> torch.Tensor:
         den = self.denoiser(model, batch.graph, batch.num_graphs, batch.max_nodes)
-        return denoising_loss(den.fn, batch.x, self.process, kind="eps", space=den.space, generator=generator)
+        return denoising_loss(den, batch.x, generator=generator, **self.cfg.loss.kwargs())
 
     # -- sampling --------------------------------------------------------------------------------------
     def sample(self, model, n, *, generator, sampler: SamplerConfig | None = None, progress: bool = True,

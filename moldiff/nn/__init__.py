@@ -1,8 +1,8 @@
 """Backbones and embeddings: modules only (they never import samplers or processes)."""
 
 from .egnn import EGNN, EGNNDenoiser, from_dense, to_dense
-from .embeddings import SinusoidalEmbedding
+from .embeddings import ConditionEmbedding, SinusoidalEmbedding
 from .mlp import MLPDenoiser
 from .unet import UNet
 
-__all__ = ["SinusoidalEmbedding", "MLPDenoiser", "EGNN", "EGNNDenoiser", "to_dense", "from_dense", "UNet"]
+__all__ = ["SinusoidalEmbedding", "ConditionEmbedding", "MLPDenoiser", "EGNN", "EGNNDenoiser", "to_dense", "from_dense", "UNet"]

@@ -20,13 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..diffusion.spaces import graph_sizes, node_slots, remove_com_dense
+
 __all__ = ["EGNN", "EGNNDenoiser", "to_dense", "from_dense", "pair_linear"]
-
-
-def _node_positions(batch: Tensor, counts: Tensor) -> Tensor:
-    """Position of each node within its graph: ``arange(Ntot) - ptr[batch]``, ``ptr`` = exclusive cumsum."""
-    ptr = torch.cumsum(counts, 0) - counts
-    return torch.arange(batch.numel(), device=batch.device) - ptr[batch]
 
 
 def to_dense(values: Tensor, batch: Tensor, num_graphs: int, max_nodes: int) -> tuple[Tensor, Tensor]:
@@ -36,10 +32,9 @@ def to_dense(values: Tensor, batch: Tensor, num_graphs: int, max_nodes: int) -> 
     No host sync: the node counts are a ``scatter_add`` (``bincount`` would sync on CUDA); graphs with more
     than ``max_nodes`` nodes are an (unchecked) out-of-bounds index.
     """
-    counts = torch.zeros(num_graphs, dtype=torch.long, device=batch.device)
-    counts = counts.scatter_add(0, batch, torch.ones_like(batch))
+    counts = graph_sizes(batch, num_graphs)
     dense = values.new_zeros(num_graphs, max_nodes, values.shape[-1])
-    dense[batch, _node_positions(batch, counts)] = values
+    dense[batch, node_slots(batch, counts)] = values
     mask = torch.arange(max_nodes, device=batch.device) < counts[:, None]
     return dense, mask
 
@@ -52,7 +47,7 @@ def from_dense(dense: Tensor, mask: Tensor, batch: Tensor | None = None) -> Tens
     """
     if batch is None:
         return dense[mask]
-    return dense[batch, _node_positions(batch, mask.sum(1))]
+    return dense[batch, node_slots(batch, mask.sum(1))]
 
 
 def pair_linear(lin: nn.Linear, h: Tensor, e: Tensor) -> Tensor:
@@ -200,8 +195,6 @@ class EGNNDenoiser(nn.Module):
         pos, feat = dense[..., : self.pos_dims], dense[..., self.pos_dims :]
         time = t.to(x.dtype).reshape(-1, 1, 1).expand(num_graphs, max_nodes, 1) * node_mask
         pos_out, h_out = self.egnn(pos, torch.cat([feat, time], dim=-1), mask)
-        vel = (pos_out - pos) * node_mask
-        com = vel.sum(1, keepdim=True) / node_mask.sum(1, keepdim=True).clamp(min=1)
-        vel = (vel - com) * node_mask
+        vel = remove_com_dense((pos_out - pos) * node_mask, mask)
         out = torch.cat([vel, h_out[..., : self.num_features].to(vel.dtype)], dim=-1)
         return from_dense(out, mask, batch)

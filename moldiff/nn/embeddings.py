@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SinusoidalEmbedding"]
+__all__ = ["SinusoidalEmbedding", "ConditionEmbedding"]
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -28,3 +28,34 @@ class SinusoidalEmbedding(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         args = (self.scale * t.float())[:, None] * self.freqs[None]
         return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class ConditionEmbedding(nn.Module):
+    """``cond [B, C] | None -> [B, dim]``: an MLP of a global condition vector, with a learned *null* embedding for
+    the unconditional model -- ``cond=None`` (every sample) or rows of NaN (the samples whose condition was dropped
+    by :func:`moldiff.diffusion.drop_condition`; classifier-free guidance trains both in one network).
+
+    Args:
+        cond_dim: ``C``.
+        dim: output width.
+    """
+
+    def __init__(self, cond_dim: int, dim: int):
+        super().__init__()
+        if cond_dim < 1:
+            raise ValueError(f"cond_dim must be >= 1, got {cond_dim}")
+        self.cond_dim = cond_dim
+        self.mlp = nn.Sequential(nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, cond: Tensor | None, batch_size: int) -> Tensor:
+        if cond is None:
+            return self.null.expand(batch_size, -1)
+        if cond.dim() != 2 or cond.shape != (batch_size, self.cond_dim):
+            raise ValueError(f"expected a condition [B, C] = [{batch_size}, {self.cond_dim}], got {tuple(cond.shape)}")
+        nan = torch.isnan(cond)
+        missing = nan.all(-1, keepdim=True)
+        if bool((nan.any(-1, keepdim=True) & ~missing).any()):
+            raise ValueError("a condition row is partly NaN: a dropped condition is a whole row of NaN")
+        emb = self.mlp(torch.where(missing, torch.zeros_like(cond), cond).to(self.null.dtype))
+        return torch.where(missing, self.null.expand_as(emb), emb)

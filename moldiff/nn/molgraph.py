@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .egnn import _node_positions, from_dense, pair_linear, to_dense
+from ..diffusion.spaces import graph_sizes, node_slots
+from .egnn import from_dense, pair_linear, to_dense
 
 __all__ = ["MolGraphNet", "dense_pairs", "pair_tokens_to_dense"]
 
 
 def dense_pairs(batch: Tensor, pair_index: Tensor, num_graphs: int) -> tuple[Tensor, Tensor, Tensor]:
     """Dense coordinates ``(g, a, b)`` ``[P]`` of the node pairs ``pair_index [2, P]`` (global node numbers)."""
-    counts = torch.zeros(num_graphs, dtype=torch.long, device=batch.device).scatter_add(0, batch, torch.ones_like(batch))
-    local = _node_positions(batch, counts)
+    local = node_slots(batch, graph_sizes(batch, num_graphs))
     i, j = pair_index
     return batch[i], local[i], local[j]
 

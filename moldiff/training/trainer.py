@@ -57,9 +57,10 @@ class TrainResult:
     ema_model: nn.Module | None = field(default=None, repr=False)  #: its EMA copy (used for evaluation)
 
 
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """Seed of the noise generator at one step (a pure function, so resume is exact)."""
-    return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + 12_345) % (2**63 - 1)
+def step_seed(seed: int, rank: int, step: int, stream: int = 0) -> int:
+    """Seed of a generator at one training step (a pure function, so resume is exact): ``stream`` 0 is the
+    trainer's noise, 1 a task's batch draws (independent streams from one run seed)."""
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + stream * 15_485_863 + 12_345) % (2**63 - 1)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moldiff.fileio import read_npz_cache, write_npz_cache
+from moldiff.fileio import cache_dir, read_npz_cache, write_npz_cache
 
 from .lorenz import get_lorenz
 
@@ -141,7 +140,7 @@ def _generate(spec: DatasetSpec, split: str, progress: bool) -> np.ndarray:
 
 def default_cache_dir() -> Path:
     """``$MOLDIFF_CACHE/fields`` or ``~/.cache/moldiff/fields``."""
-    return Path(os.environ.get("MOLDIFF_CACHE") or Path.home() / ".cache" / "moldiff") / "fields"
+    return cache_dir("fields")
 
 
 def cache_path(system: str, split: str, *, cache_dir: str | Path | None = None, spec: DatasetSpec | None = None) -> Path:

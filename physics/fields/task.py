@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from moldiff.config import ConfigError, ExperimentConfig, SamplerConfig, raise_failed
 from moldiff.diffusion import (Denoiser, GaussianObservation, MMPSDenoiser, PosteriorDenoiser, denoising_loss,
                                sample_dps, time_grid)
+from moldiff.training import step_seed
 from moldiff.tasks import EvalResult, Task, register_task
 from physics.assimilation.observations import OBSERVATION_KINDS, ObservationOperator, observe
 
@@ -209,7 +210,7 @@ class TrajectoryTask(Task):
         span = torch.arange(w)
         step = start_step
         while True:
-            g.manual_seed(hash((self.cfg.seed, rank, step)) % (2**62))
+            g.manual_seed(step_seed(self.cfg.seed, rank, step, stream=1))
             traj = torch.randint(0, n, (self.cfg.train.batch_size,), generator=g)
             start = torch.randint(0, length - w + 1, (self.cfg.train.batch_size,), generator=g)
             idx_t = (start[:, None] + span[None]).to(data.device)
@@ -229,10 +230,10 @@ class TrajectoryTask(Task):
         return LocalScoreNet(backbone, m.window)
 
     def denoiser(self, model: nn.Module) -> Denoiser:
-        return Denoiser(model, self.process, kind=self.cfg.model.prediction)
+        return Denoiser(model, self.process, kind=self.cfg.model.prediction, precond=self.cfg.precond.build())
 
     def loss(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
-        return denoising_loss(model, batch, self.process, kind=self.cfg.model.prediction, generator=generator)
+        return denoising_loss(self.denoiser(model), batch, generator=generator, **self.cfg.loss.kwargs())
 
     # -- sampling ------------------------------------------------------------------------------------
     def _prior(self, n: int, length: int, device, generator) -> Tensor:

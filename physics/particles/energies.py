@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from moldiff.diffusion.spaces import remove_com_dense
+
 __all__ = [
     "ParticleSystem",
     "DoubleWell",
@@ -48,7 +50,6 @@ __all__ = [
     "pair_indices",
     "squared_pairwise_distances",
     "pairwise_distances",
-    "remove_mean",
 ]
 
 #: squared distances are clamped at this value (no sqrt(0) NaN gradients for coincident particles)
@@ -100,11 +101,6 @@ def _grad_from_pairs(x: Tensor, f: Tensor) -> Tensor:
     """``dE/dx_i = sum_j f_ij 2 (x_i - x_j)`` for ``E = sum_{i<j} e(r2_ij)``, ``f = de/dr2`` symmetric with zero
     diagonal: ``[B, n, d], [B, n, n] -> [B, n, d]`` (one batched matmul)."""
     return 2.0 * (f.sum(-1, keepdim=True) * x - f @ x)
-
-
-def remove_mean(x: Tensor) -> Tensor:
-    """Shift each configuration to zero centre of mass (equal masses): ``[B, n, d] -> [B, n, d]``."""
-    return x - x.mean(dim=-2, keepdim=True)
 
 
 @dataclass(frozen=True)
@@ -193,7 +189,7 @@ class DoubleWell(ParticleSystem):
 
     def energy_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._check(x)
-        x = remove_mean(x.detach())
+        x = remove_com_dense(x.detach())
         r = _pair_matrix(x).sqrt_()
         s = r - self.d0
         offdiag = ~torch.eye(x.shape[-2], dtype=torch.bool, device=x.device)
@@ -223,7 +219,7 @@ class LennardJones(ParticleSystem):
 
     def oscillator_energy(self, x: Tensor) -> Tensor:
         """The harmonic term ``oscillator_scale / 2 * sum_i |x_i - x_com|^2``: ``[B, n, d] -> [B]``."""
-        return 0.5 * self.oscillator_scale * remove_mean(x).pow(2).sum(dim=(-2, -1))
+        return 0.5 * self.oscillator_scale * remove_com_dense(x).pow(2).sum(dim=(-2, -1))
 
     def energy(self, x: Tensor) -> Tensor:
         e = self.lj_energy(x)
@@ -240,7 +236,7 @@ class LennardJones(ParticleSystem):
         return self._energy_and_grad(x)
 
     def _energy_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = remove_mean(x.detach())
+        x = remove_com_dense(x.detach())
         inv2 = _pair_matrix(x).reciprocal_()  # in-place chain: few passes over [B, n, n]
         inv2.diagonal(dim1=-2, dim2=-1).zero_()
         if self.rm != 1.0:

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from moldiff.diffusion.spaces import remove_com_dense
+
 __all__ = ["MCMCResult", "mala", "energy_and_grad", "integrated_autocorr_time", "autocorrelation"]
 
 EnergyFn = Callable[[Tensor], Tensor]
@@ -68,7 +70,7 @@ def energy_and_grad(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def _project(v: Tensor, zero_com: bool) -> Tensor:
     """Remove the mean over the particle axis (dim -2) if ``zero_com``."""
-    return v - v.mean(dim=-2, keepdim=True) if zero_com else v
+    return remove_com_dense(v) if zero_com else v
 
 
 def _sqnorm(v: Tensor) -> Tensor:

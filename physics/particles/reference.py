@@ -39,9 +39,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moldiff.fileio import read_npz_cache, write_npz_cache
+from moldiff.fileio import cache_dir, read_npz_cache, write_npz_cache
 
-from .energies import ParticleSystem, get_system, pairwise_distances, remove_mean
+from moldiff.diffusion.spaces import remove_com_dense
+
+from .energies import ParticleSystem, get_system, pairwise_distances
 from .mcmc import integrated_autocorr_time, mala
 
 __all__ = [
@@ -74,8 +76,7 @@ class ReferenceCacheError(RuntimeError):
 
 def default_cache_dir() -> Path:
     """``$MOLDIFF_CACHE/particles`` or ``~/.cache/moldiff/particles``."""
-    root = os.environ.get("MOLDIFF_CACHE") or Path.home() / ".cache" / "moldiff"
-    return Path(root) / "particles"
+    return cache_dir("particles")
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,12 @@ def minimize_energy(system: ParticleSystem, x: Tensor, *, steps: int = 300, lr: 
                     max_step: float = 0.1) -> Tensor:
     """Gradient descent ``x <- x - lr grad E`` with each particle's displacement clipped at ``max_step``
     (robust from overlapping particles); ``[B, n, d] -> [B, n, d]`` centred, in ``x``'s dtype."""
-    x = remove_mean(x.detach())
+    x = remove_com_dense(x.detach())
     for _ in range(steps):
         _, g = system.energy_and_grad(x)
         step = -lr * torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
         norm = step.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-        x = remove_mean(x + step * (max_step / norm).clamp(max=1.0))
+        x = remove_com_dense(x + step * (max_step / norm).clamp(max=1.0))
     return x
 
 
@@ -194,7 +195,7 @@ def initial_states(system: ParticleSystem, n_chains: int, recipe: ReferenceRecip
     """Starting configurations ``[n_chains, n, d]`` (float64, zero CoM) as the recipe says."""
     n, d = system.n_particles, system.dim
     if recipe.init == "gaussian":
-        return remove_mean(recipe.init_scale * torch.randn(n_chains, n, d, generator=generator, dtype=torch.float64))
+        return remove_com_dense(recipe.init_scale * torch.randn(n_chains, n, d, generator=generator, dtype=torch.float64))
     direction = torch.randn(n_chains, n, d, generator=generator, dtype=torch.float64)
     direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     radius = recipe.init_scale * n ** (1 / d) * torch.rand(n_chains, n, 1, generator=generator,
@@ -280,7 +281,7 @@ def _build(system: ParticleSystem, recipe: ReferenceRecipe, split: str, progress
                trace_chains=recipe.trace_chains, progress=progress, desc=f"{system.name} {split}",
                energy_and_grad_fn=system.reduced_energy_and_grad)
     samples = res.samples.transpose(0, 1).reshape(C * K, system.n_particles, system.dim)[:N]
-    samples = remove_mean(samples.to(torch.float32)).numpy()
+    samples = remove_com_dense(samples.to(torch.float32)).numpy()
     arrays = {
         "samples": samples,
         "energies": _energies_float64(system, samples),

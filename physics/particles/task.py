@@ -52,6 +52,7 @@ from moldiff.diffusion import (
 )
 from moldiff.diffusion.couplings import COUPLING_KINDS
 from moldiff.diffusion.processes import FlowPath
+from moldiff.training import step_seed
 from moldiff.tasks import EvalResult, Task, register_task
 
 __all__ = ["ParticleConfig", "ParticleData", "ParticleModel", "ParticleEval", "ParticleTask"]
@@ -134,6 +135,8 @@ class ParticleConfig(ExperimentConfig):
              f"flow-matching models are sampled with an ODE sampler ({', '.join(ODE_SAMPLERS)}), not {self.sampler.name!r}"),
             (self.model.hidden >= 1 and self.model.layers >= 1, "model.hidden", "hidden and layers must be >= 1"),
             (self.model.coords_range > 0, "model.coords_range", "must be > 0"),
+            (self.precond.kind == "none" or not self.model.input_scaling, "model.input_scaling",
+             "precond.kind: edm scales the network's input itself (c_in); set model.input_scaling: false"),
             (self.eval.n_samples >= 0 and self.eval.nll_points >= 0, "eval.n_samples", "must be >= 0"),
             (self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1"),
             (self.eval.divergence in ("exact", "hutchinson"), "eval.divergence", "exact | hutchinson"),
@@ -195,7 +198,7 @@ class ParticleTask(Task):
         g = torch.Generator()
         step = start_step
         while True:
-            g.manual_seed(hash((self.cfg.seed, rank, step)) % (2**62))
+            g.manual_seed(step_seed(self.cfg.seed, rank, step, stream=1))
             idx = torch.randint(0, len(data), (bs,), generator=g)
             yield data[idx.to(device)]
             step += 1
@@ -227,14 +230,14 @@ class ParticleTask(Task):
                 x = x * space.expand(c_in, x)
             return model(x, t, space.batch, num, n)
 
-        return Denoiser(net, self.process, kind=self.cfg.model.prediction, space=space)
+        return Denoiser(net, self.process, kind=self.cfg.model.prediction, space=space, precond=self.cfg.precond.build())
 
     def loss(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
         B, n, d = batch.shape
         den = self.denoiser(model, B, batch.device)
         x0 = batch.reshape(B * n, d)
         if not self.is_flow:
-            return denoising_loss(den.fn, x0, self.process, kind=den.kind, space=den.space, generator=generator)
+            return denoising_loss(den, x0, generator=generator, **self.cfg.loss.kwargs())
         noise = self.process.prior_sample(x0, den.space, generator)
         if self.coupler.kind != "independent":
             data, noise = self.coupler(batch, noise.reshape(B, n, d), generator)

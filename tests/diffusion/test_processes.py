@@ -8,6 +8,7 @@ import torch
 
 from moldiff.diffusion import (
     VESDE,
+    Denoiser,
     VPSDE,
     DiscreteVP,
     EuclideanSpace,
@@ -135,17 +136,17 @@ def test_losses_are_per_sample_and_zero_for_the_exact_answer():
     def oracle_x0(x_t, t_):  # knows x0: the x0 loss is exactly zero
         return x0
 
-    loss = denoising_loss(oracle_x0, x0, proc, kind="x0", t=t, generator=torch.Generator().manual_seed(1))
+    loss = denoising_loss(Denoiser(oracle_x0, proc, kind="x0"), x0, t=t, generator=torch.Generator().manual_seed(1))
     assert loss.shape == (32,) and torch.all(loss == 0)
     a, s = proc.marginal(t[:1])
 
     def oracle_eps(x_t, t_):
         return (x_t - a * x0) / s
 
-    loss = denoising_loss(oracle_eps, x0, proc, kind="eps", t=t, generator=torch.Generator().manual_seed(1))
+    loss = denoising_loss(Denoiser(oracle_eps, proc, kind="eps"), x0, t=t, generator=torch.Generator().manual_seed(1))
     assert loss.max() < 1e-20
     with pytest.raises(ValueError, match="prediction kind"):
-        denoising_loss(oracle_eps, x0, proc, kind="v")
+        denoising_loss(Denoiser(oracle_eps, proc, kind="v"), x0)
 
 
 def test_build_process():

@@ -36,13 +36,15 @@ SAMPLER_KW = {
     "ode_euler": {},
     "ode_heun": {},
     "ode_rk45": {"rtol": 1e-6, "atol": 1e-6},
+    "heun_churn": {"s_churn": 5.0},  # EDM's stochastic Heun: 2.5 % more noise level per step, then Heun
 }
 MU, S2 = [1.0, -2.0], [0.25, 4.0]
 
 
 # Fine enough grids for the first-order methods; ancestral sampling of a narrow target (var 0.25 against
 # a unit-variance prior) converges slowly (see test_sde_weak_error_falls_with_steps).
-STEPS = {"ancestral": 1000, "ddim": 1000, "euler_maruyama": 1000, "ode_euler": 1000, "pc": 400, "ode_heun": 400, "ode_rk45": 1}
+STEPS = {"ancestral": 1000, "ddim": 1000, "euler_maruyama": 1000, "ode_euler": 1000, "pc": 400, "ode_heun": 400, "ode_rk45": 1,
+         "heun_churn": 200}
 
 
 def _run(target, name, steps, n, seed, *, matched=False, **kw):
@@ -177,3 +179,29 @@ def test_point_cloud_samplers_stay_zero_com(sampler):
     out = get_sampler(sampler)(model, x, ts, generator=g, progress=False, **SAMPLER_KW[sampler])
     assert space.com(out).abs().max() < 1e-6
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("proc_name", ["vp", "ve"])
+def test_edm_heun_on_the_karras_grid_is_second_order(proc_name):
+    """Deterministic EDM sampler (``s_churn = 0``) on Karras grids against the exact flow map: the error falls
+    like ``N^-2`` (it is Heun in the noise level, where the ODE of a Gaussian target is smooth)."""
+    proc = PROCESSES[proc_name]
+    target = GaussianTarget(proc, MU, S2)
+    x1 = target.sample(1.0, 256, torch.Generator().manual_seed(0))
+    errs = []
+    for steps in (20, 40, 80):
+        ts = time_grid(proc, steps, spacing="karras", dtype=torch.float64)
+        x = get_sampler("heun_churn")(target.denoiser(), x1, ts, progress=False, denoise=False)
+        errs.append((x - target.flow_map(x1, float(ts[-1]))).abs().max().item())
+    rates = [math.log2(errs[i] / errs[i + 1]) for i in range(2)]
+    assert all(r > 1.7 for r in rates), (errs, rates)
+
+
+def test_karras_grid_is_rho_spaced_in_the_noise_level():
+    proc = PROCESSES["vp"]
+    ts = time_grid(proc, 10, spacing="karras", rho=7.0, dtype=torch.float64)
+    assert ts[0] == 1.0 and ts[-1] == pytest.approx(proc.t_min) and (ts.diff() < 0).all()
+    r = proc.noise_level(ts) ** (1 / 7)
+    assert torch.allclose(r.diff(), r.diff().mean().expand(10), rtol=1e-6)
+    with pytest.raises(ValueError, match="spacing"):
+        time_grid(proc, 10, spacing="log")

@@ -76,3 +76,17 @@ def test_remove_com():
     pos = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [5.0, 5, 5]])
     out = remove_com(pos, torch.tensor([0, 0, 1]), 2)
     torch.testing.assert_close(out, torch.tensor([[-1.0, 0, 0], [1.0, 0, 0], [0.0, 0, 0]]))
+
+
+def test_remove_com_dense_with_and_without_padding():
+    from moldiff.diffusion.spaces import remove_com_dense
+
+    x = torch.randn(3, 5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(remove_com_dense(x).mean(-2), torch.zeros(3, 2, dtype=torch.float64), atol=1e-14)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    out = remove_com_dense(x, mask)
+    for g in range(3):
+        real = out[g, mask[g]]
+        assert torch.allclose(real, x[g, mask[g]] - x[g, mask[g]].mean(0), atol=1e-14)
+        assert (out[g, ~mask[g]] == 0).all()
+    assert abs(remove_com_dense(x.numpy()).mean(-2)).max() < 1e-14  # numpy arrays too

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from moldiff.diffusion.spaces import remove_com_dense
 from physics.particles.energies import (
     SYSTEM_VARIANTS,
     SYSTEMS,
@@ -11,7 +12,6 @@ from physics.particles.energies import (
     LennardJones,
     get_system,
     pairwise_distances,
-    remove_mean,
 )
 
 ALL = sorted(SYSTEMS) + sorted(SYSTEM_VARIANTS)
@@ -81,7 +81,7 @@ def test_lennard_jones_matches_ase(name):
         f_ase = atoms.get_forces()
         np.testing.assert_allclose(f[b].numpy(), f_ase, rtol=1e-8, atol=1e-8 * np.abs(f_ase).max())
     # the full energy adds the harmonic term
-    torch.testing.assert_close(system.energy(x), e + 0.5 * remove_mean(x).pow(2).sum((-2, -1)))
+    torch.testing.assert_close(system.energy(x), e + 0.5 * remove_com_dense(x).pow(2).sum((-2, -1)))
 
 
 def test_lennard_jones_scales_with_eps_and_rm():
