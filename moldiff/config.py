@@ -110,11 +110,10 @@ class SamplerConfig:
         from .diffusion.processes import time_grid
         from .diffusion.samplers import get_sampler
 
-        proc = model.process
-        steps = self.steps
-        if proc.num_levels:  # a discrete schedule cannot take more steps than it has levels
-            steps = min(steps, proc.num_levels - round(proc.t_min * proc.num_levels))
-        ts = time_grid(proc, steps, spacing=self.spacing, rho=self.rho, device=x.device, dtype=x.dtype)
+        # one policy for an impossible step count (more steps than a discrete schedule has levels): an error, here
+        # from time_grid and, for configs, from validate() naming the key -- never a silent clamp
+        steps = 1 if self.name == "ode_rk45" else self.steps  # the adaptive solver uses only the grid's two ends
+        ts = time_grid(model.process, steps, spacing=self.spacing, rho=self.rho, device=x.device, dtype=x.dtype)
         fn = get_sampler(self.name)
         extra = {} if cond is None else {"cond": cond}
         return fn(model, x, ts, generator=generator, callback=callback, progress=progress, **extra, **self.kwargs())
@@ -545,9 +544,15 @@ def validate(cfg: ExperimentConfig) -> None:
     if callable(task_checks):
         task_checks()
     try:
-        cfg.process.build()  # schedule names, step counts
+        proc = cfg.process.build()  # schedule names, step counts
     except ConfigError:
         raise
     except ValueError as e:
         key = "process.schedule" if "schedule" in str(e) else "process"
         raise ConfigError(f"{key}: {e}") from e
+    if proc.num_levels:  # a discrete schedule cannot take more steps than it has levels
+        levels = proc.num_levels - round(proc.t_min * proc.num_levels)
+        for key, steps in (("sampler.steps", cfg.sampler.steps), ("eval.steps", getattr(ev, "steps", None))):
+            if isinstance(steps, int) and steps > levels and not (key == "sampler.steps" and cfg.sampler.name == "ode_rk45"):
+                raise ConfigError(f"{key}: {steps} steps exceed the {levels} levels of the discrete schedule "
+                                  f"(process.num_steps {proc.num_levels}); use at most {levels}")

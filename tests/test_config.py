@@ -422,6 +422,11 @@ def test_validate_value_checks(overrides, key):
 
 
 def test_validate_ddpm_schedule_and_levels():
+    # one policy for an impossible step count: an error naming the key, not a silent clamp
+    msg = _error(VP_SMOKE, ["process.kind=ddpm", "process.num_steps=100", "sampler.steps=150"])
+    assert msg.startswith("sampler.steps:") and "100 levels" in msg
+    msg = _error(VP_SMOKE, ["process.kind=ddpm", "process.num_steps=100", "eval.steps=101"])
+    assert msg.startswith("eval.steps:")
     msg = _error(VP_SMOKE, ["process.kind=ddpm", "process.schedule=bogus"])
     assert msg.startswith("process") and "schedule" in msg and "'bogus'" in msg
     msg = _error(VP_SMOKE, ["process.kind=ddpm", "process.num_steps=0"])
