@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 import moldiff  # noqa: E402
 from moldiff.config import SamplerConfig  # noqa: E402
-from physics.toy2d import angle_condition  # noqa: E402
+from physics.toy2d import angle_condition, angle_error  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=6000)
@@ -46,9 +46,9 @@ fig, axes = plt.subplots(1, 3, figsize=(9, 3), sharex=True, sharey=True)
 for ax, w in zip(axes, (0.0, 1.0, 3.0)):
     x = task.sample(model, n, generator=torch.Generator().manual_seed(0), sampler=sampler, progress=False,
                     cond=cond, guidance=w)
-    err = (torch.atan2(x[:, 1], x[:, 0]) - angle + math.pi) % (2 * math.pi) - math.pi
+    err = angle_error(x, angle)
     radius = x.norm(dim=1)
-    print(f"guidance {w:g}: mean |angle error| {float(err.abs().mean()):.3f} rad, radius {float(radius.median()):.2f} "
+    print(f"guidance {w:g}: mean |angle error| {float(err.mean()):.3f} rad, radius {float(radius.median()):.2f} "
           f"(IQR {float(radius.quantile(0.75) - radius.quantile(0.25)):.2f}), {int((radius > 6).sum())} beyond radius 6")
     ax.scatter(x[:, 0], x[:, 1], s=2)
     ax.set_title(f"w = {w:g}")

@@ -529,7 +529,6 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.sampler.s_churn >= 0 and cfg.sampler.s_noise >= 0, "sampler.s_churn", "needs s_churn >= 0, s_noise >= 0"),
         (not flow or (cfg.sampler.spacing == "uniform" and cfg.sampler.name != "heun_churn"), "sampler.name",
          "heun_churn and the karras spacing need noise levels: a diffusion process, not a flow path"),
-        (cfg.precond.kind in ("none", "edm"), "precond.kind", "must be none or edm"),
         (cfg.precond.kind == "none" or not flow, "precond.kind", "EDM's preconditioning is for diffusion processes"),
         (cfg.precond.kind == "none" or pred == "x0", "model.prediction" if pred else "precond.kind",
          "a preconditioned (precond.kind: edm) model predicts x0" if pred else
@@ -538,6 +537,7 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.loss.time_distribution == "uniform" or not flow, "loss.time_distribution",
          "the log-normal noise levels are for diffusion processes"),
     ]
+    cfg.precond.build()  # an unknown kind or a bad sigma_data, named, before the checks that assume a known kind
     raise_failed(checks)
     cfg.loss.check()
     task_checks = getattr(cfg, "check", None)  # a task config's own value checks

@@ -39,21 +39,16 @@ def inpainting_observation(known: Tensor, mask: Tensor, noise_std: float = 1e-3)
     y = known[:, mask] if batched else known[mask]
     if not torch.isfinite(y).all():
         raise ValueError("the known values contain NaN or inf")
-    m = mask
-
     def operator(x: Tensor) -> Tensor:
-        return x[:, m.to(x.device)]
+        return x[:, mask.to(x.device)]
 
     return GaussianObservation(y, operator, noise_std)
 
 
 def _renoise(model: Denoiser, x: Tensor, s: Tensor, t: Tensor, generator) -> Tensor:
     """A draw of ``x_t`` given ``x_s`` (``t > s``) under the forward process."""
-    a_t, s_t = model.process.marginal(t)
-    a_s, s_s = model.process.marginal(s)
-    a_ts = a_t / a_s
-    std = torch.sqrt((s_t**2 - a_ts**2 * s_s**2).clamp(min=0))
-    return a_ts * x + std * model.space.randn_like(x, generator)
+    ratio, var = model.process.transition(s, t)
+    return ratio * x + torch.sqrt(var.clamp(min=0)) * model.space.randn_like(x, generator)
 
 
 def sample_repaint(
@@ -101,7 +96,7 @@ def sample_repaint(
     if denoise:
         x = model.x0(x, model.batch_time(ts[-1], x), cond)
     out = torch.where(mask, known, x)
-    if restore_known and out is not None and getattr(space, "zero_com", False):
+    if restore_known and getattr(space, "zero_com", False):
         out = _translate_onto_known(x, known, mask, space)
     return out
 

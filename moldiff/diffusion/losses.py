@@ -29,8 +29,6 @@ def sample_time(process: Process, n: int, *, distribution: str = "uniform", p_me
     if distribution not in TIME_DISTRIBUTIONS:
         raise ValueError(f"unknown time distribution {distribution!r}; choose one of {TIME_DISTRIBUTIONS}")
     if distribution == "lognormal":
-        if isinstance(process, FlowPath):
-            raise ValueError("the log-normal noise-level distribution is for diffusion processes, not a flow path")
         z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
         return process.time_at(torch.exp(p_mean + p_std * z)).to(dtype)
     if process.num_levels:

@@ -127,6 +127,15 @@ class Process:
         alpha, sigma = self.marginal(t)
         return sigma / alpha
 
+    def transition(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The forward transition ``q(x_t | x_s) = N(ratio x_s, var I)`` for ``s < t``: ``(ratio, var)`` with
+        ``ratio = alpha_t / alpha_s`` and ``var = sigma_t^2 - ratio^2 sigma_s^2`` (not clamped: rounding can make it
+        slightly negative near ``s = t``)."""
+        a_t, s_t = self.marginal(t)
+        a_s, s_s = self.marginal(s)
+        ratio = a_t / a_s
+        return ratio, s_t**2 - ratio**2 * s_s**2
+
     def time_at(self, level: Tensor) -> Tensor:
         """The time ``t in [t_min, 1]`` whose :meth:`noise_level` is ``level`` (any shape; clamped to the
         process's range), by bisection in float64 -- exact to about 1e-12 in ``t`` for every process here."""
@@ -377,6 +386,12 @@ class FlowPath(Process):
     #: times are clamped to ``[eps_t, 1 - eps_t]`` where the bridge's ``s'(t)`` is singular
     eps_t: float = 1e-4
 
+    def noise_level(self, t: Tensor) -> Tensor:
+        """Not defined: ``alpha(1) = 0`` makes the level unbounded at the source end, so EDM's noise-level tools
+        (the Karras grid, log-normal training times, the Heun-with-churn sampler) do not apply to a flow path."""
+        raise ValueError("a flow path has no noise level sigma / alpha (alpha = 0 at t = 1): EDM's noise-level "
+                         "tools (Karras grid, log-normal times, heun_churn) are for diffusion processes")
+
     def __post_init__(self) -> None:
         if self.noise not in FLOW_NOISE:
             raise ValueError(f"unknown flow noise {self.noise!r}; choose one of {FLOW_NOISE}")
@@ -455,9 +470,6 @@ def time_grid(process: Process, steps: int, *, t_min: float | None = None, spaci
         raise ValueError(f"unknown time spacing {spacing!r}; choose one of {SPACINGS}")
     lo = process.t_min if t_min is None else t_min
     if spacing == "karras":
-        if isinstance(process, FlowPath):
-            raise ValueError("the Karras grid is for diffusion processes (its noise level is unbounded at t = 1 "
-                             "for a flow path)")
         if rho <= 0:
             raise ValueError(f"rho must be > 0, got {rho}")
         ends = process.noise_level(torch.tensor([1.0, lo], dtype=torch.float64))

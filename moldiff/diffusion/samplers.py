@@ -64,10 +64,9 @@ def ancestral_update(model: Denoiser, x: Tensor, eps: Tensor, t: Tensor, s: Tens
     """One draw from ``q(x_s | x_t, x0 = x0_hat)`` for ``s < t``, given the noise prediction ``eps`` at
     ``(x, t)`` (exposed so that guided samplers such as DPS reuse it with their own ``eps``)."""
     proc, space = model.process, model.space
-    a_t, s_t = proc.marginal(t)
-    a_s, s_s = proc.marginal(s)
-    a_ts = a_t / a_s
-    var_ts = s_t**2 - a_ts**2 * s_s**2
+    _, s_t = proc.marginal(t)
+    _, s_s = proc.marginal(s)
+    a_ts, var_ts = proc.transition(s, t)
     mean = x / a_ts - (var_ts / (a_ts * s_t)) * eps
     std = torch.sqrt(var_ts.clamp(min=0)) * s_s / s_t
     return mean + std * space.randn_like(x, generator)
@@ -248,10 +247,6 @@ def sample_heun_churn(
     sqrt(2) - 1)`` (``N`` steps), adding ``sqrt(s_hat^2 - s_i^2) s_noise`` fresh noise (capped at the process's
     level at ``t = 1``); then an Euler step to ``s_{i+1}`` and Heun's correction.  Two model evaluations per step
     (NFE ``2 N``).  ``s_churn = 0``: EDM's deterministic Heun sampler.  Not for a flow path (no noise levels)."""
-    from .processes import FlowPath
-
-    if isinstance(model.process, FlowPath):
-        raise ValueError("sample_heun_churn needs a diffusion process (a flow path has no noise level at t = 1)")
     if s_churn < 0 or s_noise < 0:
         raise ValueError(f"need s_churn >= 0 and s_noise >= 0, got {s_churn}, {s_noise}")
     proc, space = model.process, model.space
@@ -279,7 +274,7 @@ def sample_heun_churn(
         y_next = y + (level_next - level_hat) * d
         d_next = (y_next - denoised(y_next, t_next)) / level_next
         y_next = y + (level_next - level_hat) * 0.5 * (d + d_next)
-        x = proc.marginal(t_next)[0] * y_next
+        x = proc.marginal(t_next).alpha * y_next
         if callback is not None:
             callback({"i": i, "t": t_next, "x": x})
     return _finish(model, x, ts, denoise, cond)

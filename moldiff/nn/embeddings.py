@@ -1,4 +1,4 @@
-"""Time embeddings."""
+"""Time and condition embeddings."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from ..diffusion.conditioning import missing_condition
 
 __all__ = ["SinusoidalEmbedding", "ConditionEmbedding"]
 
@@ -53,9 +55,6 @@ class ConditionEmbedding(nn.Module):
             return self.null.expand(batch_size, -1)
         if cond.dim() != 2 or cond.shape != (batch_size, self.cond_dim):
             raise ValueError(f"expected a condition [B, C] = [{batch_size}, {self.cond_dim}], got {tuple(cond.shape)}")
-        nan = torch.isnan(cond)
-        missing = nan.all(-1, keepdim=True)
-        if bool((nan.any(-1, keepdim=True) & ~missing).any()):
-            raise ValueError("a condition row is partly NaN: a dropped condition is a whole row of NaN")
+        missing = missing_condition(cond)[:, None]
         emb = self.mlp(torch.where(missing, torch.zeros_like(cond), cond).to(self.null.dtype))
         return torch.where(missing, self.null.expand_as(emb), emb)

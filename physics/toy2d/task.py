@@ -37,12 +37,18 @@ from moldiff.tasks import EvalResult, Task, register_task
 from .plots import scatter_grid
 from .targets import TARGETS, sample_target
 
-__all__ = ["Toy2DConfig", "Toy2DTask", "Toy2DData", "Toy2DModel", "Toy2DEval", "angle_condition"]
+__all__ = ["Toy2DConfig", "Toy2DTask", "Toy2DData", "Toy2DModel", "Toy2DEval", "angle_condition", "angle_error"]
 
 
 def angle_condition(x: Tensor) -> Tensor:
     """The condition of the conditional toy: each point's polar angle as ``(cos, sin)``, ``[n, 2] -> [n, 2]``."""
     return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def angle_error(x: Tensor, angle: Tensor | float) -> Tensor:
+    """``|polar angle of x - angle|`` wrapped to ``[0, pi]``, per point: ``[n, 2] -> [n]`` (radians)."""
+    err = torch.remainder(torch.atan2(x[:, 1], x[:, 0]) - angle + torch.pi, 2 * torch.pi) - torch.pi
+    return err.abs()
 
 ALL_SAMPLERS = ["ancestral", "euler_maruyama", "pc", "ode_euler", "ode_heun", "ode_rk45"]
 ODE_SAMPLERS = ["ode_euler", "ode_heun", "ode_rk45"]
@@ -234,14 +240,12 @@ class Toy2DTask(Task):
         the mean absolute angle error to the requested angle (radians)."""
         out = {}
         cond = angle_condition(heldout)
-        want = torch.atan2(cond[:, 1], cond[:, 0])
+        want = torch.atan2(cond[:, 1], cond[:, 0]).cpu()
         sampler = dataclasses.replace(self.cfg.sampler, steps=self.cfg.eval.steps)
         for w in self.cfg.eval.guidance:
             x = self.sample(model, len(heldout), generator=generator, sampler=sampler, progress=progress, cond=cond,
                             guidance=w).cpu()
-            got = torch.atan2(x[:, 1], x[:, 0])
-            err = torch.remainder(got - want + torch.pi, 2 * torch.pi) - torch.pi
-            out[f"angle_error/cfg_{w:g}"] = float(err.abs().mean())
+            out[f"angle_error/cfg_{w:g}"] = float(angle_error(x, want).mean())
             out[f"w2/cfg_{w:g}"] = wasserstein2(x, heldout)
             panels[f"conditional, CFG w={w:g}: angle error {out[f'angle_error/cfg_{w:g}']:.3f} rad"] = x
         return out
