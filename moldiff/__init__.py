@@ -12,7 +12,8 @@ Python API (everything the CLI does)::
     rdkit_mols = [m.to_rdkit() for m in mols]
 """
 
-from .api import evaluate, evaluate_dataset, evaluate_molecule_file, load_model, sample, train
+from .api import evaluate, load_model, sample, train
+from .molecules.api import evaluate_dataset, evaluate_molecule_file
 from .pretrained import pretrained
 from .config import ConfigError, ExperimentConfig, SamplerConfig, load_config
 from .tasks import EvalResult, Task, get_task, register_task

@@ -9,7 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["NonFiniteError", "check_finite"]
+__all__ = ["NonFiniteError", "DataError", "check_finite"]
+
+
+class DataError(RuntimeError):
+    """A dataset is missing, or its cache cannot be read or built (the CLI reports it and exits 2)."""
 
 
 class NonFiniteError(FloatingPointError):

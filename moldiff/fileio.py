@@ -13,7 +13,8 @@ from typing import IO
 
 import numpy as np
 
-__all__ = ["cache_dir", "lock_file", "file_mode", "atomic_path", "write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache", "cached_strings"]
+__all__ = ["cache_dir", "lock_file", "file_mode", "atomic_path", "write_atomically", "array_checksum", "write_npz_cache", "read_npz_cache", "cached_strings",
+           "check_output_path", "write_output", "write_json"]
 
 
 def cache_dir(name: str) -> Path:
@@ -129,3 +130,32 @@ def cached_strings(path: str | os.PathLike[str] | None, header: str, build: Call
     if path is not None:
         write_atomically(path, lambda fh: fh.write("\n".join([header, *sorted(values), "# end"]) + "\n"))
     return values
+
+
+def check_output_path(out: str | Path | None, suffixes: tuple[str, ...], what: str) -> Path | None:
+    """Reject an output path that is a folder or has an unsupported suffix, before any work is done."""
+    if out is None:
+        return None
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder; give a file name for the {what}")
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise ValueError(f"{out}: {what} are written as {', '.join(suffixes)}")
+    return out
+
+
+def write_output(out: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``out`` (same suffix, lower case), then rename it onto ``out``:
+    a failure leaves nothing behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, suffix=out.suffix.lower()) as tmp:  # np.save appends .npy to a .NPY name
+        write(tmp)
+
+
+def write_json(path: str | os.PathLike[str], data: dict) -> Path:
+    """``data`` as indented, key-sorted JSON, written atomically (the parent folder is created)."""
+    import json
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomically(out, lambda fh: fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n"))

@@ -60,11 +60,6 @@ class Task:
     def evaluate(self, model: nn.Module, *, generator: torch.Generator, progress: bool = True) -> EvalResult:
         raise NotImplementedError
 
-    def assimilate(self, model: nn.Module, y: Tensor, *, n: int, length: int, method: str,
-                   generator: torch.Generator, progress: bool = True) -> Tensor:
-        """Posterior samples given observations ``y [B, P]`` (tasks whose models condition on observations)."""
-        raise ConfigError(f"task {self.name!r} does not assimilate observations")
-
     #: file suffixes :meth:`save_samples` can write
     sample_formats: ClassVar[tuple[str, ...]] = ()
 

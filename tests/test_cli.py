@@ -382,6 +382,8 @@ def test_paths_and_shapes_that_cannot_work_are_named(short_run, work, capsys):
     assert rc == 2 and "--json" in err and "is a folder" in err
     (work / "x.mol2").write_text("@<TRIPOS>MOLECULE\n")
     rc, _, err = _run(capsys, "eval", work / "x.mol2")
+    assert rc == 2 and "unsupported file type '.mol2'" in err and "eval-molecules" in err
+    rc, _, err = _run(capsys, "eval-molecules", work / "x.mol2")
     assert rc == 2 and "unsupported file type '.mol2'" in err
     rc, _, err = _run(capsys, "eval", ckpt.parent)
     assert rc == 2
@@ -430,7 +432,8 @@ def test_upper_case_molecule_files_are_read_like_lower_case(work, capsys):
     (work / "UPPER.SDF").write_bytes((work / "lower.sdf").read_bytes())
     results = []
     for name in ("lower.sdf", "UPPER.SDF"):
-        rc, out, err = _run(capsys, "eval", work / name, "--no-novelty", "--no-progress", "--json", work / f"{name}.json")
+        rc, out, err = _run(capsys, "eval-molecules", work / name, "--no-novelty", "--no-progress", "--json",
+                            work / f"{name}.json")
         assert rc == 0, err
         results.append(json.loads((work / f"{name}.json").read_text()))
     assert results[0] == results[1] and results[0]["validity"] == 1.0

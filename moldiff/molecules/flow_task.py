@@ -43,6 +43,7 @@ from .batches import BatchPlan
 from .features import ELEMENTS, UnsupportedElementError
 from .graph_mol import GraphMolecule
 from .graphs import BOND_ORDERS, CHARGES
+from .properties import CONDITIONING_PROPERTIES, HALVES, PropertyScale, property_values
 from .task import QM9Data, QM9Source
 
 __all__ = ["QM9FlowConfig", "QM9FlowTask", "GraphBatch", "batch_from_molecules", "check_vocabulary", "pair_layout"]
@@ -74,6 +75,13 @@ class FlowRecipe:
 
 
 @dataclass
+class FlowCondition:
+    """Property conditioning (EDM's §5.2 protocol: ``data.half: second``, the regressor on the first half)."""
+
+    property: str = ""  #: a QM9 property (alpha, gap, homo, lumo, mu, cv); "" for the unconditional model
+
+
+@dataclass
 class FlowEval:
     n_samples: int = 1000  #: molecules sampled per evaluation
     batch_size: int = 500  #: molecules per sampling batch
@@ -101,6 +109,7 @@ class QM9FlowConfig(ExperimentConfig):
     model: FlowModel = field(default_factory=FlowModel)
     flow: FlowRecipe = field(default_factory=FlowRecipe)
     eval: FlowEval = field(default_factory=FlowEval)
+    condition: FlowCondition = field(default_factory=FlowCondition)
     resume_mutable: ClassVar[tuple[str, ...]] = (*ExperimentConfig.resume_mutable, "flow.time_grid", "flow.eta")
 
     def check(self) -> None:
@@ -117,6 +126,9 @@ class QM9FlowConfig(ExperimentConfig):
             (min(f.w_pos, f.w_atoms, f.w_charges, f.w_bonds) >= 0, "flow.w_pos", "loss weights must be >= 0"),
             (self.data.max_train >= 0, "data.max_train", "must be >= 0 (0: the whole train split)"),
             (self.data.bucket_batches >= 1, "data.bucket_batches", "must be >= 1"),
+            (self.data.half in HALVES, "data.half", f"must be one of {HALVES}"),
+            (self.condition.property in ("", *CONDITIONING_PROPERTIES), "condition.property",
+             f"must be one of {sorted(CONDITIONING_PROPERTIES)} or empty"),
             (self.model.hidden >= 1 and self.model.layers >= 1 and self.model.edge >= 1, "model.hidden",
              "hidden, edge and layers must be >= 1"),
             (self.eval.n_samples >= 0, "eval.n_samples", "must be >= 0"),
@@ -132,6 +144,7 @@ class GraphBatch:
         pos: ``[N, 3]`` Å, zero CoM per molecule.  atoms, charges: ``[N]`` class indices.
         bonds: ``[P]`` class indices of the unordered pairs ``pair_index [2, P]`` (global atom numbers, i < j).
         batch: ``[N]`` molecule of each atom (sorted).  pair_graph: ``[P]`` molecule of each pair.
+        cond: ``[G, 1]`` normalised property of each molecule (conditional models), else ``None``.
     """
 
     pos: torch.Tensor
@@ -143,11 +156,13 @@ class GraphBatch:
     pair_graph: torch.Tensor
     num_graphs: int
     max_nodes: int
+    cond: torch.Tensor | None = None
 
     def to(self, device) -> "GraphBatch":
         t = {k: getattr(self, k).to(device) for k in ("pos", "atoms", "charges", "bonds", "batch", "pair_index",
                                                      "pair_graph")}
-        return GraphBatch(**t, num_graphs=self.num_graphs, max_nodes=self.max_nodes)
+        cond = None if self.cond is None else self.cond.to(device)
+        return GraphBatch(**t, num_graphs=self.num_graphs, max_nodes=self.max_nodes, cond=cond)
 
 
 _TRIU: dict[int, np.ndarray] = {}
@@ -222,6 +237,7 @@ class QM9FlowTask(QM9Source, Task):
         self._size_dist = None
         self._reference = None
         self._smiles: set[str] | None = None
+        self._scale: PropertyScale | None = None
 
     # -- data ------------------------------------------------------------------------------------------
     def graphs_for(self, rows: np.ndarray):
@@ -239,9 +255,7 @@ class QM9FlowTask(QM9Source, Task):
     @property
     def train_rows(self) -> np.ndarray:
         if self._train_rows is None:
-            rows = self.qm9.split("train")
-            k = self.cfg.data.max_train
-            rows = rows[:k] if k else rows
+            rows = self.split_rows()
             self._train_graphs = self.graphs_for(rows)
             self._train_rows = self._train_graphs.usable(rows)
         return self._train_rows
@@ -258,6 +272,34 @@ class QM9FlowTask(QM9Source, Task):
             self._size_dist = super().size_distribution()
         return self._size_dist
 
+    @property
+    def conditional(self) -> bool:
+        return bool(self.cfg.condition.property)
+
+    @property
+    def property_scale(self) -> PropertyScale:
+        """Normalisation of the conditioning property, fitted on the training rows (so a checkpoint's config
+        reproduces it)."""
+        if self._scale is None:
+            self._scale = PropertyScale.fit(self.property_values(self.train_rows))
+        return self._scale
+
+    def property_values(self, rows: np.ndarray) -> np.ndarray:
+        """The conditioning property of ``rows`` in its protocol unit."""
+        return property_values(self.qm9, self.cfg.condition.property, rows)
+
+    def condition_for(self, values) -> torch.Tensor:
+        """Property values (protocol unit) -> the network's condition ``[G, 1]``."""
+        return torch.as_tensor(self.property_scale.normalize(np.asarray(values, dtype=np.float64)),
+                               dtype=torch.float32).reshape(-1, 1)
+
+    def draw_conditions(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(sizes [n], properties [n])``: pairs of (atom count, property) of random training molecules -- the
+        empirical joint distribution, as EDM samples them."""
+        rows = self.train_rows
+        pick = torch.randint(len(rows), (n,), generator=generator, device=generator.device).cpu().numpy()
+        return self.qm9.num_atoms[rows[pick]].astype(np.int64), self.property_values(rows[pick])
+
     def train_batches(self, *, start_step: int, rank: int, world_size: int, device) -> Iterator[GraphBatch]:
         rows = self.train_rows
         bs = self.cfg.train.batch_size
@@ -267,7 +309,10 @@ class QM9FlowTask(QM9Source, Task):
         step = start_step
         while True:
             picked = rows[plan.rows(step, rank, world_size)]
-            yield batch_from_molecules([self.molecule(r) for r in picked]).to(device)
+            b = batch_from_molecules([self.molecule(r) for r in picked])
+            if self.conditional:
+                b.cond = self.condition_for(self.property_values(picked))
+            yield b.to(device)
             step += 1
 
     # -- model and loss --------------------------------------------------------------------------------
@@ -278,7 +323,7 @@ class QM9FlowTask(QM9Source, Task):
         return MolGraphNet(len(ELEMENTS), len(CHARGES), len(BOND_ORDERS), atom_states=p["atoms"].num_states,
                            charge_states=p["charges"].num_states, bond_states=p["bonds"].num_states,
                            hidden=m.hidden, edge=m.edge, layers=m.layers, rbf=m.rbf, cutoff=m.cutoff,
-                           coords_range=m.coords_range)
+                           coords_range=m.coords_range, cond_dim=1 if self.conditional else 0)
 
     def predictor(self, model: nn.Module, batch: GraphBatch):
         """The network as a :data:`~moldiff.diffusion.mixed.MixedModel` on this batch's layout."""
@@ -286,7 +331,7 @@ class QM9FlowTask(QM9Source, Task):
         def predict(state: MixedState, t: torch.Tensor) -> MixedPrediction:
             tok = state.tokens
             pos0, a, c, b = model(state.x, tok["atoms"], tok["charges"], tok["bonds"], t, batch.batch,
-                                  batch.pair_index, batch.num_graphs, batch.max_nodes)
+                                  batch.pair_index, batch.num_graphs, batch.max_nodes, cond=batch.cond)
             return MixedPrediction(pos0, {"atoms": a, "charges": c, "bonds": b})
 
         return predict
@@ -318,18 +363,35 @@ class QM9FlowTask(QM9Source, Task):
 
     # -- sampling --------------------------------------------------------------------------------------
     def sample(self, model, n, *, generator, sampler: SamplerConfig | None = None, progress: bool = True,
-               sizes: np.ndarray | None = None) -> list[GraphMolecule]:
+               sizes: np.ndarray | None = None, properties: np.ndarray | None = None) -> list[GraphMolecule]:
         """``n`` molecules with atom counts drawn from the training histogram (or the given ``sizes``), in
-        batches of ``eval.batch_size`` grouped by size; ``sampler.steps`` network evaluations each."""
+        batches of ``eval.batch_size`` grouped by size; ``sampler.steps`` network evaluations each.
+
+        A conditional model (``condition.property``) generates molecule ``i`` for ``properties[i]`` (protocol
+        unit; give ``sizes`` too); without them, (size, property) pairs of random training molecules."""
         from tqdm.auto import tqdm
 
         steps = (sampler or self.cfg.sampler).steps
         device = next(model.parameters()).device
+        if properties is not None:
+            if not self.conditional:
+                raise ValueError("properties given, but this model is unconditional (condition.property is empty)")
+            if sizes is None:
+                raise ValueError("give the atom count of every molecule (sizes) with its property")
+            properties = np.asarray(properties, dtype=np.float64).reshape(-1)
+            if len(properties) != n or not np.isfinite(properties).all():
+                raise ValueError(f"properties must be {n} finite values")
+        elif self.conditional:
+            if sizes is not None:
+                raise ValueError("a conditional model needs the property of every molecule with its size")
+            sizes, properties = self.draw_conditions(n, generator)
         if sizes is None:
             support, probs = self.size_distribution()
             draw = torch.multinomial(torch.as_tensor(probs, device=device), n, replacement=True, generator=generator)
             sizes = support[draw.cpu().numpy()]
         sizes = np.asarray(sizes, dtype=np.int64)
+        if len(sizes) != n:
+            raise ValueError(f"sizes must list {n} atom counts, got {len(sizes)}")
         if (sizes < 1).any():
             raise ValueError("every molecule needs at least one atom")
         order = np.argsort(sizes, kind="stable")
@@ -343,7 +405,8 @@ class QM9FlowTask(QM9Source, Task):
             pair_index, pair_graph = pair_layout(sz)
             layout = GraphBatch(torch.zeros(int(sz.sum()), 3), torch.zeros(0), torch.zeros(0), torch.zeros(0),
                                 torch.from_numpy(np.repeat(np.arange(len(idx)), sz)), torch.from_numpy(pair_index),
-                                torch.from_numpy(pair_graph), len(idx), int(sz.max())).to(device)
+                                torch.from_numpy(pair_graph), len(idx), int(sz.max()),
+                                None if properties is None else self.condition_for(properties[idx])).to(device)
             space = PointCloudSpace(layout.batch, len(idx), validate=False)
             x = space.randn_like(layout.pos, generator) * self.path.prior_std
             shapes = {"atoms": len(layout.batch), "charges": len(layout.batch), "bonds": pair_index.shape[1]}

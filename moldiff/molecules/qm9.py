@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from ..fileio import array_checksum, cache_dir, cached_strings, read_npz_cache, write_npz_cache
 
 __all__ = [
@@ -65,7 +66,7 @@ PROPERTIES: tuple[tuple[str, str, str], ...] = (
 _ARRAYS = ("index", "num_atoms", "offsets", "atomic_numbers", "positions", "properties", "smiles")
 
 
-class QM9CacheError(RuntimeError):
+class QM9CacheError(DataError):
     """The QM9 source is missing or a cache cannot be built."""
 
 

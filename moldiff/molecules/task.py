@@ -26,6 +26,7 @@ from ..diffusion import Denoiser, PointCloudSpace, denoising_loss
 from ..tasks import EvalResult, Task
 from .batches import BatchPlan, MoleculeBatch
 from .features import MoleculeEncoding
+from .properties import HALVES
 
 __all__ = ["QM9Config", "QM9Data", "QM9Model", "QM9Eval", "QM9Source", "QM9Task", "Molecules"]
 
@@ -38,6 +39,7 @@ class QM9Data:
     cache_dir: str | None = None  #: default $MOLDIFF_CACHE/qm9 or ~/.cache/moldiff/qm9
     max_train: int = 0  #: train on the first k molecules of the EDM train split (0: all 100,000)
     bucket_batches: int = 32  #: size-bucketing window in batches (1: plain random batches)
+    half: str = ""  #: train on the first or second half of the train split (property protocol), "" for all of it
 
 
 @dataclass
@@ -86,6 +88,7 @@ class QM9Config(ExperimentConfig):
         checks = [
             (self.data.max_train >= 0, "data.max_train", "must be >= 0 (0: the whole train split)"),
             (self.data.bucket_batches >= 1, "data.bucket_batches", "must be >= 1"),
+            (self.data.half in HALVES, "data.half", f"must be one of {HALVES}"),
             (self.model.hidden >= 1 and self.model.layers >= 1, "model.hidden", "hidden and layers must be >= 1"),
             (len(self.model.scale) == 3 and all(s > 0 for s in self.model.scale), "model.scale",
              "needs three positive divisors (positions, one-hot, atomic number)"),
@@ -110,6 +113,15 @@ class QM9Source:
             self._qm9 = QM9.load(self.cfg.data.cache_dir)
         return self._qm9
 
+    def split_rows(self) -> np.ndarray:
+        """The training rows the config names: EDM's train split, or one half of it (``data.half``), cut to its
+        first ``data.max_train`` rows when that is set."""
+        from .properties import train_half
+
+        rows = train_half(self.qm9, self.cfg.data.half)
+        k = self.cfg.data.max_train
+        return rows[:k] if k else rows
+
     def size_distribution(self) -> tuple[np.ndarray, np.ndarray]:
         """``(sizes, probabilities)`` of the training molecules' atom counts."""
         sizes, counts = np.unique(self.qm9.num_atoms[self.train_rows], return_counts=True)
@@ -132,9 +144,7 @@ class QM9Task(QM9Source, Task):
     # -- data ------------------------------------------------------------------------------------------
     @property
     def train_rows(self) -> np.ndarray:
-        rows = self.qm9.split("train")
-        k = self.cfg.data.max_train
-        return rows[:k] if k else rows
+        return self.split_rows()
 
     def make_batch(self, rows: np.ndarray) -> MoleculeBatch:
         z, pos, graph = self.qm9.gather(rows)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..diffusion.spaces import graph_sizes, node_slots
 from .egnn import from_dense, pair_linear, to_dense
+from .embeddings import ConditionEmbedding
 
 __all__ = ["MolGraphNet", "dense_pairs", "pair_tokens_to_dense"]
 
@@ -94,23 +95,27 @@ class MolGraphNet(nn.Module):
     """Predicts a clean molecule from a noisy one (see the module docstring).
 
     ``forward(pos [N, 3], atoms [N], charges [N], bonds [P], t [G], batch [N], pair_index [2, P], num_graphs,
-    max_nodes) -> (pos0 [N, 3], atom_logits [N, A], charge_logits [N, C], bond_logits [P, K])``
+    max_nodes, cond=None) -> (pos0 [N, 3], atom_logits [N, A], charge_logits [N, C], bond_logits [P, K])``
 
     ``atoms``/``charges``/``bonds`` are tokens of the noisy state (``atom_states`` etc. values: the data classes
     plus a mask token where the categorical path has one); ``pair_index`` lists each unordered atom pair of
     a molecule once (global node numbers, ``i < j``); ``t [G]`` in ``[0, 1]`` is per molecule.  Positions are
-    in Å and zero-CoM per molecule; ``pos0`` is too.
+    in Å and zero-CoM per molecule; ``pos0`` is too.  With ``cond_dim > 0`` a global condition ``cond [G,
+    cond_dim]`` (e.g. a normalised property; NaN rows or ``None``: unconditional) is embedded and added to every
+    atom's features beside the time; it is invariant, so equivariance is unchanged.
     """
 
     def __init__(self, num_atoms: int, num_charges: int, num_bonds: int, *, atom_states: int | None = None,
                  charge_states: int | None = None, bond_states: int | None = None, hidden: int = 128,
-                 edge: int = 32, layers: int = 6, rbf: int = 16, cutoff: float = 6.0, coords_range: float = 2.0):
+                 edge: int = 32, layers: int = 6, rbf: int = 16, cutoff: float = 6.0, coords_range: float = 2.0,
+                 cond_dim: int = 0):
         super().__init__()
         H = hidden
         self.atom_emb = nn.Embedding(atom_states or num_atoms, H)
         self.charge_emb = nn.Embedding(charge_states or num_charges, H)
         self.bond_emb = nn.Embedding(bond_states or num_bonds, edge)
         self.time = nn.Sequential(nn.Linear(16, H), nn.SiLU(), nn.Linear(H, H))
+        self.cond = ConditionEmbedding(cond_dim, H) if cond_dim else None
         self.rbf = RadialBasis(rbf, cutoff)
         self.layers = nn.ModuleList(_Layer(H, edge, rbf, coords_range) for _ in range(layers))
         self.atom_out = nn.Sequential(nn.Linear(H, H), nn.SiLU(), nn.Linear(H, num_atoms))
@@ -120,12 +125,18 @@ class MolGraphNet(nn.Module):
         self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(100.0), 8)), persistent=False)
 
     def forward(self, pos: Tensor, atoms: Tensor, charges: Tensor, bonds: Tensor, t: Tensor, batch: Tensor,
-                pair_index: Tensor, num_graphs: int, max_nodes: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                pair_index: Tensor, num_graphs: int, max_nodes: int,
+                cond: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         G, M = num_graphs, max_nodes
         dtype = self.atom_emb.weight.dtype
         h0 = self.atom_emb(atoms) + self.charge_emb(charges)
         tf = t.to(dtype)[:, None] * self.freqs.to(dtype)  # [G, 8]
-        h0 = h0 + self.time(torch.cat([torch.sin(tf), torch.cos(tf)], -1))[batch]
+        g_emb = self.time(torch.cat([torch.sin(tf), torch.cos(tf)], -1))  # [G, H]
+        if self.cond is not None:
+            g_emb = g_emb + self.cond(cond, G)
+        elif cond is not None:
+            raise ValueError("this network was built without a condition (cond_dim=0) but was given one")
+        h0 = h0 + g_emb[batch]
         h, mask = to_dense(h0, batch, G, M)
         x, _ = to_dense(pos.to(dtype), batch, G, M)
         where = dense_pairs(batch, pair_index, G)

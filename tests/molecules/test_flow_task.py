@@ -97,7 +97,7 @@ def test_sample_writes_bonds_and_charges_and_eval_graph_cli(trained, tmp_path, c
         np.testing.assert_array_equal(a.bonds, b.bonds)
     assert all(m.to_rdkit().GetNumAtoms() == m.num_atoms for m in api)
     capsys.readouterr()
-    assert main(["eval", str(out), "--graph", "--no-novelty", "--json", str(tmp_path / "g.json"), "--no-progress"]) == 0
+    assert main(["eval-molecules", str(out), "--graph", "--no-novelty", "--json", str(tmp_path / "g.json"), "--no-progress"]) == 0
     data = json.loads((tmp_path / "g.json").read_text())
     assert "graph/validity" in data and "edm/validity" in data and "failures" in data
     assert main(["sample", str(res.checkpoint), "-n", "2", "--out", str(tmp_path / "m.xyz")]) == 2
@@ -116,7 +116,7 @@ def test_bad_molecule_files_exit_2_naming_the_problem(tmp_path, capsys):
     cases = {"cl.sdf": (chlorine, "atomic number [17]"), "q.sdf": (dication, "formal charge(s) [2]")}
     for name, (mol, msg) in cases.items():
         capsys.readouterr()
-        assert main(["eval", str(_write(tmp_path, name, mol)), "--graph", "--no-novelty", "--no-progress"]) == 2
+        assert main(["eval-molecules", str(_write(tmp_path, name, mol)), "--graph", "--no-novelty", "--no-progress"]) == 2
         assert msg in capsys.readouterr().err
     # a bond block RDKit rejects (atom index out of range) and a truncated file
     text = _write(tmp_path, "ok.sdf", ch4).read_text()
@@ -124,7 +124,7 @@ def test_bad_molecule_files_exit_2_naming_the_problem(tmp_path, capsys):
     (tmp_path / "cut.sdf").write_text(text[: len(text) // 2])
     for name in ("badbond.sdf", "cut.sdf"):
         capsys.readouterr()
-        assert main(["eval", str(tmp_path / name), "--graph", "--no-novelty", "--no-progress"]) == 2
+        assert main(["eval-molecules", str(tmp_path / name), "--graph", "--no-novelty", "--no-progress"]) == 2
         assert "moldiff: error" in capsys.readouterr().err
     assert main(["sample", "--pretrained", "nope", "-n", "2", "--out", str(tmp_path / "x.sdf")]) == 2
     assert "unknown pretrained model 'nope'" in capsys.readouterr().err

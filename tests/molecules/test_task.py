@@ -105,7 +105,7 @@ def test_sample_sdf_and_xyz_then_eval_cli(trained, tmp_path, capsys):
         mols = read_molecules(out)
         assert len(mols) == 5 and all(set(z.tolist()) <= {1, 6, 7, 8, 9} for z, _ in mols)
     capsys.readouterr()
-    rc = main(["eval", str(tmp_path / "mols.sdf"), "--no-novelty", "--json", str(tmp_path / "m.json"), "--no-progress"])
+    rc = main(["eval-molecules", str(tmp_path / "mols.sdf"), "--no-novelty", "--json", str(tmp_path / "m.json"), "--no-progress"])
     assert rc == 0
     data = json.loads((tmp_path / "m.json").read_text())
     assert data["n"] == 5 and set(METRICS) <= set(data) and "failures" in data
@@ -123,8 +123,8 @@ def test_sampling_is_seeded(trained):
 def test_eval_bad_inputs_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.sdf"
     bad.write_text("not an sdf\n")
-    assert main(["eval", str(bad), "--no-novelty", "--no-progress"]) == 2
-    assert main(["eval", str(tmp_path / "missing.xyz"), "--no-novelty", "--no-progress"]) == 2
+    assert main(["eval-molecules", str(bad), "--no-novelty", "--no-progress"]) == 2
+    assert main(["eval-molecules", str(tmp_path / "missing.xyz"), "--no-novelty", "--no-progress"]) == 2
     assert main(["eval", "--no-progress"]) == 2
     assert "moldiff: error" in capsys.readouterr().err
 

@@ -24,9 +24,9 @@ def _net(dtype):
     return net.to(dtype).eval()
 
 
-def _fn(net, batch, num_graphs):
+def _fn(net, batch, num_graphs, cond=None):
     """``x = [pos(3), atom, charge, seed]`` -> ``[pos0(3), atom logits, charge logits, sum_j bond logits(i, j)]``.
-    Bond tokens ``(seed_i + seed_j) mod 5`` follow any relabelling of the atoms."""
+    Bond tokens ``(seed_i + seed_j) mod 5`` follow any relabelling of the atoms; ``cond [G, C]`` is passed on."""
     sizes = torch.bincount(batch, minlength=num_graphs).numpy()
     pair_index, _ = map(torch.from_numpy, pair_layout(sizes))
     t = torch.linspace(0.2, 0.9, num_graphs, dtype=torch.float64)
@@ -35,7 +35,7 @@ def _fn(net, batch, num_graphs):
         tok = x[:, 3:].round().long()
         bonds = (tok[pair_index[0], 2] + tok[pair_index[1], 2]) % 5
         pos0, a, c, b = net(x[:, :3], tok[:, 0], tok[:, 1], bonds, t.to(x.dtype), batch, pair_index, num_graphs,
-                            int(sizes.max()))
+                            int(sizes.max()), cond=cond)
         per_node = torch.zeros(len(x), b.shape[1], dtype=b.dtype).index_add_(0, pair_index[0], b)
         per_node.index_add_(0, pair_index[1], b)
         return torch.cat([pos0, a, c, per_node], dim=1)
@@ -101,3 +101,32 @@ def test_batch_consistency():
         return torch.cat([pos0, a, c], 1)
 
     assert_batch_consistent(fn_batched, xs)
+
+
+def test_a_condition_steers_the_output_and_keeps_equivariance():
+    g = torch.Generator().manual_seed(4)
+    x, batch = _inputs(torch.float64, g)
+    torch.manual_seed(0)
+    net = MolGraphNet(5, 3, 4, atom_states=6, charge_states=4, bond_states=5, hidden=16, edge=8, layers=2,
+                      cond_dim=1).double().eval()
+    for p in net.cond.parameters():  # the null embedding starts at zero: make the condition matter
+        torch.nn.init.normal_(p, std=0.5)
+    cond = torch.tensor([[0.5], [-1.0], [float("nan")]], dtype=torch.float64)
+
+    def fn(c):
+        return _fn(net, batch, len(SIZES), cond=c)
+
+    assert_equivariant(fn(cond), x, batch, generator=g, translation="invariant")
+    y, y2, y0 = fn(cond)(x), fn(cond * 2)(x), fn(None)(x)
+    first, last = batch == 0, batch == 2
+    assert (y[first] - y2[first]).abs().max() > 1e-3  # the condition changes the prediction
+    torch.testing.assert_close(y[last], y0[last])  # a NaN row is the unconditional model
+
+
+def test_an_unconditional_network_refuses_a_condition():
+    net = MolGraphNet(5, 3, 4, hidden=8, edge=4, layers=1)
+    pi, _ = map(torch.from_numpy, pair_layout([2]))
+    with pytest.raises(ValueError, match="without a condition"):
+        net(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+            torch.zeros(1, dtype=torch.long), torch.zeros(1), torch.zeros(2, dtype=torch.long), pi, 1, 2,
+            cond=torch.zeros(1, 1))

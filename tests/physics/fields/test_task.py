@@ -10,6 +10,7 @@ import torch
 import moldiff
 from moldiff.cli import main
 from moldiff.config import ConfigError, load_config
+from physics.fields.api import assimilate
 
 SMOKE = "configs/smoke/trajectory_lorenz63.yaml"
 
@@ -143,7 +144,7 @@ def test_other_tasks_do_not_assimilate(tmp_path):
                                                         "eval.nll_points=0", "eval.n_samples=10"])
     ckpt = moldiff.train(cfg, progress=False).checkpoint
     with pytest.raises(ConfigError, match="does not assimilate"):
-        moldiff.api.assimilate(ckpt, torch.zeros(1, 2), n=1, length=4)
+        assimilate(ckpt, torch.zeros(1, 2), n=1, length=4)
 
 
 def test_the_weak_constraint_term_can_be_given_a_wrong_model():
