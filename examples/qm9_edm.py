@@ -40,7 +40,7 @@ moldiff.sample(result.checkpoint, n, out=sdf, sampler="ancestral", steps=steps, 
 metrics = moldiff.evaluate_molecule_file(sdf, novelty=not args.tiny, progress=False)
 print("samples:\n" + metrics.table())
 
-# The same evaluator on real QM9 molecules: this is EDM's "data" row (full split: `moldiff eval --dataset qm9`).
+# The same evaluator on real QM9 molecules: this is EDM's "data" row (full split: `moldiff eval-molecules --dataset qm9`).
 data = moldiff.evaluate_dataset("qm9", "train", limit=200 if args.tiny else 5000, novelty=False, progress=False)
 print("QM9 training molecules:\n" + data.table())
 

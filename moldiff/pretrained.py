@@ -106,6 +106,27 @@ class Pretrained:
         return self.task.sample(self.model, n, generator=gen, sampler=scfg, progress=progress)
 
 
+    def complete(self, scaffold, n: int, *, steps: int | None = None, sizes=None, resample: int = 1, noise: float = 0.0,
+                 seed: int = 0, progress: bool = False) -> list:
+        """``n`` molecules that contain ``scaffold`` (a :class:`~moldiff.molecules.graph_mol.GraphMolecule`, or
+        an RDKit ``Mol`` with a conformer): its atoms, charges, bonds and geometry are kept, the rest is generated
+        by inpainting (``qm9`` only; ``sizes``: the molecules' atom counts, default drawn from the training
+        histogram above the scaffold's size; ``resample``, ``noise``: see
+        :meth:`~moldiff.molecules.flow_task.QM9FlowTask.sample`)."""
+        import dataclasses
+
+        from .molecules.graph_mol import GraphMolecule, from_rdkit
+
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if not isinstance(scaffold, GraphMolecule):
+            scaffold = from_rdkit(scaffold)
+        scfg = self.task.cfg.sampler if steps is None else dataclasses.replace(self.task.cfg.sampler, steps=steps)
+        gen = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
+        return self.task.sample(self.model, n, generator=gen, sampler=scfg, progress=progress, scaffold=scaffold,
+                                sizes=sizes, resample=resample, noise=noise)
+
+
 def pretrained(name: str = "qm9", *, device: str = "auto") -> Pretrained:
     """Load a model that ships with moldiff (offline): ``moldiff.pretrained("qm9").sample(100)``."""
     task, model, state = load_pretrained_file(pretrained_path(name), device)

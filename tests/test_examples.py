@@ -17,6 +17,7 @@ TINY_ARGS = {
     "assimilation_lorenz.py": ["--steps", "40", "--tiny"],
     "inpainting_lorenz96.py": ["--tiny"],
     "toy2d_guidance.py": ["--steps", "100", "--tiny"],
+    "scaffold_completion.py": ["--tiny"],
 }
 
 

@@ -89,6 +89,16 @@ class CategoricalPath:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), x0.reshape(-1),
                                reduction="none").reshape(x0.shape)
 
+    def renoise(self, x_s: Tensor, s: float, t: float, *, generator=None) -> Tensor:
+        """A draw of ``x_t`` given ``x_s`` (``s < t``) under the forward chain: each token kept with probability
+        ``(1 - t) / (1 - s)``, else a source token -- the transition whose marginals are :meth:`marginal`."""
+        s, t = float(s), float(t)
+        if not 0 <= s < t <= 1:
+            raise ValueError(f"renoise goes from s to t with 0 <= s < t <= 1, got s={s}, t={t}")
+        u = torch.rand(x_s.shape, generator=generator, device=x_s.device)
+        src = self.prior_sample(x_s.shape, generator=generator, device=x_s.device)
+        return torch.where(u < (1 - t) / (1 - s), x_s, src)
+
     def step(self, x_t: Tensor, probs: Tensor, t: float, s: float, *, eta: float = 0.0, generator=None) -> Tensor:
         """One step of the reverse chain from ``t`` to ``s < t`` given ``probs = p(x_0 | x_t)``
         ``[*x_t.shape, K]`` (rows summing to one); at ``s = 0`` every token ends on a data class.

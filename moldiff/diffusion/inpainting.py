@@ -24,7 +24,7 @@ from .denoiser import Denoiser
 from .guidance import GaussianObservation
 from .samplers import Callback, _steps, ancestral_update
 
-__all__ = ["sample_repaint", "inpainting_observation"]
+__all__ = ["sample_repaint", "inpainting_observation", "translate_onto_known"]
 
 
 def inpainting_observation(known: Tensor, mask: Tensor, noise_std: float = 1e-3) -> GaussianObservation:
@@ -97,20 +97,17 @@ def sample_repaint(
         x = model.x0(x, model.batch_time(ts[-1], x), cond)
     out = torch.where(mask, known, x)
     if restore_known and getattr(space, "zero_com", False):
-        out = _translate_onto_known(x, known, mask, space)
+        out = translate_onto_known(x, known, mask, space)
     return out
 
 
-def _translate_onto_known(x: Tensor, known: Tensor, mask: Tensor, space) -> Tensor:
-    """Point clouds: shift each graph so its known atoms' mean position matches the given one (the zero-CoM
-    sampler cannot keep absolute positions), then put the known values back exactly."""
+def translate_onto_known(x: Tensor, known: Tensor, mask: Tensor, space) -> Tensor:
+    """Point clouds ``[N, pos_dims + F]``: shift each graph so its given atoms' (rows whose positions ``mask``
+    marks) mean position matches the given one (a zero-CoM sampler cannot keep absolute positions), then put the
+    given values back exactly."""
     p = space.pos_dims
-    atoms = mask[:, :p].all(1).to(x.dtype)  # rows whose positions are given
-    num = torch.zeros(space.num_graphs, p, dtype=x.dtype, device=x.device)
-    den = torch.zeros(space.num_graphs, dtype=x.dtype, device=x.device)
-    num.index_add_(0, space.batch, (known[:, :p] - x[:, :p]) * atoms[:, None])
-    den.index_add_(0, space.batch, atoms)
-    shift = num / den.clamp(min=1)[:, None]
+    rows = mask[:, :p].all(1, keepdim=True).to(x.dtype)  # [N, 1]
+    shift = space.graph_sum((known[:, :p] - x[:, :p]) * rows) / space.graph_sum(rows).clamp(min=1)
     out = x.clone()
     out[:, :p] = x[:, :p] + shift[space.batch]
     return torch.where(mask, known, out)

@@ -152,6 +152,10 @@ class PointCloudSpace(Space):
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return self.project(z)
 
+    def graph_sum(self, v: Tensor) -> Tensor:
+        """Per-graph sums of node rows: ``v [N, *D] -> [G, *D]``."""
+        return torch.zeros(self.num_graphs, *v.shape[1:], device=v.device, dtype=v.dtype).index_add_(0, self.batch, v)
+
     def sum(self, v: Tensor) -> Tensor:
         out = torch.zeros(self.num_graphs, device=v.device, dtype=v.dtype)
         return out.index_add_(0, self.batch, v.reshape(v.shape[0], -1).sum(dim=1))

@@ -31,6 +31,7 @@ from torch import nn
 from ..config import ConfigError, ExperimentConfig, ProcessConfig, SamplerConfig, raise_failed
 from ..diffusion import (
     CategoricalPath,
+    MixedKnown,
     MixedPrediction,
     MixedState,
     PointCloudSpace,
@@ -219,6 +220,41 @@ def batch_from_molecules(mols: list[GraphMolecule]) -> GraphBatch:
                       torch.from_numpy(pair_index), torch.from_numpy(pair_graph), len(mols), int(sizes.max()))
 
 
+def scaffold_known(scaffold: GraphMolecule, layout: GraphBatch, sizes: np.ndarray, *, align: bool = False,
+                   prior_std: float = 1.0, iterations: int = 3, generator: torch.Generator | None = None) -> MixedKnown:
+    """The scaffold as the given part of every molecule of a sampling layout: its atoms are each molecule's first
+    ``k`` atoms (positions, element and charge tokens) and the pairs among them carry its bonds (``none`` where
+    it has none)."""
+    k = scaffold.num_atoms
+    ref = batch_from_molecules([scaffold])  # tokens of the scaffold, positions centred
+    dev = layout.batch.device
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    slot = np.concatenate([np.arange(n) for n in sizes])  # atom number within its molecule
+    atom_given = torch.from_numpy(slot < k).to(dev)
+    src = torch.from_numpy(np.minimum(slot, k - 1)).to(dev)
+    pos = torch.as_tensor(scaffold.positions, dtype=torch.float32, device=dev)[src]
+    x = torch.where(atom_given[:, None], pos, torch.zeros_like(pos))
+    atoms = torch.where(atom_given, ref.atoms.to(dev)[src], 0)
+    charges = torch.where(atom_given, ref.charges.to(dev)[src], 0)
+    pi = layout.pair_index.cpu().numpy()
+    local = pi - starts[layout.pair_graph.cpu().numpy()]
+    pair_given = (local[0] < k) & (local[1] < k)
+    adjacency = scaffold.adjacency()
+    bond_tok = np.where(pair_given, adjacency[np.minimum(local[0], k - 1), np.minimum(local[1], k - 1)], 0)
+    source = None
+    if align:  # the scaffold's source points coupled to it as in training (Hungarian + Kabsch per molecule)
+        rows = atom_given.nonzero().squeeze(1)
+        block = x[rows] - x[rows].mean(0, keepdim=True)  # the scaffold, centred (the same in every molecule)
+        draw = torch.randn(block.shape, generator=generator, device=dev) * prior_std
+        kb = layout.batch[rows]
+        draw = draw - torch.zeros(layout.num_graphs, 3, device=dev).index_add_(0, kb, draw)[kb] / k
+        source = torch.zeros_like(x)
+        source[rows] = align_source_per_graph(block, draw, kb, layout.num_graphs, iterations=iterations).to(x)
+    return MixedKnown(x, atom_given[:, None],
+                      {"atoms": atoms, "charges": charges, "bonds": torch.from_numpy(bond_tok).to(dev)},
+                      {"atoms": atom_given, "charges": atom_given, "bonds": torch.from_numpy(pair_given).to(dev)}, source)
+
+
 class QM9FlowTask(QM9Source, Task):
     name = "qm9_flow"
     config_class = QM9FlowConfig
@@ -363,12 +399,20 @@ class QM9FlowTask(QM9Source, Task):
 
     # -- sampling --------------------------------------------------------------------------------------
     def sample(self, model, n, *, generator, sampler: SamplerConfig | None = None, progress: bool = True,
-               sizes: np.ndarray | None = None, properties: np.ndarray | None = None) -> list[GraphMolecule]:
+               sizes: np.ndarray | None = None, properties: np.ndarray | None = None,
+               scaffold: GraphMolecule | None = None, resample: int = 1, noise: float = 0.0) -> list[GraphMolecule]:
         """``n`` molecules with atom counts drawn from the training histogram (or the given ``sizes``), in
         batches of ``eval.batch_size`` grouped by size; ``sampler.steps`` network evaluations each.
 
         A conditional model (``condition.property``) generates molecule ``i`` for ``properties[i]`` (protocol
-        unit; give ``sizes`` too); without them, (size, property) pairs of random training molecules."""
+        unit; give ``sizes`` too); without them, (size, property) pairs of random training molecules.
+
+        ``scaffold``: complete a given fragment -- its atoms (elements, charges, positions) and the bonds among
+        them are the first atoms of every molecule, the rest is generated (inpainting,
+        :class:`~moldiff.diffusion.mixed.MixedKnown`); sizes are then drawn from the training histogram above
+        the scaffold's size.  ``resample`` and ``noise``: RePaint's repeats per step and the stochasticity of
+        the position steps (:func:`~moldiff.diffusion.mixed.sample_mixed_flow`; ``steps * resample`` network
+        calls)."""
         from tqdm.auto import tqdm
 
         steps = (sampler or self.cfg.sampler).steps
@@ -387,6 +431,11 @@ class QM9FlowTask(QM9Source, Task):
             sizes, properties = self.draw_conditions(n, generator)
         if sizes is None:
             support, probs = self.size_distribution()
+            if scaffold is not None:
+                probs = np.where(support > scaffold.num_atoms, probs, 0.0)
+                if probs.sum() == 0:
+                    raise ValueError(f"no training molecule has more than the scaffold's {scaffold.num_atoms} atoms")
+                probs = probs / probs.sum()
             draw = torch.multinomial(torch.as_tensor(probs, device=device), n, replacement=True, generator=generator)
             sizes = support[draw.cpu().numpy()]
         sizes = np.asarray(sizes, dtype=np.int64)
@@ -394,6 +443,12 @@ class QM9FlowTask(QM9Source, Task):
             raise ValueError(f"sizes must list {n} atom counts, got {len(sizes)}")
         if (sizes < 1).any():
             raise ValueError("every molecule needs at least one atom")
+        if scaffold is not None:
+            check_vocabulary([scaffold], where="scaffold")
+            if not np.isfinite(scaffold.positions).all():
+                raise ValueError("scaffold: non-finite atom positions")
+            if (sizes < scaffold.num_atoms).any():
+                raise ValueError(f"every molecule needs at least the scaffold's {scaffold.num_atoms} atoms")
         order = np.argsort(sizes, kind="stable")
         out: list = [None] * n
         bs = self.cfg.eval.batch_size
@@ -411,10 +466,13 @@ class QM9FlowTask(QM9Source, Task):
             x = space.randn_like(layout.pos, generator) * self.path.prior_std
             shapes = {"atoms": len(layout.batch), "charges": len(layout.batch), "bonds": pair_index.shape[1]}
             tokens = {k: self.paths[k].prior_sample((s,), generator=generator, device=device) for k, s in shapes.items()}
+            known = None if scaffold is None else scaffold_known(
+                scaffold, layout, sz, align=self.cfg.flow.align, prior_std=self.path.prior_std,
+                iterations=self.cfg.flow.align_iterations, generator=generator)
             with torch.no_grad():
                 final = sample_mixed_flow(self.predictor(model, layout), MixedState(x, tokens), ts, path=self.path,
-                                          categorical=self.paths, space=space, eta=self.cfg.flow.eta,
-                                          generator=generator,
+                                          categorical=self.paths, space=space, eta=self.cfg.flow.eta, noise=noise,
+                                          known=known, resample=resample, generator=generator,
                                           progress=progress and len(chunks) < 2)
             for k, mol in zip(idx, self.decode(final, layout, sz)):
                 out[k] = mol

@@ -151,3 +151,23 @@ def test_a_training_checkpoint_is_not_a_shipped_model(trained):
     _, res = trained
     with pytest.raises(CheckpointError, match="pretrained model"):
         load_pretrained_file(res.checkpoint)
+
+
+def test_scaffold_completion_keeps_the_scaffold_and_checks_it():
+    """Inpainting with the shipped model: every molecule starts with the given atoms -- same elements, charges,
+    bonds among them and positions -- and has the requested size; bad scaffolds are refused."""
+    model = moldiff.pretrained("qm9", device="cpu")
+    ring = GraphMolecule([6] * 6, [0] * 6, [[1.39 * np.cos(a), 1.39 * np.sin(a), 0.0] for a in np.arange(6) * np.pi / 3],
+                         [(0, 1, 2), (1, 2, 1), (2, 3, 2), (3, 4, 1), (4, 5, 2), (0, 5, 1)])
+    sizes = np.array([12, 9, 15])
+    mols = model.complete(ring, 3, steps=4, sizes=sizes, resample=2, noise=1.0, seed=0)
+    assert [m.num_atoms for m in mols] == list(sizes)
+    for m in mols:
+        np.testing.assert_allclose(m.positions[:6], ring.positions, atol=1e-5)
+        assert (m.atomic_numbers[:6] == 6).all() and (m.charges[:6] == 0).all()
+        inner = {(int(i), int(j), int(o)) for i, j, o in m.bonds if i < 6 and j < 6}
+        assert inner == {(int(i), int(j), int(o)) for i, j, o in ring.bonds}
+    with pytest.raises(ValueError, match="scaffold's 6 atoms"):
+        model.complete(ring, 2, steps=2, sizes=np.array([12, 5]))
+    with pytest.raises(moldiff.molecules.UnsupportedElementError, match="scaffold"):
+        model.complete(GraphMolecule([6, 17], [0, 0], [[0, 0, 0], [1.7, 0, 0]], [(0, 1, 1)]), 2, steps=2)
