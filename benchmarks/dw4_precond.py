@@ -48,17 +48,12 @@ if str(ROOT) not in sys.path:  # physics.particles, when run as `python benchmar
 
 from physics.particles.metrics import energy_wasserstein, interatomic_distances  # noqa: E402
 
+from toy2d_precond import SAMPLERS  # noqa: E402 -- the same samplers as the toy 2D table (benchmarks/ is on sys.path)
+
 OUT = ROOT / "benchmarks" / "results" / "dw4_precond"
 EDM = ["precond.kind=edm", "precond.sigma_data={sigma_data}", "model.prediction=x0", "model.input_scaling=false",
        "loss.time_distribution=lognormal", "loss.weighting=edm"]
 VARIANTS = {"eps (before)": ("eps", []), "EDM precond (after)": ("edm", EDM)}
-#: (label, sampler settings, model evaluations per grid step)
-SAMPLERS = [
-    ("ode_euler, uniform t", {"name": "ode_euler"}, 1),
-    ("ode_heun, uniform t", {"name": "ode_heun"}, 2),
-    ("EDM Heun, Karras grid", {"name": "heun_churn", "spacing": "karras"}, 2),
-    ("EDM Heun + churn 10, Karras", {"name": "heun_churn", "spacing": "karras", "s_churn": 10.0}, 2),
-]
 
 
 def main() -> None:
