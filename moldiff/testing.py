@@ -36,13 +36,13 @@ def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
 
 
 def random_rotation(dtype: torch.dtype, generator: torch.Generator, reflect: bool = False,
-                    device: torch.device | str | None = None) -> Tensor:
-    """A Haar-random ``[3, 3]`` orthogonal matrix with determinant +1 (or -1 when ``reflect``).
+                    device: torch.device | str | None = None, dim: int = 3) -> Tensor:
+    """A Haar-random ``[dim, dim]`` orthogonal matrix with determinant +1 (or -1 when ``reflect``).
 
     QR of a Gaussian matrix with the signs of ``diag(R)`` moved into ``Q``; one column is flipped to fix the
     determinant.  Drawn in float64 on the CPU, then cast.
     """
-    a = torch.randn(3, 3, generator=generator, dtype=torch.float64)
+    a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(a)
     q = q * torch.sign(torch.diagonal(r))[None, :]
     if (torch.linalg.det(q) < 0) != reflect:
@@ -99,7 +99,7 @@ def assert_equivariant(fn: Callable[[Tensor], Tensor], x: Tensor, batch: Tensor,
         return torch.cat([p, rest], dim=1)
 
     for name, reflect in (("rotation", False), ("reflection", True)):
-        rot = random_rotation(x.dtype, generator, reflect=reflect, device=x.device)
+        rot = random_rotation(x.dtype, generator, reflect=reflect, device=x.device, dim=pos_dims)
         expected = with_pos(y[:, :pos_dims] @ rot.T, y[:, pos_dims:])
         _check(name, fn(with_pos(pos @ rot.T, feat)), expected, pos_dims, atol, rtol)
 

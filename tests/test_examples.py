@@ -18,6 +18,7 @@ TINY_ARGS = {
     "inpainting_lorenz96.py": ["--tiny"],
     "toy2d_guidance.py": ["--steps", "100", "--tiny"],
     "scaffold_completion.py": ["--tiny"],
+    "custom_backbone.py": ["--tiny"],
     "qm9_property.py": ["--tiny"],
 }
 

@@ -72,13 +72,19 @@ class ParticleData:
 
 @dataclass
 class ParticleModel:
-    """The EGNN backbone (Klein et al. use 3 layers x 32 for DW4 / LJ13; iDEM 5 x 128 for LJ13 / LJ55)."""
+    """The backbone (:mod:`moldiff.nn.backbones`): ``egnn`` (EDM's EGNN; Klein et al. use 3 layers x 32 for DW4 /
+    LJ13, iDEM 5 x 128 for LJ13 / LJ55), ``e3nn`` (tensor products, 3D systems) or a user's ``module:Class``."""
 
-    hidden: int = 64
+    backbone: str = "egnn"  #: egnn | e3nn | package.module:Class
+    hidden: int = 64  #: egnn: hidden width; e3nn: channels per irrep order
     layers: int = 4
-    attention: bool = True
-    tanh: bool = True
-    coords_range: float = 15.0
+    attention: bool = True  #: egnn
+    tanh: bool = True  #: egnn
+    coords_range: float = 15.0  #: egnn
+    lmax: int = 1  #: e3nn: highest order of features and spherical harmonics (1 or 2)
+    parity: bool = True  #: e3nn: E(3) (true) or SE(3) (false) equivariance
+    r_max: float = 5.0  #: e3nn: range of the radial basis (data units)
+    cutoff: float = 0.0  #: e3nn: message radius (a radius graph); 0: fully connected
     prediction: str = "velocity"  #: velocity (flow processes) | eps (score-SDE processes)
     input_scaling: bool = True  #: feed x / sqrt(alpha^2 sigma_data^2 + sigma_t^2) to the network
 
@@ -135,6 +141,10 @@ class ParticleConfig(ExperimentConfig):
              f"flow-matching models are sampled with an ODE sampler ({', '.join(ODE_SAMPLERS)}), not {self.sampler.name!r}"),
             (self.model.hidden >= 1 and self.model.layers >= 1, "model.hidden", "hidden and layers must be >= 1"),
             (self.model.coords_range > 0, "model.coords_range", "must be > 0"),
+            (self.model.backbone != "e3nn" or self.data.system not in ("dw4",), "model.backbone",
+             "e3nn works in 3D; dw4 is planar (use egnn or your own backbone)"),
+            (self.model.lmax in (1, 2), "model.lmax", "must be 1 or 2"),
+            (self.model.cutoff >= 0 and self.model.r_max > 0, "model.cutoff", "cutoff must be >= 0 and r_max > 0"),
             (self.precond.kind == "none" or not self.model.input_scaling, "model.input_scaling",
              "precond.kind: edm scales the network's input itself (c_in); set model.input_scaling: false"),
             (self.eval.n_samples >= 0 and self.eval.nll_points >= 0, "eval.n_samples", "must be >= 0"),
@@ -205,11 +215,16 @@ class ParticleTask(Task):
 
     # -- model ---------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from moldiff.nn import EGNNDenoiser
+        from moldiff.nn.backbones import build_backbone
 
         m = self.cfg.model
-        return EGNNDenoiser(num_features=0, hidden_nf=m.hidden, n_layers=m.layers, attention=m.attention, tanh=m.tanh,
-                            coords_range=m.coords_range, pos_dims=self.system.dim)
+        options = {"egnn": {"attention": m.attention, "tanh": m.tanh, "coords_range": m.coords_range},
+                   "e3nn": {"lmax": m.lmax, "parity": m.parity, "r_max": m.r_max, "cutoff": m.cutoff or None}}
+        try:
+            return build_backbone(m.backbone, 0, hidden=m.hidden, layers=m.layers, pos_dims=self.system.dim,
+                                  options=options.get(m.backbone, {}))
+        except ValueError as e:
+            raise ConfigError(f"model.backbone: {e}") from e
 
     def space(self, num: int, device) -> PointCloudSpace:
         """The zero-CoM space of ``num`` configurations laid out as ``[num n, d]``."""
