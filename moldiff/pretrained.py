@@ -108,8 +108,8 @@ class Pretrained:
 
     def complete(self, scaffold, n: int, *, steps: int | None = None, sizes=None, resample: int = 1, noise: float = 0.0,
                  seed: int = 0, progress: bool = False) -> list:
-        """``n`` molecules that contain ``scaffold`` (a :class:`~moldiff.molecules.graph_mol.GraphMolecule`, or
-        an RDKit ``Mol`` with a conformer): its atoms, charges, bonds and geometry are kept, the rest is generated
+        """``n`` molecules that contain ``scaffold`` (a :class:`~moldiff.molecules.graph_mol.GraphMolecule`, a
+        PyG ``Data`` with ``z``, ``pos`` and bonds, or an RDKit ``Mol`` with a conformer): its atoms, charges, bonds and geometry are kept, the rest is generated
         by inpainting (``qm9`` only; ``sizes``: the molecules' atom counts, default drawn from the training
         histogram above the scaffold's size; ``resample``, ``noise``: see
         :meth:`~moldiff.molecules.flow_task.QM9FlowTask.sample`)."""
@@ -119,7 +119,9 @@ class Pretrained:
 
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        if not isinstance(scaffold, GraphMolecule):
+        if hasattr(scaffold, "pos") and hasattr(scaffold, "z"):  # a PyG Data
+            scaffold = GraphMolecule.from_pyg(scaffold)
+        elif not isinstance(scaffold, GraphMolecule):
             scaffold = from_rdkit(scaffold)
         scfg = self.task.cfg.sampler if steps is None else dataclasses.replace(self.task.cfg.sampler, steps=steps)
         gen = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)

@@ -305,11 +305,13 @@ def evaluate_graphs(mols: list[GraphMolecule], *, reference: ReferenceStats | No
                     training_smiles: set[str] | None = None, edm: bool = True, edm_reference: set[str] | None = None,
                     mmff: int = 0, progress: bool = False) -> GraphMetrics:
     """Score generated molecules with the generated-graph protocol (module docstring) and, with ``edm``,
-    EDM's distance-based protocol on their coordinates."""
+    EDM's distance-based protocol on their coordinates.  ``mols``: ``GraphMolecule`` s or a PyG ``Batch``."""
     from tqdm.auto import tqdm
 
     from .evaluate import evaluate_molecules, rdkit_log_silenced
+    from .graph_mol import graph_molecules
 
+    mols = graph_molecules(mols)
     start = time.perf_counter()
     n = len(mols)
     n_atoms = stable_atoms = stable_mols = n_valid = n_conn = n_valid_conn = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GraphMolecule", "to_rdkit", "from_rdkit", "write_graph_sdf", "read_graph_sdf"]
+__all__ = ["GraphMolecule", "graph_molecules", "to_rdkit", "from_rdkit", "write_graph_sdf", "read_graph_sdf"]
 
 
 @dataclass
@@ -55,6 +55,49 @@ class GraphMolecule:
     def as_pair(self) -> tuple[np.ndarray, np.ndarray]:
         """``(atomic_numbers, positions)``: the input of EDM's distance-based evaluator."""
         return self.atomic_numbers, self.positions
+
+    def to_pyg(self):
+        """A ``torch_geometric.data.Data`` with ``z``, ``pos``, ``charges``, ``edge_index [2, 2b]`` (both
+        directions) and ``edge_attr [2b]`` (bond orders) -- the layout of :meth:`moldiff.molecules.qm9.QM9.to_pyg`."""
+        import torch
+        from torch_geometric.data import Data
+
+        b = torch.from_numpy(self.bonds)
+        return Data(z=torch.from_numpy(self.atomic_numbers), pos=torch.from_numpy(self.positions),
+                    charges=torch.from_numpy(self.charges), edge_index=torch.cat([b[:, :2].T, b[:, :2].T.flip(0)], 1),
+                    edge_attr=torch.cat([b[:, 2], b[:, 2]]))
+
+    @classmethod
+    def from_pyg(cls, data) -> "GraphMolecule":
+        """From a PyG ``Data`` with ``z`` and ``pos`` (and optionally ``charges``, ``edge_index`` and bond orders in
+        ``edge_attr``; each undirected bond may appear once or in both directions)."""
+        z = data.z.detach().cpu().numpy()
+        charges = data.charges.detach().cpu().numpy() if getattr(data, "charges", None) is not None else np.zeros_like(z)
+        bonds = np.zeros((0, 3), dtype=np.int64)
+        if getattr(data, "edge_index", None) is not None and data.edge_index.numel():
+            ei = data.edge_index.detach().cpu().numpy()
+            attr = data.edge_attr if getattr(data, "edge_attr", None) is not None else None
+            orders = np.ones(ei.shape[1], dtype=np.int64) if attr is None else attr.detach().cpu().numpy().reshape(-1)
+            if len(orders) != ei.shape[1]:
+                raise ValueError(f"edge_attr must hold one bond order per edge, got {len(orders)} for {ei.shape[1]}")
+            found = {}
+            for (i, j), o in zip(ei.T.tolist(), orders.tolist()):
+                key = (min(i, j), max(i, j))
+                if found.setdefault(key, int(o)) != int(o):
+                    raise ValueError(f"bond {key} has two different orders")
+            bonds = np.array([(i, j, o) for (i, j), o in sorted(found.items())], dtype=np.int64).reshape(-1, 3)
+        return cls(z, charges, data.pos.detach().cpu().numpy(), bonds)
+
+
+def graph_molecules(molecules) -> list[GraphMolecule]:
+    """``GraphMolecule`` s from a list of them, a PyG ``Data`` or a PyG ``Batch`` (or a list of ``Data``)."""
+    if isinstance(molecules, GraphMolecule):
+        return [molecules]
+    if hasattr(molecules, "to_data_list"):
+        molecules = molecules.to_data_list()
+    elif hasattr(molecules, "pos") and hasattr(molecules, "z"):
+        molecules = [molecules]
+    return [m if isinstance(m, GraphMolecule) else GraphMolecule.from_pyg(m) for m in molecules]
 
 
 def to_rdkit(mol: GraphMolecule, *, sanitize: bool = False):

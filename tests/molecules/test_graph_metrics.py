@@ -67,3 +67,23 @@ def test_broken_molecules_are_counted_never_raised():
     assert f["disconnected"] == 2 and f["empty"] == 1
     assert graph_smiles(zwit)[0] is not None and graph_smiles(pentavalent)[1] == "sanitize:valence"
     assert all(np.isfinite(v) for v in res.flat().values())
+
+
+def test_pyg_molecules_round_trip_and_are_scored_like_graph_molecules():
+    from torch_geometric.data import Batch
+
+    from moldiff.molecules.graph_mol import GraphMolecule, graph_molecules
+
+    water = GraphMolecule([8, 1, 1], [0, 0, 0], [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], [(0, 1, 1), (0, 2, 1)])
+    ion = GraphMolecule([7, 1, 1, 1, 1], [1, 0, 0, 0, 0], np.eye(5, 3) * 1.0, [(0, 1, 1), (0, 2, 1), (0, 3, 1), (0, 4, 1)])
+    back = GraphMolecule.from_pyg(water.to_pyg())
+    for a, b in zip((water.atomic_numbers, water.charges, water.positions, water.bonds),
+                    (back.atomic_numbers, back.charges, back.positions, back.bonds)):
+        np.testing.assert_array_equal(a, b)
+    batch = Batch.from_data_list([water.to_pyg(), ion.to_pyg()])
+    mols = graph_molecules(batch)
+    assert [m.num_atoms for m in mols] == [3, 5] and mols[1].charges[0] == 1
+    from_batch = evaluate_graphs(batch, edm=False).flat()
+    from_list = evaluate_graphs([water, ion], edm=False).flat()
+    assert from_batch.keys() == from_list.keys()
+    assert all(from_batch[k] == from_list[k] or k.endswith("seconds") for k in from_batch)
