@@ -44,9 +44,11 @@ class QM9Data:
 
 @dataclass
 class QM9Model:
-    """EDM's EGNN (defaults: 9 layers x 256, attention, tanh-bounded coordinate updates)."""
+    """The backbone (:mod:`moldiff.nn.backbones`); defaults: EDM's EGNN (9 layers x 256, attention, tanh-bounded
+    coordinate updates)."""
 
-    hidden: int = 256
+    backbone: str = "egnn"  #: egnn | e3nn | package.module:Class
+    hidden: int = 256  #: egnn: hidden width; e3nn: channels per irrep order
     layers: int = 9
     attention: bool = True
     tanh: bool = True
@@ -56,6 +58,9 @@ class QM9Model:
     normalization_factor: float = 1.0
     scale: list[float] = field(default_factory=lambda: [1.0, 4.0, 10.0])  #: positions, one-hot, atomic number
     include_charges: bool = True  #: the atomic-number channel
+    lmax: int = 1  #: e3nn: highest order of features and spherical harmonics (1 or 2)
+    parity: bool = True  #: e3nn: E(3) (true) or SE(3) (false) equivariance
+    r_max: float = 3.0  #: e3nn: range of the radial basis, in the model's position unit
 
 
 @dataclass
@@ -180,13 +185,18 @@ class QM9Task(QM9Source, Task):
 
     # -- model and loss --------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from ..nn import EGNNDenoiser
+        from ..nn.backbones import build_backbone
 
         m = self.cfg.model
-        return EGNNDenoiser(num_features=self.encoding.num_features, hidden_nf=m.hidden, n_layers=m.layers,
-                            attention=m.attention, tanh=m.tanh, coords_range=m.coords_range,
-                            norm_constant=m.norm_constant, inv_sublayers=m.inv_sublayers,
-                            normalization_factor=m.normalization_factor)
+        options = {"egnn": {"attention": m.attention, "tanh": m.tanh, "coords_range": m.coords_range,
+                            "norm_constant": m.norm_constant, "inv_sublayers": m.inv_sublayers,
+                            "normalization_factor": m.normalization_factor},
+                   "e3nn": {"lmax": m.lmax, "parity": m.parity, "r_max": m.r_max}}
+        try:
+            return build_backbone(m.backbone, self.encoding.num_features, hidden=m.hidden, layers=m.layers, pos_dims=3,
+                                  options=options.get(m.backbone, {}))
+        except ValueError as e:
+            raise ConfigError(f"model.backbone: {e}") from e
 
     def denoiser(self, model: nn.Module, graph: torch.Tensor, num_graphs: int, max_nodes: int) -> Denoiser:
         space = PointCloudSpace(graph, num_graphs, validate=False)

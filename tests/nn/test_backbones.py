@@ -74,3 +74,16 @@ def test_the_particles_config_names_the_backbone(tmp_path):
     cfg = moldiff.load_config("configs/smoke/particles_lj13_vp.yaml", ["model.backbone=nope:Net"])
     with pytest.raises(ConfigError, match="model.backbone.*cannot be imported"):
         moldiff.get_task(cfg.task)(cfg).build_model()
+
+
+def test_the_qm9_config_names_the_backbone():
+    import moldiff
+
+    cfg = moldiff.load_config("configs/smoke/qm9_edm.yaml", ["model.backbone=e3nn", "model.hidden=4", "model.layers=1"])
+    task = moldiff.get_task(cfg.task)(cfg)
+    net = task.build_model()
+    assert type(net).__name__ == "E3Denoiser" and net.num_features == task.encoding.num_features
+    batch = next(task.train_batches(start_step=0, rank=0, world_size=1, device="cpu"))
+    loss = task.loss(net, batch, torch.Generator().manual_seed(0))
+    assert loss.shape == (batch.num_graphs,) and torch.isfinite(loss).all()
+    loss.mean().backward()
