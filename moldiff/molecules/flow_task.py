@@ -52,14 +52,17 @@ __all__ = ["QM9FlowConfig", "QM9FlowTask", "GraphBatch", "batch_from_molecules",
 
 @dataclass
 class FlowModel:
-    """:class:`~moldiff.nn.molgraph.MolGraphNet` sizes."""
+    """The backbone (:func:`moldiff.nn.backbones.build_graph_backbone`) and its sizes."""
 
-    hidden: int = 128
+    backbone: str = "molgraph"  #: molgraph (MolGraphNet) | e3nn (E3MolGraphNet) | package.module:Class
+    hidden: int = 128  #: molgraph: width; e3nn: channels per irrep order
     edge: int = 32
     layers: int = 6
     rbf: int = 16
     cutoff: float = 6.0  #: Å, range of the radial basis
-    coords_range: float = 2.0  #: Å, bound of one layer's pairwise coordinate update
+    coords_range: float = 2.0  #: Å, bound of one layer's pairwise coordinate update (molgraph)
+    lmax: int = 1  #: e3nn: highest order of features and spherical harmonics (1 or 2)
+    parity: bool = True  #: e3nn: E(3) (true) or SE(3) (false) equivariance
 
 
 @dataclass
@@ -353,13 +356,18 @@ class QM9FlowTask(QM9Source, Task):
 
     # -- model and loss --------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from ..nn.molgraph import MolGraphNet
+        from ..nn.backbones import build_graph_backbone
 
         m, p = self.cfg.model, self.paths
-        return MolGraphNet(len(ELEMENTS), len(CHARGES), len(BOND_ORDERS), atom_states=p["atoms"].num_states,
-                           charge_states=p["charges"].num_states, bond_states=p["bonds"].num_states,
-                           hidden=m.hidden, edge=m.edge, layers=m.layers, rbf=m.rbf, cutoff=m.cutoff,
-                           coords_range=m.coords_range, cond_dim=1 if self.conditional else 0)
+        extra = {"e3nn": {"lmax": m.lmax, "parity": m.parity}}.get(m.backbone, {})
+        try:
+            return build_graph_backbone(
+                m.backbone, len(ELEMENTS), len(CHARGES), len(BOND_ORDERS), atom_states=p["atoms"].num_states,
+                charge_states=p["charges"].num_states, bond_states=p["bonds"].num_states, hidden=m.hidden,
+                edge=m.edge, layers=m.layers, rbf=m.rbf, cutoff=m.cutoff, coords_range=m.coords_range,
+                cond_dim=1 if self.conditional else 0, **extra)
+        except ValueError as e:
+            raise ConfigError(f"model.backbone: {e}") from e
 
     def predictor(self, model: nn.Module, batch: GraphBatch):
         """The network as a :data:`~moldiff.diffusion.mixed.MixedModel` on this batch's layout."""

@@ -16,6 +16,13 @@ whose forward is
 Any module with this contract works: ``moldiff.testing.assert_equivariant`` checks it (the tests run it on every
 backbone here), and ``examples/custom_backbone.py`` trains a 30-line user network on DW4 through
 ``model.backbone: "module:Class"``.
+
+Molecular *graphs* (the ``qm9_flow`` recipe: bond tokens in, bond logits out) have the contract of
+:class:`~moldiff.nn.molgraph.MolGraphNet` -- built as ``Class(num_atoms, num_charges, num_bonds, *, atom_states,
+charge_states, bond_states, hidden, edge, layers, rbf, cutoff, coords_range, cond_dim, **options)``, called as
+``forward(pos [N, 3], atoms [N], charges [N], bonds [P], t [G], batch [N], pair_index [2, P], num_graphs,
+max_nodes, cond=None) -> (pos0, atom_logits, charge_logits, bond_logits)``; :func:`build_graph_backbone` picks
+``molgraph``, ``e3nn`` or ``module:Class``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["BACKBONES", "build_backbone"]
+__all__ = ["BACKBONES", "GRAPH_BACKBONES", "build_backbone", "build_graph_backbone"]
 
 
 def _egnn(num_features: int, *, hidden: int, layers: int, pos_dims: int, cond_dim: int = 0, **options) -> nn.Module:
@@ -46,24 +53,53 @@ def _e3nn(num_features: int, *, hidden: int, layers: int, pos_dims: int, cond_di
 BACKBONES: dict[str, Callable[..., nn.Module]] = {"egnn": _egnn, "e3nn": _e3nn}
 
 
-def build_backbone(name: str, num_features: int, *, hidden: int, layers: int, pos_dims: int, cond_dim: int = 0,
-                   options: dict[str, Any] | None = None) -> nn.Module:
-    """A backbone by name (:data:`BACKBONES`) or ``"package.module:Class"``; ``options`` are its own keyword
-    arguments.  Raises ``ValueError`` naming the problem (unknown name, import failure, bad arguments)."""
-    options = dict(options or {})
-    if name in BACKBONES:
-        factory = BACKBONES[name]
-    elif ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"backbone {name!r} cannot be imported: {e}") from e
-        if not (isinstance(factory, type) and issubclass(factory, nn.Module)):
-            raise ValueError(f"backbone {name!r} is not a torch.nn.Module subclass")
-    else:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or give 'module:Class'")
+def _resolve(name: str, registry: dict[str, Callable[..., nn.Module]]) -> Callable[..., nn.Module]:
+    if name in registry:
+        return registry[name]
+    if ":" not in name:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(registry)} or give 'module:Class'")
+    module, _, attr = name.partition(":")
     try:
-        return factory(num_features, hidden=hidden, layers=layers, pos_dims=pos_dims, cond_dim=cond_dim, **options)
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"backbone {name!r} cannot be imported: {e}") from e
+    if not (isinstance(factory, type) and issubclass(factory, nn.Module)):
+        raise ValueError(f"backbone {name!r} is not a torch.nn.Module subclass")
+    return factory
+
+
+def _build(name: str, factory: Callable[..., nn.Module], *args, **kwargs) -> nn.Module:
+    try:
+        return factory(*args, **kwargs)
     except TypeError as e:
         raise ValueError(f"backbone {name!r} does not take these arguments: {e}") from e
+
+
+def build_backbone(name: str, num_features: int, *, hidden: int, layers: int, pos_dims: int, cond_dim: int = 0,
+                   options: dict[str, Any] | None = None) -> nn.Module:
+    """A point-cloud backbone by name (:data:`BACKBONES`) or ``"package.module:Class"``; ``options`` are its own
+    keyword arguments.  Raises ``ValueError`` naming the problem (unknown name, import failure, bad arguments)."""
+    return _build(name, _resolve(name, BACKBONES), num_features, hidden=hidden, layers=layers, pos_dims=pos_dims,
+                  cond_dim=cond_dim, **(options or {}))
+
+
+def _molgraph(*args, **kwargs) -> nn.Module:
+    from .molgraph import MolGraphNet
+
+    return MolGraphNet(*args, **kwargs)
+
+
+def _e3_molgraph(*args, coords_range: float = 2.0, **kwargs) -> nn.Module:
+    from .e3_molgraph import E3MolGraphNet
+
+    return E3MolGraphNet(*args, **kwargs)
+
+
+#: built-in molecular-graph backbones by name
+GRAPH_BACKBONES: dict[str, Callable[..., nn.Module]] = {"molgraph": _molgraph, "e3nn": _e3_molgraph}
+
+
+def build_graph_backbone(name: str, num_atoms: int, num_charges: int, num_bonds: int, **kwargs) -> nn.Module:
+    """A molecular-graph backbone by name (:data:`GRAPH_BACKBONES`) or ``"package.module:Class"`` (module
+    docstring); ``kwargs`` as :class:`~moldiff.nn.molgraph.MolGraphNet` takes them, plus the backbone's own."""
+    return _build(name, _resolve(name, GRAPH_BACKBONES), num_atoms, num_charges, num_bonds, **kwargs)

@@ -47,20 +47,21 @@ class _Interaction(nn.Module):
     """One message-passing layer: ``h [N, irreps_in] -> [N, irreps_out]`` (see the module docstring)."""
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, mul: int, lmax: int, parity: bool,
-                 num_basis: int, radial_hidden: int):
+                 edge_dim: int, radial_hidden: int):
         super().__init__()
         scalars, gated, gates = _hidden_irreps(mul, lmax, parity)
         self.gate = enn.Gate(scalars, [nn.functional.silu], gates, [torch.sigmoid], gated)
         pre = self.gate.irreps_in
         self.tp = o3.FullyConnectedTensorProduct(irreps_in, irreps_sh, pre, shared_weights=False)
-        self.radial = nn.Sequential(nn.Linear(num_basis, radial_hidden), nn.SiLU(),
+        self.radial = nn.Sequential(nn.Linear(edge_dim, radial_hidden), nn.SiLU(),
                                     nn.Linear(radial_hidden, self.tp.weight_numel))
         self.self_interaction = o3.Linear(irreps_in, pre)
         self.irreps_out = self.gate.irreps_out
         self.residual = irreps_in == self.irreps_out
 
-    def forward(self, h: Tensor, src: Tensor, dst: Tensor, sh: Tensor, rbf: Tensor) -> Tensor:
-        msg = self.tp(h[src], sh, self.radial(rbf))
+    def forward(self, h: Tensor, src: Tensor, dst: Tensor, sh: Tensor, edge_feat: Tensor) -> Tensor:
+        """``edge_feat [E, edge_dim]``: invariant edge inputs of the radial MLP (radial basis, bond embedding)."""
+        msg = self.tp(h[src], sh, self.radial(edge_feat))
         agg = scatter(msg, dst, dim=0, dim_size=h.shape[0], reduce="mean")
         out = self.gate(self.self_interaction(h) + agg)
         return h + out if self.residual else out

@@ -87,3 +87,21 @@ def test_the_qm9_config_names_the_backbone():
     loss = task.loss(net, batch, torch.Generator().manual_seed(0))
     assert loss.shape == (batch.num_graphs,) and torch.isfinite(loss).all()
     loss.mean().backward()
+
+
+def test_the_qm9_flow_config_names_the_graph_backbone():
+    import moldiff
+    from moldiff.config import ConfigError
+
+    for name, cls in (("molgraph", "MolGraphNet"), ("e3nn", "E3MolGraphNet")):
+        cfg = moldiff.load_config("configs/smoke/qm9_flow.yaml", [f"model.backbone={name}", "model.hidden=8",
+                                                                    "model.layers=1", "data.max_train=64"])
+        task = moldiff.get_task(cfg.task)(cfg)
+        net = task.build_model()
+        assert type(net).__name__ == cls
+        batch = next(task.train_batches(start_step=0, rank=0, world_size=1, device="cpu"))
+        loss = task.loss(net, batch, torch.Generator().manual_seed(0))
+        assert torch.isfinite(loss).all()
+    cfg = moldiff.load_config("configs/smoke/qm9_flow.yaml", ["model.backbone=egnn"])
+    with pytest.raises(ConfigError, match="unknown backbone 'egnn'"):
+        moldiff.get_task(cfg.task)(cfg).build_model()
