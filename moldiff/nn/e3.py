@@ -1,9 +1,9 @@
 """A NequIP/MACE-style tensor-product denoiser for point clouds, built from e3nn.
 
 Each node carries features of every order ``l <= lmax`` (``o3.Irreps``); a message from node ``j`` to node ``i`` is
-the tensor product of ``h_j`` with the spherical harmonics of the edge vector ``x_j - x_i``, weighted per path by a
-radial MLP of the distance; messages are averaged over each node's neighbours, added to a self-interaction and
-passed through a gated nonlinearity (scalars: SiLU; higher orders: multiplied by sigmoid-gated scalars).  Time (and
+the channel-wise (NequIP's ``uvu``) tensor product of ``h_j`` with the spherical harmonics of the edge vector
+``x_j - x_i``, one weight per channel and path given by a radial MLP of the distance; messages are averaged over
+each node's neighbours, mixed by a linear layer, added to a self-interaction and passed through a gated nonlinearity (scalars: SiLU; higher orders: multiplied by sigmoid-gated scalars).  Time (and
 an optional global condition) enter as invariant node inputs.  The output is an ``l = 1`` vector per node -- the
 position update, equivariant -- and ``F`` invariant features.
 
@@ -43,6 +43,23 @@ def _hidden_irreps(mul: int, lmax: int, parity: bool) -> tuple[o3.Irreps, o3.Irr
     return scalars, gated, gates
 
 
+def _depthwise_tp(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, keep) -> tuple[o3.TensorProduct, o3.Irreps]:
+    """NequIP's convolution: every channel of every input irrep times every spherical harmonic, channel-wise
+    (``uvu``: one weight per channel and path, given per edge by the radial MLP), kept where ``keep(ir)``."""
+    mid, instructions = [], []
+    for i, (mul, ir_in) in enumerate(irreps_in):
+        for j, (_, ir_sh) in enumerate(irreps_sh):
+            for ir_out in ir_in * ir_sh:
+                if keep(ir_out):
+                    instructions.append((i, j, len(mid), "uvu", True))
+                    mid.append((mul, ir_out))
+    mid = o3.Irreps(mid)
+    mid_sorted, perm, _ = mid.sort()
+    instructions = [(i, j, perm[k], mode, train) for i, j, k, mode, train in instructions]
+    tp = o3.TensorProduct(irreps_in, irreps_sh, mid_sorted, instructions, shared_weights=False, internal_weights=False)
+    return tp, mid_sorted
+
+
 class _Interaction(nn.Module):
     """One message-passing layer: ``h [N, irreps_in] -> [N, irreps_out]`` (see the module docstring)."""
 
@@ -52,9 +69,11 @@ class _Interaction(nn.Module):
         scalars, gated, gates = _hidden_irreps(mul, lmax, parity)
         self.gate = enn.Gate(scalars, [nn.functional.silu], gates, [torch.sigmoid], gated)
         pre = self.gate.irreps_in
-        self.tp = o3.FullyConnectedTensorProduct(irreps_in, irreps_sh, pre, shared_weights=False)
+        allowed = {ir for _, ir in pre}
+        self.tp, mid = _depthwise_tp(irreps_in, irreps_sh, lambda ir: ir in allowed)
         self.radial = nn.Sequential(nn.Linear(edge_dim, radial_hidden), nn.SiLU(),
                                     nn.Linear(radial_hidden, self.tp.weight_numel))
+        self.linear = o3.Linear(mid, pre)
         self.self_interaction = o3.Linear(irreps_in, pre)
         self.irreps_out = self.gate.irreps_out
         self.residual = irreps_in == self.irreps_out
@@ -63,7 +82,7 @@ class _Interaction(nn.Module):
         """``edge_feat [E, edge_dim]``: invariant edge inputs of the radial MLP (radial basis, bond embedding)."""
         msg = self.tp(h[src], sh, self.radial(edge_feat))
         agg = scatter(msg, dst, dim=0, dim_size=h.shape[0], reduce="mean")
-        out = self.gate(self.self_interaction(h) + agg)
+        out = self.gate(self.self_interaction(h) + self.linear(agg))
         return h + out if self.residual else out
 
 
