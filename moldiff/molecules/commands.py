@@ -86,6 +86,7 @@ def _property_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
+    p.add_argument("--figure", default=None, metavar="PATH.png", help="requested vs predicted property, as a picture")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -98,6 +99,12 @@ def _property_run(args) -> int:
                                              progress=not args.no_progress)
     print(res.table())
     _write_json(args.json, res.as_dict())
+    if args.figure:
+        from ..fileio import atomic_path
+
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(args.figure, suffix=".png") as tmp:
+            res.figure().savefig(tmp, dpi=120)
     return 0
 
 

@@ -15,7 +15,7 @@ Every MAE carries its standard error over molecules.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -45,9 +45,26 @@ class PropertyProtocolResult:
     generated_valid: float  #: MAE on the generated molecules that RDKit accepts (generated graph protocol)
     validity: float  #: fraction of generated molecules RDKit accepts
     mol_stability: float  #: fraction of generated molecules whose every atom has its allowed valence
+    targets: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  #: requested values [n]
+    predictions: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  #: regressor on them [n]
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The scalar fields (JSON-ready)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("targets", "predictions")}
+
+    def figure(self):
+        """Requested against predicted property of the generated molecules (matplotlib figure)."""
+        import matplotlib.pyplot as plt
+
+        spec = property_spec(self.property)
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.scatter(self.targets, self.predictions, s=4, alpha=0.4)
+        lo, hi = float(np.min(self.targets)), float(np.max(self.targets))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set(xlabel=f"requested {spec.symbol} ({self.unit})", ylabel=f"regressor on the generated molecule",
+               title=f"MAE {self.generated:.3g} {self.unit} ({self.n_generated} molecules, {self.nfe} NFE)")
+        fig.tight_layout()
+        return fig
 
     def table(self) -> str:
         """A markdown table beside EDM's published figures (its Table 3)."""
@@ -145,4 +162,4 @@ def property_protocol(generator_task, generator_model, regressor_task, regressor
         property=prop, unit=spec.unit, n_generated=n, n_reference=len(rows), nfe=sampler.steps,
         generated=g, generated_se=g_se, lower_bound=lo, lower_bound_se=lo_se, shuffled=sh, shuffled_se=sh_se,
         atoms_only=at, atoms_only_se=at_se, generated_valid=_mae((pred - targets)[valid])[0],
-        validity=float(valid.mean()), mol_stability=float(stable.mean()))
+        validity=float(valid.mean()), mol_stability=float(stable.mean()), targets=targets, predictions=pred)

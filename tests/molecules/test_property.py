@@ -133,12 +133,14 @@ def test_the_command(trained, tmp_path, capsys):
     reg, gen = trained
     out = tmp_path / "r.json"
     rc = main(["qm9-property", "--generator", str(gen.checkpoint), "--regressor", str(reg.checkpoint), "-n", "4",
-               "--reference", "20", "--steps", "2", "--json", str(out), "--no-progress"])
+               "--reference", "20", "--steps", "2", "--json", str(out), "--figure", str(tmp_path / "f.png"),
+               "--no-progress"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "MAE" in captured.out
     data = json.loads(out.read_text())
     assert data["property"] == "alpha" and data["n_generated"] == 4
+    assert (tmp_path / "f.png").stat().st_size > 1000
     # the generator and regressor swapped: a clear error, nothing written
     rc = main(["qm9-property", "--generator", str(reg.checkpoint), "--regressor", str(gen.checkpoint), "-n", "4",
                "--json", str(tmp_path / "x.json"), "--no-progress"])
