@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
+from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "backbones"
@@ -80,18 +82,6 @@ def _one(config: str, overrides: list[str], batch_size: int, train_steps: int, s
             "peak_rss_mb": rss_mb, "peak_rss_mb_per_train_molecule": rss_mb / batch_size}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return cpu
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -119,6 +109,7 @@ def main() -> None:
               flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
     meta = {"machine": machine(), "torch_threads": args.threads, "batch_size": args.batch_size,
             "train_steps": args.train_steps, "sample_n": args.sample_n, "sample_steps": args.sample_steps,
             "command": " ".join(["python", "benchmarks/backbones.py", *sys.argv[1:]])}
