@@ -60,6 +60,14 @@ def test_example_runs(script, tmp_path):
     elif script == "inpainting_lorenz96.py":
         for name in ("RePaint", "guided (SDA)", "linear interpolation", "climatology"):
             assert name in out.stdout, out.stdout
+    elif script == "scaffold_completion.py":
+        assert "completions of benzene" in out.stdout and "scaffold atoms kept in place: True" in out.stdout
+        assert (tmp_path / "runs" / "completions.sdf").is_file() and (tmp_path / "runs" / "completions.png").is_file()
+    elif script == "custom_backbone.py":
+        assert "RadialNet: equivariant" in out.stdout and "DW4 with RadialNet" in out.stdout
+    elif script == "qm9_property.py":
+        for name in ("shuffled properties", "#atoms only", "generated", "lower bound"):
+            assert name in out.stdout, out.stdout
     else:
         assert "W2 to held-out data" in out.stdout
         assert list((tmp_path / "runs").glob("example_*.png"))
