@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, ExperimentConfig, ProcessConfig, SamplerConfig, raise_failed
+from ..diffusion.spaces import remove_com
 from ..diffusion import (
     CategoricalPath,
     MixedKnown,
@@ -250,7 +251,7 @@ def scaffold_known(scaffold: GraphMolecule, layout: GraphBatch, sizes: np.ndarra
         block = x[rows] - x[rows].mean(0, keepdim=True)  # the scaffold, centred (the same in every molecule)
         draw = torch.randn(block.shape, generator=generator, device=dev) * prior_std
         kb = layout.batch[rows]
-        draw = draw - torch.zeros(layout.num_graphs, 3, device=dev).index_add_(0, kb, draw)[kb] / k
+        draw = remove_com(draw, kb, layout.num_graphs)
         source = torch.zeros_like(x)
         source[rows] = align_source_per_graph(block, draw, kb, layout.num_graphs, iterations=iterations).to(x)
     return MixedKnown(x, atom_given[:, None],

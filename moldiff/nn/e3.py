@@ -32,13 +32,28 @@ from ..diffusion.spaces import remove_com
 from .embeddings import ConditionEmbedding, SinusoidalEmbedding
 from .graphs import fully_connected_edges, radius_graph
 
-__all__ = ["E3Denoiser"]
+__all__ = ["E3Denoiser", "irrep", "spherical_irreps", "radial_basis"]
+
+
+def irrep(l: int, parity: bool) -> str:
+    """``"1o"``, ``"2e"`` ... with the true parity ``(-1)^l``, or every order declared even without parity."""
+    return f"{l}{'eo'[l % 2] if parity else 'e'}"
+
+
+def spherical_irreps(lmax: int, parity: bool) -> o3.Irreps:
+    """One copy of every order up to ``lmax``: the spherical harmonics of an edge vector."""
+    return o3.Irreps("+".join(f"1x{irrep(l, parity)}" for l in range(lmax + 1)))
+
+
+def radial_basis(d: Tensor, r_max: float, num: int) -> Tensor:
+    """Gaussian radial basis of distances ``[E] -> [E, num]`` on ``[0, r_max]``, scaled to unit second moment."""
+    return soft_one_hot_linspace(d, 0.0, r_max, num, basis="gaussian", cutoff=False) * math.sqrt(num)
 
 
 def _hidden_irreps(mul: int, lmax: int, parity: bool) -> tuple[o3.Irreps, o3.Irreps, o3.Irreps]:
     """``(scalars, gated, gates)`` of a gated hidden layer: ``mul`` channels of every ``l <= lmax``."""
     scalars = o3.Irreps(f"{mul}x0e")
-    gated = o3.Irreps("+".join(f"{mul}x{l}{'eo'[l % 2] if parity else 'e'}" for l in range(1, lmax + 1)))
+    gated = o3.Irreps("+".join(f"{mul}x{irrep(l, parity)}" for l in range(1, lmax + 1)))
     gates = o3.Irreps(f"{gated.num_irreps}x0e")
     return scalars, gated, gates
 
@@ -117,8 +132,8 @@ class E3Denoiser(nn.Module):
         self.time = SinusoidalEmbedding(time_dim, scale=100.0)
         self.cond = ConditionEmbedding(cond_dim, time_dim) if cond_dim else None
         self.embed = nn.Linear(num_features + time_dim, mul)
-        vec = "1o" if parity else "1e"
-        self.irreps_sh = o3.Irreps("+".join(f"1x{l}{'eo'[l % 2] if parity else 'e'}" for l in range(lmax + 1)))
+        vec = irrep(1, parity)
+        self.irreps_sh = spherical_irreps(lmax, parity)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         irreps = o3.Irreps(f"{mul}x0e")
         blocks = []
@@ -150,8 +165,7 @@ class E3Denoiser(nn.Module):
         vec = (pos[src] - pos[dst]).to(dtype)
         dist = vec.norm(dim=-1)
         sh = self.sh(vec)
-        rbf = soft_one_hot_linspace(dist, 0.0, self.r_max, self.num_basis, basis="gaussian", cutoff=False)
-        rbf = rbf * math.sqrt(self.num_basis)
+        rbf = radial_basis(dist, self.r_max, self.num_basis)
         for block in self.blocks:
             h = block(h, src, dst, sh, rbf)
         out = self.out(h)

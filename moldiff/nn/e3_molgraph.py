@@ -11,15 +11,12 @@ E(3) with ``parity=True``; SE(3) only with ``parity=False`` (see :mod:`moldiff.n
 
 from __future__ import annotations
 
-import math
-
 import torch
 from e3nn import o3
-from e3nn.math import soft_one_hot_linspace
 from torch import Tensor, nn
 
 from ..diffusion.spaces import graph_sizes, node_slots, remove_com
-from .e3 import _Interaction
+from .e3 import _Interaction, irrep, radial_basis, spherical_irreps
 from .embeddings import ConditionEmbedding, SinusoidalEmbedding
 from .graphs import fully_connected_edges
 from .molgraph import dense_pairs, pair_tokens_to_dense
@@ -44,7 +41,7 @@ class E3MolGraphNet(nn.Module):
         self.bond_emb = nn.Embedding(bond_states or num_bonds, edge)
         self.time = nn.Sequential(SinusoidalEmbedding(16, scale=100.0), nn.Linear(16, H), nn.SiLU(), nn.Linear(H, H))
         self.cond = ConditionEmbedding(cond_dim, H) if cond_dim else None
-        self.irreps_sh = o3.Irreps("+".join(f"1x{l}{'eo'[l % 2] if parity else 'e'}" for l in range(lmax + 1)))
+        self.irreps_sh = spherical_irreps(lmax, parity)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         irreps = o3.Irreps(f"{H}x0e")
         blocks = []
@@ -52,14 +49,13 @@ class E3MolGraphNet(nn.Module):
             blocks.append(_Interaction(irreps, self.irreps_sh, H, lmax, parity, rbf + edge, radial_hidden))
             irreps = blocks[-1].irreps_out
         self.blocks = nn.ModuleList(blocks)
-        self.out = o3.Linear(irreps, o3.Irreps(f"1x{'1o' if parity else '1e'}+{H}x0e"))
+        self.out = o3.Linear(irreps, o3.Irreps(f"1x{irrep(1, parity)}+{H}x0e"))
         self.atom_out = nn.Sequential(nn.Linear(H, H), nn.SiLU(), nn.Linear(H, num_atoms))
         self.charge_out = nn.Sequential(nn.Linear(H, H), nn.SiLU(), nn.Linear(H, num_charges))
         self.bond_out = nn.Sequential(nn.Linear(2 * H + edge + rbf, H), nn.SiLU(), nn.Linear(H, num_bonds))
 
     def _rbf(self, d: Tensor) -> Tensor:
-        return soft_one_hot_linspace(d, 0.0, self.r_max, self.rbf_num, basis="gaussian", cutoff=False) * math.sqrt(
-            self.rbf_num)
+        return radial_basis(d, self.r_max, self.rbf_num)
 
     def forward(self, pos: Tensor, atoms: Tensor, charges: Tensor, bonds: Tensor, t: Tensor, batch: Tensor,
                 pair_index: Tensor, num_graphs: int, max_nodes: int,
