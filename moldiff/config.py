@@ -216,6 +216,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  #: numbered checkpoints kept beside last.pt
     max_nonfinite: int = 20  #: abort after this many non-finite steps in a row
     compile: bool = False  #: torch.compile the model
+    max_minutes: float = 0.0  #: wall-clock budget of this invocation's training loop (0: none); stops early, saves, evaluates
 
 
 @dataclass
@@ -250,7 +251,7 @@ class ExperimentConfig:
         "name", "runs_root", "sampler", "eval", "tracking", "data.cache_dir",
         "train.steps", "train.lr", "train.weight_decay", "train.betas", "train.warmup_steps", "train.grad_clip",
         "train.ema_decay", "train.bf16", "train.device", "train.log_every", "train.eval_every", "train.ckpt_every",
-        "train.keep_checkpoints", "train.max_nonfinite", "train.compile",
+        "train.keep_checkpoints", "train.max_nonfinite", "train.compile", "train.max_minutes",
     )
 
     @property

@@ -61,11 +61,11 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is true on any (one tiny all-reduce; just ``flag`` without a process group).
-    Lets all ranks stop at the same step when a signal reached only some of them."""
+def any_rank(flags: tuple[bool, ...], device: torch.device) -> tuple[bool, ...]:
+    """Each flag true on every rank if it is true on any (one tiny all-reduce; just ``flags`` without a process
+    group).  Lets all ranks stop at the same step when a signal or a time limit reached only some of them."""
     if not dist.is_initialized():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return tuple(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())

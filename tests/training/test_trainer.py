@@ -41,6 +41,18 @@ def test_resume_is_exact(tmp_path):
     assert not _states_equal(a["model"], init)
 
 
+@pytest.mark.usefixtures("global_rng")
+def test_max_minutes_stops_early_saves_and_resumes_exactly(tmp_path):
+    """A time budget smaller than one step stops after the first step with a checkpoint; resuming without the budget
+    finishes the run with the same weights as an uninterrupted one."""
+    full = moldiff.train(_cfg(tmp_path / "a", "train.steps=6"), progress=False)
+    cut = moldiff.train(_cfg(tmp_path / "b", "train.steps=6", "train.max_minutes=1e-9"), progress=False)
+    assert cut.step == 1 and load_checkpoint(cut.checkpoint)["step"] == 1
+    rest = moldiff.train(_cfg(tmp_path / "b", "train.steps=6"), resume="auto", progress=False)
+    assert rest.step == 6
+    assert _states_equal(load_checkpoint(full.checkpoint)["model"], load_checkpoint(rest.checkpoint)["model"])
+
+
 def test_resume_auto_without_checkpoint_starts_fresh_and_missing_path_fails(tmp_path):
     res = moldiff.train(_cfg(tmp_path, "train.steps=3"), resume="auto", progress=False)
     assert res.step == 3 and res.checkpoint.is_file()
