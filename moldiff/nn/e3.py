@@ -117,14 +117,18 @@ class E3Denoiser(nn.Module):
         r_max: range of the radial basis (the unit of ``x``); distances beyond it saturate.
         cutoff: if set, messages only between nodes within this distance (a radius graph); else fully connected.
         num_basis, radial_hidden: the radial MLP.  time_dim: sinusoidal time features.  cond_dim: global condition.
+        pos_dims: 3, or 2 for planar systems (DW4): the plane is embedded in 3D at z = 0 and the displacement's
+            z-component dropped.  With ``parity`` it vanishes exactly (the mirror z -> -z fixes the input), and the
+            result is O(2)-equivariant; without parity it is O(2)-equivariant too (an in-plane reflection is a
+            3D rotation by pi composed with that mirror), so 2D systems cannot be made chiral this way.
     """
 
     def __init__(self, num_features: int = 0, *, mul: int = 32, lmax: int = 1, layers: int = 3, parity: bool = True,
                  r_max: float = 5.0, cutoff: float | None = None, num_basis: int = 16, radial_hidden: int = 64,
                  time_dim: int = 16, cond_dim: int = 0, pos_dims: int = 3):
         super().__init__()
-        if pos_dims != 3:
-            raise ValueError("E3Denoiser works in 3D (spherical harmonics); use the EGNN for planar systems")
+        if pos_dims not in (2, 3):
+            raise ValueError(f"E3Denoiser works on 2D or 3D positions, got pos_dims={pos_dims}")
         if lmax < 1:
             raise ValueError(f"lmax must be >= 1, got {lmax}")
         self.num_features, self.pos_dims = num_features, pos_dims
@@ -154,6 +158,8 @@ class E3Denoiser(nn.Module):
     def forward(self, x: Tensor, t: Tensor, batch: Tensor, num_graphs: int, max_nodes: int | None = None,
                 cond: Tensor | None = None) -> Tensor:
         pos, feat = x[:, : self.pos_dims], x[:, self.pos_dims :]
+        if self.pos_dims == 2:
+            pos = torch.nn.functional.pad(pos, (0, 1))
         dtype = self.embed.weight.dtype
         g = self.time(t.reshape(-1).expand(num_graphs) if t.numel() == 1 else t).to(dtype)  # [G, time_dim]
         if self.cond is not None:
@@ -169,5 +175,5 @@ class E3Denoiser(nn.Module):
         for block in self.blocks:
             h = block(h, src, dst, sh, rbf)
         out = self.out(h)
-        vel = remove_com(out[:, :3].to(x.dtype), batch, num_graphs)
+        vel = remove_com(out[:, : self.pos_dims].to(x.dtype), batch, num_graphs)
         return torch.cat([vel, out[:, 3:].to(x.dtype)], dim=-1)

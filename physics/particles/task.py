@@ -141,8 +141,6 @@ class ParticleConfig(ExperimentConfig):
              f"flow-matching models are sampled with an ODE sampler ({', '.join(ODE_SAMPLERS)}), not {self.sampler.name!r}"),
             (self.model.hidden >= 1 and self.model.layers >= 1, "model.hidden", "hidden and layers must be >= 1"),
             (self.model.coords_range > 0, "model.coords_range", "must be > 0"),
-            (self.model.backbone != "e3nn" or self.data.system not in ("dw4",), "model.backbone",
-             "e3nn works in 3D; dw4 is planar (use egnn or your own backbone)"),
             (self.model.lmax in (1, 2), "model.lmax", "must be 1 or 2"),
             (self.model.cutoff >= 0 and self.model.r_max > 0, "model.cutoff", "cutoff must be >= 0 and r_max > 0"),
             (self.precond.kind == "none" or not self.model.input_scaling, "model.input_scaling",

@@ -13,7 +13,7 @@ from moldiff.testing import assert_batch_consistent, assert_equivariant
 pytestmark = pytest.mark.usefixtures("global_rng")
 
 CASES = [("egnn", 2, {}), ("egnn", 3, {}), ("e3nn", 3, {"lmax": 1}), ("e3nn", 3, {"lmax": 2}),
-         ("e3nn", 3, {"cutoff": 2.0})]
+         ("e3nn", 3, {"cutoff": 2.0}), ("e3nn", 2, {"lmax": 1}), ("e3nn", 2, {"lmax": 2, "parity": False})]
 
 
 class Tiny(nn.Module):
@@ -57,8 +57,8 @@ def test_bad_backbones_are_clear_errors():
         build_backbone("math:pi", 0, hidden=8, layers=1, pos_dims=3)
     with pytest.raises(ValueError, match="does not take these arguments"):
         build_backbone("e3nn", 0, hidden=8, layers=1, pos_dims=3, options={"lmaxx": 2})
-    with pytest.raises(ValueError, match="3D"):
-        build_backbone("e3nn", 0, hidden=8, layers=1, pos_dims=2)
+    with pytest.raises(ValueError, match="2D or 3D"):
+        build_backbone("e3nn", 0, hidden=8, layers=1, pos_dims=4)
 
 
 def test_the_particles_config_names_the_backbone(tmp_path):
