@@ -138,15 +138,18 @@ class CouplingConfig:
     kind: str = "independent"  #: independent | ot | sinkhorn | eq_ot | eq_sinkhorn
     reg: float = 0.05  #: sinkhorn: entropic regularisation (SB-CFM: 2 sigma^2 with normalize_cost false)
     normalize_cost: bool = True  #: divide the cost by its maximum before solving (torchcfm's default)
-    starts: str = "pca"  #: eq_*: initial rotations of the alignment: pca | pca+identity | identity
+    starts: str = "pca"  #: eq_*: initial rotations of the alignment: pca | pca_permuted | pca+identity | identity | skew
     iterations: int = 10  #: eq_*: Hungarian / Kabsch alternations
+    refine_starts: str = ""  #: eq_*: if set, re-align only the pairs the plan selects with these starts (two passes)
+    refine_iterations: int = 10  #: eq_*: alternations of that second pass
 
     def build(self):
         from .diffusion.couplings import Coupler
 
         try:
             return Coupler(kind=self.kind, reg=self.reg, normalize_cost=self.normalize_cost, starts=self.starts,
-                           iterations=self.iterations)
+                           iterations=self.iterations, refine_starts=self.refine_starts,
+                           refine_iterations=self.refine_iterations)
         except ValueError as e:
             raise ConfigError(f"coupling: {e}") from e
 

@@ -16,10 +16,10 @@ from torch import Tensor
 
 from .spaces import remove_com_dense
 
-__all__ = ["kabsch", "align", "equivariant_cost_matrix", "align_source_per_graph", "START_KINDS"]
+__all__ = ["kabsch", "align", "align_pairs", "equivariant_cost_matrix", "align_source_per_graph", "START_KINDS"]
 
 #: initial rotations of the alternating alignment
-START_KINDS = ("pca", "pca_permuted", "pca+identity", "identity")
+START_KINDS = ("pca", "pca_permuted", "pca+identity", "identity", "skew")
 
 
 
@@ -51,6 +51,22 @@ def _principal_frames(xc: np.ndarray) -> np.ndarray:
     _, U = np.linalg.eigh(np.swapaxes(xc, -1, -2) @ xc)
     U = U.copy()
     U[..., :, -1] *= np.where(np.linalg.det(U) < 0, -1.0, 1.0)[:, None]
+    return U
+
+
+def _skew_frames(xc: np.ndarray, reflections: bool) -> np.ndarray:
+    """Canonical frames ``U [B, d, d]`` of centred clouds ``[B, n, d]``: the principal axes, each signed so that
+    the cloud's third moment along it is positive.  They turn with the cloud and ignore labels, so one start
+    ``U_y U_x^T`` per pair is rotation- and permutation-invariant (unlike the identity start) wherever no
+    third moment vanishes.  Without ``reflections`` the axis with the smallest |third moment| is flipped back
+    where the signs would make ``det U = -1``."""
+    U = _principal_frames(xc)
+    third = ((xc @ U) ** 3).sum(1)  # [B, d]
+    U = U * np.where(third < 0, -1.0, 1.0)[:, None, :]
+    if not reflections:
+        bad = np.nonzero(np.linalg.det(U) < 0)[0]
+        weakest = np.abs(third[bad]).argmin(1)
+        U[bad, :, weakest] *= -1.0
     return U
 
 
@@ -107,6 +123,38 @@ def _alternate(X: np.ndarray, Y: np.ndarray, Q: np.ndarray, iterations: int, ref
     return np.maximum(cost, 0.0), perm, Q
 
 
+def _frames(xc: np.ndarray, starts: str, reflections: bool) -> np.ndarray | None:
+    """Per-cloud frames the starts are built from: principal axes (``pca*``), skew-signed axes (``skew``), or
+    ``None`` (``identity``)."""
+    if starts == "identity":
+        return None
+    return _skew_frames(xc, reflections) if starts == "skew" else _principal_frames(xc)
+
+
+def _align_pairs(X: np.ndarray, Y: np.ndarray, F0: np.ndarray | None, F1: np.ndarray | None, *, starts: str,
+                 iterations: int, reflections: bool):
+    """Best alignment of each pair ``(X[k], Y[k])`` of centred clouds ``[M, n, d]`` over the starts built from
+    the frames ``F0, F1 [M, d, d]`` (:func:`_frames`): ``cost [M], perm [M, n], Q [M, d, d]`` with
+    ``Y[k][perm[k]] @ Q[k] ~ X[k]``."""
+    M, _, d = X.shape
+    Q0 = []
+    if starts in ("pca", "pca_permuted", "pca+identity"):
+        # y -> its principal frame -> a sign flip / axis permutation -> x's principal frame.  The set of starts
+        # turns with either cloud, so the result is invariant to rotating either.
+        G = _start_rotations(d, reflections, "pca" if starts == "pca+identity" else starts)
+        Q0.append(F1[:, None] @ G[None] @ np.swapaxes(F0, 1, 2)[:, None])
+    if starts == "skew":
+        Q0.append((F1 @ np.swapaxes(F0, 1, 2))[:, None])
+    if starts in ("identity", "pca+identity"):
+        Q0.append(np.broadcast_to(np.eye(d), (M, 1, d, d)))
+    Q0 = np.concatenate(Q0, axis=1)
+    S = Q0.shape[1]
+    c, p, q = _alternate(np.repeat(X, S, axis=0), np.repeat(Y, S, axis=0), Q0.reshape(-1, d, d), iterations,
+                         reflections)
+    pick = np.arange(M) * S + c.reshape(M, S).argmin(1)
+    return c[pick], p[pick], q[pick]
+
+
 def _equivariant_solve(x0: np.ndarray, x1: np.ndarray, *, reflections=False, starts="pca", iterations=10,
                        chunk_bytes=2**25):
     """Best alignment of every pair ``(x0[i], x1[j])`` of centred clouds ``[B0, n, d], [B1, n, d]``:
@@ -115,11 +163,9 @@ def _equivariant_solve(x0: np.ndarray, x1: np.ndarray, *, reflections=False, sta
         raise ValueError(f"unknown starts {starts!r}; choose one of {START_KINDS}")
     B0, n, d = x0.shape
     B1 = x1.shape[0]
-    pca = starts != "identity"
-    if pca:
-        U0, U1 = _principal_frames(x0), _principal_frames(x1)
-        G = _start_rotations(d, reflections, "pca" if starts == "pca+identity" else starts)
-    S = (len(G) if pca else 0) + (starts in ("identity", "pca+identity"))
+    F0, F1 = _frames(x0, starts, reflections), _frames(x1, starts, reflections)
+    S = 1 if starts in ("skew", "identity") else (
+        len(_start_rotations(d, reflections, "pca" if starts == "pca+identity" else starts)) + (starts == "pca+identity"))
     P = B0 * B1
     cost = np.empty(P)
     perm = np.empty((P, n), dtype=np.intp)
@@ -128,21 +174,21 @@ def _equivariant_solve(x0: np.ndarray, x1: np.ndarray, *, reflections=False, sta
     for lo in range(0, P, per_chunk):
         idx = np.arange(lo, min(lo + per_chunk, P))
         I, J = idx // B1, idx % B1
-        Q0 = []
-        if pca:
-            # y -> its principal frame -> a sign flip / axis permutation -> x's principal frame.  The set
-            # of starts turns with either cloud, so the result is invariant to rotating either.
-            Q0.append(U1[J][:, None] @ G[None] @ np.swapaxes(U0[I], 1, 2)[:, None])
-        if starts in ("identity", "pca+identity"):
-            Q0.append(np.broadcast_to(np.eye(d), (len(idx), 1, d, d)))
-        Q0 = np.concatenate(Q0, axis=1).reshape(-1, d, d)
-        X = np.repeat(x0[I], S, axis=0)
-        Y = np.repeat(x1[J], S, axis=0)
-        c, p, q = _alternate(X, Y, Q0, iterations, reflections)
-        best = c.reshape(-1, S).argmin(1)
-        pick = np.arange(len(idx)) * S + best
-        cost[idx], perm[idx], Q[idx] = c[pick], p[pick], q[pick]
+        cost[idx], perm[idx], Q[idx] = _align_pairs(x0[I], x1[J], None if F0 is None else F0[I],
+                                                    None if F1 is None else F1[J], starts=starts,
+                                                    iterations=iterations, reflections=reflections)
     return cost.reshape(B0, B1), perm.reshape(B0, B1, n), Q.reshape(B0, B1, d, d)
+
+
+def align_pairs(x0: np.ndarray, x1: np.ndarray, *, reflections: bool = False, starts: str = "pca",
+                iterations: int = 10):
+    """Best alignment of each pair ``(x0[k], x1[k])`` of centred clouds ``[M, n, d]`` (numpy float64):
+    ``cost [M], perm [M, n], Q [M, d, d]`` with ``x1[k][perm[k]] @ Q[k] ~ x0[k]`` -- the search of
+    :func:`equivariant_cost_matrix` on given pairs only."""
+    if starts not in START_KINDS:
+        raise ValueError(f"unknown starts {starts!r}; choose one of {START_KINDS}")
+    return _align_pairs(x0, x1, _frames(x0, starts, reflections), _frames(x1, starts, reflections), starts=starts,
+                        iterations=iterations, reflections=reflections)
 
 
 def _as_clouds(x: Tensor, name: str) -> np.ndarray:
@@ -201,7 +247,10 @@ def equivariant_cost_matrix(
             permutation of the axes (``d! 2^(d-1)`` starts: 4 in 2D, 24 in 3D); equally invariant, ~6x
             slower in 3D and much closer to the global minimum (see below).  ``"pca+identity"`` --
             ``"pca"`` plus ``R = 1``: never worse than the unaligned cost ``|x0c - x1c|^2``, but no longer
-            exactly invariant (the identity start is not).  ``"identity"`` -- that start only (cheapest).
+            exactly invariant (the identity start is not).  ``"identity"`` -- that start only (cheap, not
+            invariant).  ``"skew"`` -- one start, the principal axes signed by the third moments
+            (:func:`_skew_frames`): as cheap as ``"identity"`` and invariant; a coarser search than ``"pca"``,
+            meant for a first pass whose selected pairs are then re-aligned (the coupler's ``refine_starts``).
         iterations: most Hungarian + Kabsch rounds per start (most pairs stop after 2--4).
         return_aligned: also return the aligned targets.
 

@@ -312,7 +312,8 @@ def test_start_sets_are_groups_with_all_sign_flips():
 
 @pytest.mark.parametrize("d,n,starts,reflections", [(2, 4, "pca", False), (2, 7, "pca_permuted", False),
                                                     (3, 6, "pca", False), (3, 13, "pca", False),
-                                                    (3, 13, "pca_permuted", False), (3, 8, "pca", True)])
+                                                    (3, 13, "pca_permuted", False), (3, 8, "pca", True),
+                                                    (2, 5, "skew", False), (3, 13, "skew", False), (3, 8, "skew", True)])
 def test_aligned_cost_is_invariant(d, n, starts, reflections):
     g = torch.Generator().manual_seed(100 * d + n)
     kw = dict(starts=starts, reflections=reflections)
@@ -443,6 +444,40 @@ def test_coupler_equivariant_returns_aligned_targets():
     a, b = s(x0, x1, torch.Generator().manual_seed(0))
     per_pair = (a - b).pow(2).sum((1, 2))
     assert per_pair.mean().item() == pytest.approx(s.last.pair_cost, rel=1e-9)
+
+
+@pytest.mark.parametrize("d,n", [(2, 4), (3, 13)])
+def test_two_pass_coupler_is_invariant_and_finds_copies(d, n):
+    """Plan on a one-start search of all pairs, re-alignment of the selected pairs: the returned targets do not
+    change when any target sample is rotated and relabelled (1e-8), turn with a rotated source, and exact
+    copies are recovered."""
+    g = torch.Generator().manual_seed(10 + n)
+    B = 16
+    x0 = torch.randn(B, n, d, generator=g, dtype=torch.float64)
+    x0 = x0 - x0.mean(1, keepdim=True)
+    x1 = torch.randn(B, n, d, generator=g, dtype=torch.float64) * 0.7
+    x1 = x1 - x1.mean(1, keepdim=True)
+    c = Coupler("eq_ot", starts="skew", iterations=1, refine_starts="pca", refine_iterations=3)
+    a, b = c(x0, x1)
+    moved = torch.stack([(x1[k] @ _rotation(d, g).T)[torch.randperm(n, generator=g)] for k in range(B)])
+    a2, b2 = c(x0, moved)
+    torch.testing.assert_close(a2, a, atol=1e-8, rtol=0)
+    torch.testing.assert_close(b2, b, atol=1e-8, rtol=0)
+    R = _rotation(d, g)
+    a3, b3 = c(x0 @ R.T, x1)
+    torch.testing.assert_close(b3, b @ R.T, atol=1e-8, rtol=0)
+    # the skew start is one of the pca starts and alternating never raises the cost: refining never hurts
+    c(x0, x1)
+    coarse = Coupler("eq_ot", starts="skew", iterations=1)
+    coarse(x0, x1)
+    assert c.last.plan_cost == pytest.approx(coarse.last.plan_cost, rel=1e-12)
+    assert c.last.pair_cost <= coarse.last.pair_cost + 1e-12
+    # copies: every source finds its own rotated, relabelled copy
+    order = torch.randperm(B, generator=g)
+    copies = torch.stack([(x0[k] @ _rotation(d, g).T)[torch.randperm(n, generator=g)] for k in order.tolist()])
+    _, b4 = c(x0, copies)
+    torch.testing.assert_close(b4, x0, atol=1e-9, rtol=0)
+    assert c.last.pair_cost < 1e-12
 
 
 def test_coupler_survives_non_finite_states():

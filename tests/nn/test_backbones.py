@@ -69,8 +69,8 @@ def test_the_particles_config_names_the_backbone(tmp_path):
                                                                          "model.layers=1", "model.lmax=2"])
     net = moldiff.get_task(cfg.task)(cfg).build_model()
     assert type(net).__name__ == "E3Denoiser"
-    with pytest.raises(ConfigError, match="model.backbone"):
-        moldiff.load_config("configs/smoke/particles_dw4_eqotcfm.yaml", ["model.backbone=e3nn"])
+    cfg = moldiff.load_config("configs/smoke/particles_dw4_eqotcfm.yaml", ["model.backbone=e3nn"])
+    assert moldiff.get_task(cfg.task)(cfg).build_model().pos_dims == 2  # planar: the plane at z = 0
     cfg = moldiff.load_config("configs/smoke/particles_lj13_vp.yaml", ["model.backbone=nope:Net"])
     with pytest.raises(ConfigError, match="model.backbone.*cannot be imported"):
         moldiff.get_task(cfg.task)(cfg).build_model()
