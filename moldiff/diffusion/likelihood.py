@@ -24,7 +24,12 @@ from .denoiser import Denoiser
 from .ode import integrate_ode
 from .spaces import EuclideanSpace, node_slots
 
-__all__ = ["LikelihoodResult", "log_likelihood", "sample_with_log_likelihood", "divergence_exact", "divergence_hutchinson"]
+__all__ = ["LikelihoodResult", "log_likelihood", "sample_with_log_likelihood", "divergence_exact", "divergence_exact_vmap",
+           "divergence_hutchinson", "point_cloud_basis", "DIVERGENCES"]
+
+#: divergence estimators: exact (a loop of backward passes), exact_vmap (the same, batched by torch.func; point
+#: clouds), hutchinson (one Rademacher probe per sample, unbiased)
+DIVERGENCES = ("exact", "exact_vmap", "hutchinson")
 
 
 @dataclass
@@ -45,11 +50,15 @@ class LikelihoodResult:
 
 
 def divergence_exact(v: Tensor, x: Tensor, space=None) -> Tensor:
-    """Exact ``sum_i dv_i/dx_i`` per sample (``v`` computed from ``x`` with grad): Euclidean ``x [B, *]``
-    (one backward pass per dimension) or a :class:`PointCloudSpace` ``x [N, D]`` (one backward pass per
-    (node slot, coordinate) of the largest graph, all graphs at once)."""
+    """Exact ``sum_i dv_i/dx_i`` per sample (``v`` computed from ``x`` with grad), one backward pass per basis
+    vector: Euclidean ``x [B, *]`` (one per dimension of a sample) or a :class:`PointCloudSpace` ``x [N, D]``
+    (:func:`point_cloud_basis`: ``(n_max - 1) d + n_max F`` passes, all graphs at once)."""
     if space is not None and not isinstance(space, EuclideanSpace):
-        return _divergence_exact_graphs(v, x, space)
+        div = torch.zeros(space.num_graphs, device=v.device, dtype=v.dtype)
+        for e in point_cloud_basis(space, x):
+            (g,) = torch.autograd.grad((v * e).sum(), x, retain_graph=True)
+            div = div + space.sum(g * e)
+        return div
     flat_v = v.reshape(v.shape[0], -1)
     div = torch.zeros(v.shape[0], device=v.device, dtype=v.dtype)
     for i in range(flat_v.shape[1]):
@@ -58,16 +67,49 @@ def divergence_exact(v: Tensor, x: Tensor, space=None) -> Tensor:
     return div
 
 
-def _divergence_exact_graphs(v: Tensor, x: Tensor, space) -> Tensor:
+def point_cloud_basis(space, x: Tensor) -> list[Tensor]:
+    """Orthonormal bases of every graph's state space, stacked across graphs: a list of ``[N, D]`` tensors ``e_k``,
+    each holding the ``k``-th basis vector of every graph (zero for graphs with fewer), so that
+    ``sum_k e_k^T J e_k`` is each graph's trace of ``J`` on the space.
+
+    Position columns live in the zero-CoM subspace: the Helmert vectors ``h_k = (1, .., 1, -k, 0, ..) /
+    sqrt(k (k + 1))`` over the graph's nodes (``k = 1 .. n - 1``) in each coordinate -- ``(n - 1) d`` vectors,
+    ``d`` fewer per graph than the unit vectors of all coordinates.  Free feature columns take the unit vectors."""
     counts = space.counts.to(x.device)
     slot = node_slots(space.batch, counts)
-    div = torch.zeros(space.num_graphs, device=v.device, dtype=v.dtype)
-    for k in range(int(counts.max())):
-        sel = (slot == k).to(v.dtype)
-        for d in range(x.shape[1]):
-            (g,) = torch.autograd.grad((v[:, d] * sel).sum(), x, retain_graph=True)
-            div.index_add_(0, space.batch, g[:, d] * sel)
-    return div
+    n_max = int(counts.max()) if counts.numel() else 0
+    size = counts[space.batch]
+    P, D = space.pos_dims, x.shape[1]
+    out = []
+    for k in range(1, n_max):
+        h = torch.where(slot < k, 1.0, torch.where(slot == k, -float(k), 0.0)) * (size > k)
+        h = (h / math.sqrt(k * (k + 1))).to(x.dtype)
+        for d in range(P):
+            e = torch.zeros_like(x)
+            e[:, d] = h
+            out.append(e)
+    for k in range(n_max if D > P else 0):
+        sel = (slot == k).to(x.dtype)
+        for d in range(P, D):
+            e = torch.zeros_like(x)
+            e[:, d] = sel
+            out.append(e)
+    return out
+
+
+def divergence_exact_vmap(fn, x: Tensor, space, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """``(v, div)`` for ``v = fn(x)`` on a :class:`PointCloudSpace`: the same trace as :func:`divergence_exact`,
+    with the backward passes batched over the basis vectors by ``torch.func.vmap`` (``chunk_size`` of them at a
+    time; all at once by default).  One vectorised pass instead of a loop: it pays off where one backward pass
+    leaves the device idle (GPUs, small systems); on a CPU the loop is faster (``benchmarks/results/
+    exact_divergence.md``).  ``fn`` must be vmap-compatible (no in-place writes into a tensor made inside it
+    from a batched one, no data-dependent Python control flow)."""
+    from torch.func import vjp, vmap
+
+    basis = torch.stack(point_cloud_basis(space, x))  # [K, N, D]
+    v, pullback = vjp(fn, x)
+    (g,) = vmap(pullback, chunk_size=chunk_size)(basis)
+    return v, space.sum((g * basis).sum(0))
 
 
 def divergence_hutchinson(v: Tensor, x: Tensor, probe: Tensor, space) -> Tensor:
@@ -77,12 +119,14 @@ def divergence_hutchinson(v: Tensor, x: Tensor, probe: Tensor, space) -> Tensor:
 
 
 def _resolve_divergence(divergence: str, x: Tensor, space) -> str:
+    euclid = isinstance(space, EuclideanSpace)
     if divergence == "auto":
-        euclid = isinstance(space, EuclideanSpace)
         per_sample = x[0].numel() if euclid else x.numel() / space.num_samples(x)
         divergence = "exact" if per_sample <= 16 else "hutchinson"
-    if divergence not in ("exact", "hutchinson"):
-        raise ValueError(f"unknown divergence {divergence!r}; choose exact, hutchinson or auto")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)} or auto")
+    if divergence == "exact_vmap" and euclid:
+        raise ValueError("divergence 'exact_vmap' is for point clouds; use 'exact' for Euclidean states")
     return divergence
 
 
@@ -101,11 +145,15 @@ def _integrate_with_divergence(model: Denoiser, x: Tensor, ts: Tensor, divergenc
         xs = y[:numel].reshape(x.shape)
         with torch.enable_grad():
             xs = xs.detach().requires_grad_(True)
-            vel = model.velocity(space.project(xs), model.batch_time(t, xs), cond)
-            if divergence == "exact":
-                div = divergence_exact(vel, xs, space)
+            tb = model.batch_time(t, xs)
+            if divergence == "exact_vmap":
+                vel, div = divergence_exact_vmap(lambda z: model.velocity(space.project(z), tb, cond), xs, space)
             else:
-                div = divergence_hutchinson(vel, xs, probe, space)
+                vel = model.velocity(space.project(xs), tb, cond)
+                if divergence == "exact":
+                    div = divergence_exact(vel, xs, space)
+                else:
+                    div = divergence_hutchinson(vel, xs, probe, space)
         return torch.cat([vel.detach().reshape(-1), div.detach()])
 
     y0 = torch.cat([x.detach().reshape(-1), torch.zeros(n, device=x.device, dtype=x.dtype)])
@@ -138,8 +186,9 @@ def log_likelihood(
     Args:
         model: the denoiser (its process and space are used).
         x: data ``[B, *]`` (Euclidean) or ``[N, D]`` (point clouds, already zero-CoM).
-        divergence: ``exact``, ``hutchinson`` (Rademacher probe), or ``auto`` (exact when a sample has at
-            most 16 dimensions).
+        divergence: ``exact``, ``exact_vmap`` (point clouds: the exact trace with the backward passes batched by
+            ``torch.func.vmap``), ``hutchinson`` (Rademacher probe), or ``auto`` (exact when a sample has at most
+            16 dimensions).
         method: ``rk45`` (adaptive) or ``euler`` / ``heun`` with ``steps`` uniform steps.
         t_min: lower integration limit (default: the process's ``t_min``).
         cond: the condition of a conditional model (``log p(x | cond)``), handed to it unchanged.

@@ -31,6 +31,8 @@ __all__ = [
     "distance_histogram_tv",
     "importance_log_weights",
     "effective_sample_size",
+    "ImportanceEstimate",
+    "importance_estimate",
     "mean_nll",
     "ParticleMetrics",
     "particle_metrics",
@@ -228,6 +230,53 @@ def effective_sample_size(log_w: ArrayLike) -> float:
     lse1 = np.log(np.sum(np.exp(lw)))
     lse2 = np.log(np.sum(np.exp(2 * lw)))
     return float(min(1.0, np.exp(2 * lse1 - lse2 - math.log(n))))
+
+
+def _log_z(lw: np.ndarray) -> float:
+    """``log mean w`` over all ``n`` weights (non-finite ones are 0); ``-inf`` if every weight is 0."""
+    f = lw[np.isfinite(lw)]
+    if len(f) == 0:
+        return -math.inf
+    m = f.max()
+    return float(m + math.log(np.exp(f - m).sum()) - math.log(len(lw)))
+
+
+@dataclass(frozen=True)
+class ImportanceEstimate:
+    """Kish ESS (normalised) and ``log Z = log mean w`` of one set of ``n`` importance weights, each with its
+    bootstrap standard error (``n_boot`` resamples of the ``n`` weights with replacement).
+
+    ``log Z`` estimates the log normalising constant of ``exp(-u)`` in the density's coordinates (nats); it is
+    biased low when the ESS is small (Jensen), and so is its spread: read a small ESS's error bar as a lower
+    bound on the real uncertainty."""
+
+    ess: float
+    ess_se: float
+    log_z: float
+    log_z_se: float
+    n: int
+    n_boot: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"ess": self.ess, "ess_se": self.ess_se, "log_z": self.log_z, "log_z_se": self.log_z_se,
+                "ess_n": float(self.n)}
+
+
+def importance_estimate(log_w: ArrayLike, *, n_boot: int = 1000, generator: np.random.Generator) -> ImportanceEstimate:
+    """:class:`ImportanceEstimate` of the log-weights ``log_w [n]`` (:func:`importance_log_weights`); the
+    bootstrap draws from ``generator``."""
+    lw = _vec(log_w, "log_w")
+    if len(lw) == 0:
+        raise ValueError("importance_estimate of an empty set of weights")
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be >= 2, got {n_boot}")
+    idx = generator.integers(0, len(lw), size=(n_boot, len(lw)))
+    ess_b = np.array([effective_sample_size(lw[i]) for i in idx])
+    lz_b = np.array([_log_z(lw[i]) for i in idx])
+    finite = np.isfinite(lz_b)
+    return ImportanceEstimate(
+        ess=effective_sample_size(lw), ess_se=float(ess_b.std(ddof=1)), log_z=_log_z(lw),
+        log_z_se=float(lz_b[finite].std(ddof=1)) if finite.sum() > 1 else math.nan, n=len(lw), n_boot=n_boot)
 
 
 def mean_nll(logp: ArrayLike, *, n_dof: int | None = None) -> float:

@@ -51,6 +51,7 @@ from moldiff.diffusion import (
     sample_with_log_likelihood,
 )
 from moldiff.diffusion.couplings import COUPLING_KINDS
+from moldiff.diffusion.likelihood import DIVERGENCES
 from moldiff.diffusion.processes import FlowPath
 from moldiff.training import step_seed
 from moldiff.tasks import EvalResult, Task, register_task
@@ -96,7 +97,8 @@ class ParticleEval:
     n_reference: int = 10_000  #: test-split configurations the histograms are compared with
     nll_points: int = 1000  #: test configurations for the NLL (0: skip)
     ess: bool = True  #: importance weights: log q of every sample (ODE pass with the exact divergence)
-    divergence: str = "exact"  #: exact | hutchinson, for the NLL (the ESS pass is always exact)
+    bootstrap: int = 1000  #: bootstrap resamples for the error bars of the ESS and log Z
+    divergence: str = "exact"  #: exact | exact_vmap | hutchinson, for the NLL (the ESS pass is exact: exact_vmap if chosen here, else exact)
     likelihood_method: str = "heun"  #: euler | heun | rk45: ODE for the NLL and the ESS pass
     likelihood_steps: int = 100  #: fixed-step methods
     bins: int = 100  #: histogram bins (distance TV)
@@ -147,7 +149,8 @@ class ParticleConfig(ExperimentConfig):
              "precond.kind: edm scales the network's input itself (c_in); set model.input_scaling: false"),
             (self.eval.n_samples >= 0 and self.eval.nll_points >= 0, "eval.n_samples", "must be >= 0"),
             (self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1"),
-            (self.eval.divergence in ("exact", "hutchinson"), "eval.divergence", "exact | hutchinson"),
+            (self.eval.bootstrap >= 2, "eval.bootstrap", "must be >= 2"),
+            (self.eval.divergence in DIVERGENCES, "eval.divergence", " | ".join(DIVERGENCES)),
             (self.eval.likelihood_method in ("euler", "heun", "rk45"), "eval.likelihood_method", "euler | heun | rk45"),
         ]
         raise_failed(checks)
@@ -301,7 +304,8 @@ class ParticleTask(Task):
             den = self.denoiser(model, num, device)
             z = self._prior(num, den.space, model, generator)
             # exact: importance weights exponentiate log q, and exp of Hutchinson's unbiased estimate is biased
-            res = sample_with_log_likelihood(den, z, divergence="exact", method=method, steps=steps,
+            res = sample_with_log_likelihood(den, z, divergence="exact_vmap" if ev.divergence == "exact_vmap" else "exact",
+                                             method=method, steps=steps,
                                              generator=generator, progress=progress)
             xs.append(res.x.reshape(num, *self.system.event_shape))
             logq.append(res.logp)
@@ -325,7 +329,7 @@ class ParticleTask(Task):
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self, model, *, generator, progress: bool = True) -> EvalResult:
         from .io import write_extxyz
-        from .metrics import importance_log_weights, particle_metrics
+        from .metrics import importance_estimate, importance_log_weights, particle_metrics
         from .plots import distance_histogram, energy_histogram, particle_grid
 
         ev = self.cfg.eval
@@ -363,17 +367,17 @@ class ParticleTask(Task):
             nll = self.test_nll(model, test, generator=generator, progress=progress)
             metrics["nll_seconds"] = time.time() - t1
         if log_w is not None:
-            # log Z by importance sampling, and with it the target's entropy E_p[u] + log Z: the lowest NLL any
-            # model can reach (an estimate: biased low when the ESS is small)
-            lw = torch.as_tensor(log_w, dtype=torch.float64)
-            lw = lw[torch.isfinite(lw)]
-            if len(lw):
-                log_z = float(torch.logsumexp(lw, 0) - math.log(len(log_w)))
-                metrics["log_z"] = log_z
-                metrics["nll/target_entropy"] = float(e_ref.mean()) / self.system.temperature + log_z
+            # ESS and log Z with bootstrap error bars; with log Z the target's entropy E_p[u] + log Z: the lowest
+            # NLL any model can reach (an estimate: biased low when the ESS is small)
+            imp = importance_estimate(log_w, n_boot=ev.bootstrap, generator=np.random.default_rng(self.cfg.seed))
+            metrics.update(imp.as_dict())
+            if math.isfinite(imp.log_z):
+                metrics["nll/target_entropy"] = float(e_ref.mean()) / self.system.temperature + imp.log_z
+        if nll is not None:
+            metrics["nll_se"] = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else math.nan
         pm = particle_metrics(x, e_model, ref, e_ref, logp=None if nll is None else -nll, log_w=log_w, nfe=nfe,
                               bins=ev.bins)
-        metrics.update(pm.as_dict())
+        metrics.update({k: v for k, v in pm.as_dict().items() if k != "ess"})  # the ESS is in already
         metrics["energy/mean_model"] = float(e_model[torch.isfinite(e_model)].mean()) if torch.isfinite(e_model).any() else float("nan")
         metrics["energy/mean_reference"] = float(e_ref.mean())
         label = self.method_label()

@@ -280,6 +280,21 @@ def test_alignment_never_raises_the_cost(d, n):
         assert costs[2] <= costs[0] + 1e-10
 
 
+@pytest.mark.parametrize("n", [2, 4, 6, 7])
+def test_assignment_matches_the_hungarian_algorithm(n):
+    """Enumeration (n <= 6) and scipy's Hungarian (above) reach the same optimal total cost."""
+    from scipy.optimize import linear_sum_assignment
+
+    from moldiff.diffusion.alignment import _assign
+
+    D = np.random.default_rng(n).random((50, n, n))
+    perm = _assign(D, linear_sum_assignment)
+    assert all(sorted(p) == list(range(n)) for p in perm.tolist())
+    got = D[np.arange(50)[:, None], np.arange(n)[None], perm].sum(1)
+    ref = np.array([D[k][linear_sum_assignment(D[k])].sum() for k in range(50)])
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
 def test_alternation_is_monotone():
     rng = np.random.default_rng(11)
     M, n, d = 64, 11, 3
