@@ -1,5 +1,6 @@
-"""Backbones at equal CPU-minutes: each case trains its config for the same wall-clock budget
-(``train.max_minutes``, one torch thread) from step 0, then runs the task's own evaluation -- QM9 graph recipe:
+"""Backbones at equal CPU-minutes: each case trains its config for the same CPU-time budget
+(``train.max_cpu_minutes``, one torch thread, so wall time on a shared machine does not matter) from step 0,
+then runs the task's own evaluation -- QM9 graph recipe:
 validity, atom and molecule stability; particles: energy W2, distance TV, NLL, ESS.
 
     python benchmarks/backbones_quality.py --cases qm9_molgraph qm9_e3nn_l1 --minutes 20
@@ -61,7 +62,7 @@ def family(config: str) -> str:
 def run(case: str, minutes: float, extra: list[str]) -> dict:
     label, config, overrides = CASES[case]
     torch.set_num_threads(1)
-    sets = [*overrides, f"train.max_minutes={minutes}", "train.steps=1000000", f"name={case}",
+    sets = [*overrides, f"train.max_cpu_minutes={minutes}", "train.steps=1000000", f"name={case}",
             "tracking.experiment=backbones", "train.ckpt_every=1000", *extra]
     cfg = moldiff.load_config(config, sets)
     t0 = time.time()
@@ -80,7 +81,7 @@ def collect() -> None:
     recs = {p.stem: json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))}
     lines = ["# Backbones at equal CPU-minutes (issue 15)", "",
              "Made by `python benchmarks/backbones_quality.py`: every case trains its config from step 0 for the same "
-             "wall-clock budget (`train.max_minutes`, one torch thread; two cases ran side by side on the 2 cores), "
+             "CPU-time budget (`train.max_cpu_minutes`, one torch thread; two cases ran side by side on the 2 cores), "
              "then the task's own evaluation with the EMA weights.  Parameter counts are comparable within a system "
              "(`benchmarks/results/backbones.md` has the throughput).", ""]
     for fam, title in (("qm9", "QM9 graph recipe (`qm9_flow_cpu`)"), ("particles", "Particles (OT-CFM / eq-OT-CFM)")):

@@ -220,6 +220,7 @@ class TrainConfig:
     max_nonfinite: int = 20  #: abort after this many non-finite steps in a row
     compile: bool = False  #: torch.compile the model
     max_minutes: float = 0.0  #: wall-clock budget of this invocation's training loop (0: none); stops early, saves, evaluates
+    max_cpu_minutes: float = 0.0  #: the same in CPU time of the process (all its threads): equal compute on a shared machine
 
 
 @dataclass
@@ -254,7 +255,7 @@ class ExperimentConfig:
         "name", "runs_root", "sampler", "eval", "tracking", "data.cache_dir",
         "train.steps", "train.lr", "train.weight_decay", "train.betas", "train.warmup_steps", "train.grad_clip",
         "train.ema_decay", "train.bf16", "train.device", "train.log_every", "train.eval_every", "train.ckpt_every",
-        "train.keep_checkpoints", "train.max_nonfinite", "train.compile", "train.max_minutes",
+        "train.keep_checkpoints", "train.max_nonfinite", "train.compile", "train.max_minutes", "train.max_cpu_minutes",
     )
 
     @property

@@ -212,6 +212,7 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
         batches = task.train_batches(start_step=step, rank=info.rank, world_size=info.world_size, device=device)
         train_model.train()
         deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
+        cpu_deadline = time.process_time() + 60 * tc.max_cpu_minutes if tc.max_cpu_minutes > 0 else math.inf
         while step < tc.steps:
             # Signals are held for the whole iteration, up to the point where the ranks agree to stop: a rank that
             # raised elsewhere (loading the batch, the all-reduce) would leave the others waiting in DDP's
@@ -259,15 +260,16 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
                 if step % tc.ckpt_every == 0 or step == tc.steps:
                     save()
                 stop = interrupts.signal is not None
-                out_of_time = time.monotonic() > deadline
+                out_of_time = time.monotonic() > deadline or time.process_time() > cpu_deadline
                 if info.enabled:  # all ranks stop after the same step, or the others would wait in an all-reduce
                     stop, out_of_time = any_rank((stop, out_of_time), device)
             if stop:
                 raise TrainingInterrupted(interrupts.signal or signal.SIGTERM)
             if out_of_time:
-                tqdm.write(f"moldiff: train.max_minutes={tc.max_minutes:g} reached at step {step} of {tc.steps}")
+                tqdm.write(f"moldiff: the time budget (train.max_minutes={tc.max_minutes:g}, max_cpu_minutes="
+                           f"{tc.max_cpu_minutes:g}) ran out at step {step} of {tc.steps}")
                 if info.is_main:
-                    tracker.set_tags({"stopped_by_max_minutes_at_step": step})
+                    tracker.set_tags({"stopped_by_time_budget_at_step": step})
                 break
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and info.is_main:
                 # under DDP the other ranks wait for rank 0 in the next step: it stops after that step, with them

@@ -48,6 +48,8 @@ def test_max_minutes_stops_early_saves_and_resumes_exactly(tmp_path):
     full = moldiff.train(_cfg(tmp_path / "a", "train.steps=6"), progress=False)
     cut = moldiff.train(_cfg(tmp_path / "b", "train.steps=6", "train.max_minutes=1e-9"), progress=False)
     assert cut.step == 1 and load_checkpoint(cut.checkpoint)["step"] == 1
+    cpu = moldiff.train(_cfg(tmp_path / "c", "train.steps=6", "train.max_cpu_minutes=1e-9"), progress=False)
+    assert cpu.step == 1
     rest = moldiff.train(_cfg(tmp_path / "b", "train.steps=6"), resume="auto", progress=False)
     assert rest.step == 6
     assert _states_equal(load_checkpoint(full.checkpoint)["model"], load_checkpoint(rest.checkpoint)["model"])
