@@ -48,7 +48,8 @@ def _window(ref: np.ndarray, pad: float) -> tuple[float, float]:
 
 
 def _overlay(
-    models: dict[str, np.ndarray], ref: np.ndarray, *, bins: int, lo: float, hi: float, xlabel: str, title: str
+    models: dict[str, np.ndarray], ref: np.ndarray, *, bins: int, lo: float, hi: float, xlabel: str, title: str,
+    weights: Mapping[str, np.ndarray] | None = None,
 ):
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     edges = np.linspace(lo, hi, bins + 1)
@@ -69,8 +70,9 @@ def _overlay(
             label += ": " + ", ".join(notes)
         if inside.any():
             # density over the *whole* sample, so mass outside the window shows as a lower curve
-            weights = np.full(int(inside.sum()), 1.0 / (len(v) * (edges[1] - edges[0])))
-            ax.hist(v[inside], bins=edges, weights=weights, histtype="step", linewidth=1.4, label=label)
+            w = np.full(len(v), 1.0 / len(v)) if weights is None or name not in weights else weights[name]
+            ax.hist(v[inside], bins=edges, weights=w[inside] / (edges[1] - edges[0]), histtype="step", linewidth=1.4,
+                    label=label)
         else:
             ax.plot([], [], label=label)  # still listed in the legend
     ax.set_xlim(lo, hi)
@@ -91,16 +93,19 @@ def energy_histogram(
     window: tuple[float, float] | None = None,
     pad: float = 0.25,
     title: str = "",
+    weights: Mapping[str, Any] | None = None,
 ):
     """Overlaid normalised energy histograms: the reference ``e_ref [M]`` filled grey, each model
     (``e_model`` an array ``[B]`` or ``{name: [B]}``) a line.  The x window is ``window`` or the
     reference's range widened by ``pad`` of its width on each side; model energies outside it (and
     non-finite ones) are not drawn but counted in the legend, and each model's curve is normalised over
-    all its samples, so lost mass shows as a lower curve.  One axis."""
+    all its samples, so lost mass shows as a lower curve.  ``weights {name: [B]}`` (normalised, e.g.
+    importance weights) weigh that model's samples instead of ``1 / B``.  One axis."""
     ref = _np(e_ref).reshape(-1)
     models = {k: _np(v).reshape(-1) for k, v in _panels(e_model).items()}
     lo, hi = window if window is not None else _window(ref[np.isfinite(ref)], pad)
-    return _overlay(models, ref, bins=bins, lo=lo, hi=hi, xlabel="energy (kT)", title=title)
+    w = {k: _np(v).reshape(-1) for k, v in (weights or {}).items()}
+    return _overlay(models, ref, bins=bins, lo=lo, hi=hi, xlabel="energy (kT)", title=title, weights=w)
 
 
 def _distances(x: Any) -> np.ndarray:
@@ -114,17 +119,26 @@ def distance_histogram(
     bins: int = 80,
     window: tuple[float, float] | None = None,
     title: str = "",
+    weights: Mapping[str, Any] | None = None,
 ):
     """Overlaid normalised histograms of the interatomic distances (all pairs ``i < j``) of the reference
     ``x_ref [M, n, d]`` (filled grey) and each model (``x_model`` ``[B, n, d]`` or ``{name: [B, n, d]}``,
     a line).  The x window is ``window`` or ``[0, 1.1 * max reference distance]``; distances outside it
-    and non-finite ones are counted in the legend.  One axis."""
+    and non-finite ones are counted in the legend.  ``weights {name: [B]}`` (normalised per configuration)
+    weigh each configuration's distances.  One axis."""
     ref = _distances(x_ref)
-    models = {k: _distances(v) for k, v in _panels(x_model).items()}
+    panels = _panels(x_model)
+    models = {k: _distances(v) for k, v in panels.items()}
+    w = {}
+    for k, v in (weights or {}).items():
+        n = _np(panels[k]).shape[1]
+        pairs = n * (n - 1) // 2
+        w[k] = np.repeat(_np(v).reshape(-1) / pairs, pairs)
     if window is None:
         rf = ref[np.isfinite(ref)]
         window = (0.0, 1.1 * float(rf.max()) if len(rf) and rf.max() > 0 else 1.0)
-    return _overlay(models, ref, bins=bins, lo=window[0], hi=window[1], xlabel="interatomic distance", title=title)
+    return _overlay(models, ref, bins=bins, lo=window[0], hi=window[1], xlabel="interatomic distance", title=title,
+                    weights=w)
 
 
 def particle_grid(x: Any, *, title: str = "", max_panels: int = 16, cols: int = 4, labels: list[str] | None = None):

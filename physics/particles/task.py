@@ -98,7 +98,10 @@ class ParticleEval:
     nll_points: int = 1000  #: test configurations for the NLL (0: skip)
     ess: bool = True  #: importance weights: log q of every sample (ODE pass with the exact divergence)
     bootstrap: int = 1000  #: bootstrap resamples for the error bars of the ESS and log Z
-    divergence: str = "exact"  #: exact | exact_vmap | hutchinson, for the NLL (the ESS pass is exact: exact_vmap if chosen here, else exact)
+    #: exact | exact_vmap | hutchinson, for the NLL (the ESS pass is exact: exact_vmap if chosen here, else exact)
+    divergence: str = "exact"
+    mala_steps: int = 0  #: > 0: also refine the samples by this many MALA steps each (asymptotically exact samples)
+    mala_step_size: float = 0.0  #: 0: the median step size the system's reference chains adapted to
     likelihood_method: str = "heun"  #: euler | heun | rk45: ODE for the NLL and the ESS pass
     likelihood_steps: int = 100  #: fixed-step methods
     bins: int = 100  #: histogram bins (distance TV)
@@ -150,6 +153,8 @@ class ParticleConfig(ExperimentConfig):
             (self.eval.n_samples >= 0 and self.eval.nll_points >= 0, "eval.n_samples", "must be >= 0"),
             (self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1"),
             (self.eval.bootstrap >= 2, "eval.bootstrap", "must be >= 2"),
+            (self.eval.mala_steps >= 0 and self.eval.mala_step_size >= 0, "eval.mala_steps",
+             "mala_steps and mala_step_size must be >= 0"),
             (self.eval.divergence in DIVERGENCES, "eval.divergence", " | ".join(DIVERGENCES)),
             (self.eval.likelihood_method in ("euler", "heun", "rk45"), "eval.likelihood_method", "euler | heun | rk45"),
         ]
@@ -177,14 +182,19 @@ class ParticleTask(Task):
     # -- data ------------------------------------------------------------------------------------------
     def reference(self, split: str, n: int | None = None, progress: bool = True) -> Tensor:
         """MCMC reference configurations ``[N, n, d]`` (float32, zero CoM) of the config's system."""
-        from .reference import RECIPES, reference_samples
+        from .reference import reference_samples
 
-        recipe = None
-        if self.cfg.data.reference == "smoke":
-            recipe = dataclasses.replace(RECIPES[self.system.name], sizes=(4000, 500, 1000), samples_per_chain=(20, 20, 20),
-                                         burn_in=1000, thin=20, trace_chains=4)
         return reference_samples(self.system.name, split, cache_dir=self.cfg.data.cache_dir, n=n, progress=progress,
-                                 recipe=recipe)
+                                 recipe=self._recipe())
+
+    def _recipe(self):
+        """The reference recipe: ``None`` (the system's own) or the tiny one of ``data.reference: smoke``."""
+        from .reference import RECIPES
+
+        if self.cfg.data.reference != "smoke":
+            return None
+        return dataclasses.replace(RECIPES[self.system.name], sizes=(4000, 500, 1000), samples_per_chain=(20, 20, 20),
+                                   burn_in=1000, thin=20, trace_chains=4)
 
     def train_data(self) -> Tensor:
         if self._train is None:
@@ -381,17 +391,50 @@ class ParticleTask(Task):
         metrics["energy/mean_model"] = float(e_model[torch.isfinite(e_model)].mean()) if torch.isfinite(e_model).any() else float("nan")
         metrics["energy/mean_reference"] = float(e_ref.mean())
         label = self.method_label()
+        energies, configs, weights = {label: e_model.cpu().numpy()}, {label: x.cpu().numpy()}, {}
+        if log_w is not None:  # the reweighted curves: the ESS pass's samples with their normalised weights
+            w = np.exp(log_w - np.max(log_w[np.isfinite(log_w)], initial=0.0))
+            w = np.where(np.isfinite(w), w, 0.0)
+            if w.sum() > 0:
+                e_w_np = e_w.cpu().numpy()
+                energies["reweighted"], configs["reweighted"] = e_w_np, x_w.cpu().numpy()
+                weights["reweighted"] = w / w.sum()
+                metrics["energy/mean_reweighted"] = float(np.sum(weights["reweighted"] * np.nan_to_num(e_w_np)))
+        if ev.mala_steps:
+            x_m, m = self.refine(x, ev.mala_steps, generator=generator, progress=progress)
+            e_m = self.system.energy(x_m)
+            pm_m = particle_metrics(x_m, e_m, ref, e_ref, bins=ev.bins)
+            metrics.update({f"mala/{k}": v for k, v in pm_m.as_dict().items() if k in ("energy/w1", "energy/w2",
+                                                                                          "distance/tv")})
+            metrics["mala/acceptance"] = m.acceptance
+            metrics["mala/energy_evals_per_sample"] = m.energy_evals_per_sample
+            metrics["energy/mean_mala"] = float(e_m.mean())
+            energies[f"MALA {ev.mala_steps}"], configs[f"MALA {ev.mala_steps}"] = e_m.cpu().numpy(), x_m.cpu().numpy()
         figures = {
-            "energy_histogram": energy_histogram({label: e_model.cpu().numpy()}, e_ref.cpu().numpy(),
+            "energy_histogram": energy_histogram(energies, e_ref.cpu().numpy(), weights=weights,
                                                  title=f"{self.system.name}: energy, {label} vs MCMC test"),
-            "distance_histogram": distance_histogram({label: x.cpu().numpy()}, ref.cpu().numpy(),
+            "distance_histogram": distance_histogram(configs, ref.cpu().numpy(), weights=weights,
                                                      title=f"{self.system.name}: interatomic distances"),
-            "samples": particle_grid(x[: ev.grid].cpu().numpy(), title=f"{self.system.name} samples ({label})"),
+            "samples": particle_grid(x[: ev.grid].cpu().numpy(), title=f"{self.system.name} samples ({label})",
+                                     labels=[f"E = {float(v):.1f}" for v in e_model[: ev.grid]]),
         }
         out = Path(tempfile.mkdtemp(prefix="moldiff-particles-eval-"))
         files = {"samples": out / "samples.extxyz"}
         write_extxyz(x.cpu().numpy(), files["samples"], energies=_finite_or_nan(e_model))
         return EvalResult(metrics=metrics, figures=figures, files=files)
+
+    def refine(self, x: Tensor, steps: int, *, generator, progress: bool = True):
+        """``steps`` MALA steps on the system's Boltzmann density from each configuration of ``x [N, n, d]``
+        (:func:`physics.particles.refine.mala_refine`; step size ``eval.mala_step_size`` or the reference chains'
+        median): ``(x_refined [N, n, d] float32, RefinedSamples)``."""
+        from .reference import reference_info
+        from .refine import mala_refine
+
+        h = self.cfg.eval.mala_step_size or reference_info(self.system.name, "test", cache_dir=self.cfg.data.cache_dir,
+                                                           recipe=self._recipe(), progress=progress)["step_size_median"]
+        g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
+        res = mala_refine(self.system, x.detach().cpu(), steps, generator=g, step_size=h, progress=progress)
+        return res.x.to(torch.float32), res
 
     def method_label(self) -> str:
         """A short name of the method: I-CFM, OT-CFM, eq-OT-CFM, SB-CFM, VP or VE score-SDE."""

@@ -106,6 +106,8 @@ def test_train_and_evaluate_end_to_end(method, tiny_reference):
     for key in ["energy/w1", "energy/w2", "distance/tv", "nll", "ess", "nfe", "sample_seconds", "nll/target_entropy"]:
         assert key in m and m[key] == m[key], key  # present and not NaN
     assert 0.0 <= m["distance/tv"] <= 1.0 and 0.0 < m["ess"] <= 1.0
+    if method == "eqotcfm":  # the ESS pass's error bars, and the reweighted mean energy
+        assert m["ess_se"] > 0 and m["log_z_se"] > 0 and m["ess_n"] == 40 and "energy/mean_reweighted" in m
     task, model = moldiff.load_model(res.checkpoint, device="cpu")
     ev = task.evaluate(model, generator=torch.Generator().manual_seed(0), progress=False)
     assert set(ev.figures) == {"energy_histogram", "distance_histogram", "samples"}
@@ -113,6 +115,24 @@ def test_train_and_evaluate_end_to_end(method, tiny_reference):
     assert x.shape == (40, 4, 2)
     e = read_extxyz_energies(ev.files["samples"])
     torch.testing.assert_close(torch.from_numpy(e), task.system.energy(torch.from_numpy(x).double()), atol=1e-5, rtol=1e-6)
+
+
+def test_evaluation_refines_samples_by_mala(tiny_reference):
+    """eval.mala_steps: the samples are refined by MALA (step size from the reference chains); metrics and the
+    refined curve in the histograms; more steps bring the mean energy of a barely trained model towards the
+    reference."""
+    res = moldiff.train(_cfg(tiny_reference, extra=["eval.n_samples=0"]), progress=False)
+    means = {}
+    for steps in (0, 200):
+        task, model = moldiff.load_model(res.checkpoint, device="cpu", overrides=[
+            "eval.n_samples=200", "eval.nll_points=0", f"eval.mala_steps={steps}", "eval.ess=false"])
+        m = task.evaluate(model, generator=torch.Generator().manual_seed(0), progress=False).metrics
+        means[steps] = m["energy/mean_mala"] if steps else m["energy/mean_model"]
+        if steps:
+            assert m["mala/energy_evals_per_sample"] == steps + 1 and 0.2 < m["mala/acceptance"] < 1.0
+            assert m["mala/energy/w2"] < m["energy/w2"]
+    ref = m["energy/mean_reference"]
+    assert abs(means[200] - ref) < abs(means[0] - ref)
 
 
 def test_lj13_score_model_samples_and_saves(tiny_reference):
