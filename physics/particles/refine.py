@@ -33,7 +33,9 @@ ROUTES = ("reweight", "mala", "resample_mala")
 class RefinedSamples:
     """Samples for estimating expectations under ``p``: ``x [N, n, d]``, their reduced energies ``[N]``
     (float64), normalised ``weights [N]`` (``None``: equal weights), the route, the energy (+ force) evaluations
-    spent per sample beyond the flow's own, and the MALA acceptance rate (``None`` without MALA)."""
+    spent per sample beyond the flow's own, the MALA acceptance rate (``None`` without MALA), and for resampled
+    sets the number of distinct flow samples they descend from (copies of one ancestor are correlated: a
+    standard error over the ``N`` samples understates the error; ``std / sqrt(ancestors)`` does not)."""
 
     x: Tensor
     energies: Tensor
@@ -41,6 +43,7 @@ class RefinedSamples:
     route: str
     energy_evals_per_sample: int
     acceptance: float | None = None
+    ancestors: int | None = None
 
     def mean(self, values: Tensor) -> float:
         """``E_p[values]`` estimated from these samples: ``Σ w v`` (or the plain mean)."""
@@ -102,5 +105,5 @@ def resample_mala(system: ParticleSystem, x: Tensor, log_q: Tensor, steps: int, 
     idx = systematic_resample(w, len(x), generator)
     out = mala_refine(system, x[idx], steps, generator=generator, step_size=step_size, progress=progress,
                       route="resample_mala")
-    out.energy_evals_per_sample = steps + 1
+    out.ancestors = int(torch.unique(idx).numel())
     return out
