@@ -20,6 +20,7 @@ TINY_ARGS = {
     "scaffold_completion.py": ["--tiny"],
     "custom_backbone.py": ["--tiny"],
     "qm9_property.py": ["--tiny"],
+    "unbiased_samples.py": ["--tiny"],
 }
 
 
@@ -65,6 +66,9 @@ def test_example_runs(script, tmp_path):
         assert (tmp_path / "runs" / "completions.sdf").is_file() and (tmp_path / "runs" / "completions.png").is_file()
     elif script == "custom_backbone.py":
         assert "RadialNet: equivariant" in out.stdout and "DW4 with RadialNet" in out.stdout
+    elif script == "unbiased_samples.py":
+        assert "ESS" in out.stdout and "log Z" in out.stdout and "mean energy: reweighted" in out.stdout
+        assert "mean energy: MALA 20" in out.stdout and (tmp_path / "runs" / "example_unbiased_dw4.png").is_file()
     elif script == "qm9_property.py":
         for name in ("shuffled properties", "#atoms only", "generated", "lower bound"):
             assert name in out.stdout, out.stdout
