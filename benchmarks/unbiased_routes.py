@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
 
 import moldiff  # noqa: E402
-from physics.particles.metrics import energy_wasserstein  # noqa: E402
+from physics.particles.metrics import distance_histogram_tv, energy_wasserstein, importance_estimate  # noqa: E402
 from physics.particles.reference import reference_info  # noqa: E402
 from physics.particles.refine import mala_refine, resample_mala, reweight  # noqa: E402
 
@@ -103,12 +103,14 @@ def main() -> None:
 
     name = f"unbiased_routes_{system.name}"
     out = ROOT / "benchmarks" / "results" / name
-    ess = rw.weights.pow(2).sum().reciprocal().item() / len(rw.weights)
+    imp = importance_estimate((-rw.energies - log_q.double()).numpy(), n_boot=1000, generator=np.random.default_rng(0))
+    tv = distance_histogram_tv(x, ref)
     lines = [f"# Unbiased samples from a trained generator: {system.name} (issue 16)", "",
              f"Machine: {machine()}, one torch thread.  Command: `python benchmarks/unbiased_routes.py {args.checkpoint} "
              f"--n {args.n} --steps {' '.join(map(str, args.steps))}`.  Flow: {task.method_label()}, "
-             f"probability-flow ODE, {method} {steps} steps ({nfe} NFE), {args.n} samples with log q in {flow_seconds:.0f} s; "
-             f"ESS of the weights {ess:.4f}.  Reference: MCMC test split, mean energy {ref_mean:.3f} ± {ref_se:.3f} "
+             f"probability-flow ODE, {method} {steps} steps ({nfe} NFE), {args.n} samples with log q in {flow_seconds:.0f} s: "
+             f"ESS {imp.ess:.4f} ± {imp.ess_se:.4f}, log Z {imp.log_z:.2f} ± {imp.log_z_se:.2f} (bootstrap, 1000 "
+             f"resamples), distance TV {tv:.3f}.  Reference: MCMC test split, mean energy {ref_mean:.3f} ± {ref_se:.3f} "
              f"(kT units; standard error from independent chains).  MALA step size {h:.2g} (the reference chains' "
              "median).  z = error / combined standard error.", "",
              "| route | energy evaluations per sample | mean energy | SE | error vs reference | z | energy W2 | "
