@@ -40,6 +40,22 @@ CASES = [
 ]
 
 
+def _activation_mb_per_molecule(task, model, batch, batch_size: int) -> float:
+    """Bytes the autograd graph saves for the backward pass of one training batch (unique storages), per molecule:
+    the activation memory of training, independent of the allocator and of what else the process holds."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = task.loss(model, batch, torch.Generator().manual_seed(0)).mean()
+    del loss
+    return sum(seen.values()) / 2**20 / batch_size
+
+
 def _one(config: str, overrides: list[str], batch_size: int, train_steps: int, sample_n: int, sample_steps: int,
          threads: int) -> dict:
     """Measure one configuration in this process."""
@@ -58,6 +74,7 @@ def _one(config: str, overrides: list[str], batch_size: int, train_steps: int, s
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batches = task.train_batches(start_step=0, rank=0, world_size=1, device="cpu")
+    act_mb = _activation_mb_per_molecule(task, model, next(batches), batch_size)
     g = torch.Generator().manual_seed(0)
     seen = 0
     elapsed = 0.0
@@ -79,7 +96,7 @@ def _one(config: str, overrides: list[str], batch_size: int, train_steps: int, s
     sample_s = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"params": params, "train_mol_per_s": seen / elapsed, "sample_mol_per_s": sample_n / sample_s,
-            "peak_rss_mb": rss_mb, "peak_rss_mb_per_train_molecule": rss_mb / batch_size}
+            "peak_rss_mb": rss_mb, "activation_mb_per_train_molecule": act_mb}
 
 
 def main() -> None:
@@ -90,11 +107,23 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--memory-only", action="store_true",
+                    help="add the activation memory to the saved results (no timing: a busy machine is fine)")
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "OVERRIDES_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     sizes = (args.batch_size, args.train_steps, args.sample_n, args.sample_steps, args.threads)
     if args.one:
         print(json.dumps(_one(args.one[0], json.loads(args.one[1]), *sizes)))
+        return
+    out = Path(args.out)
+    if args.memory_only:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        for row in saved["rows"]:
+            row["activation_mb_per_train_molecule"] = _memory(row["config"], row["overrides"],
+                                                              saved["meta"]["batch_size"])
+            print(row["label"], f"{row['activation_mb_per_train_molecule']:.2f} MB / molecule", flush=True)
+        saved["meta"]["memory_command"] = " ".join(["python", "benchmarks/backbones.py", *sys.argv[1:]])
+        _write(out, saved["meta"], saved["rows"])
         return
     rows = []
     for label, config, overrides in CASES:
@@ -107,20 +136,39 @@ def main() -> None:
         print(f"{label}: {row['params']:,} parameters, train {row['train_mol_per_s']:.1f} mol/s, sample "
               f"{row['sample_mol_per_s']:.2f} mol/s ({args.sample_steps} NFE), peak {row['peak_rss_mb']:.0f} MB",
               flush=True)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     meta = {"machine": machine(), "torch_threads": args.threads, "batch_size": args.batch_size,
             "train_steps": args.train_steps, "sample_n": args.sample_n, "sample_steps": args.sample_steps,
             "command": " ".join(["python", "benchmarks/backbones.py", *sys.argv[1:]])}
+    _write(out, meta, rows)
+
+
+def _memory(config: str, overrides: list[str], batch_size: int) -> float:
+    import moldiff
+
+    torch.set_num_threads(1)
+    cfg = moldiff.load_config(config, [*overrides, f"train.batch_size={batch_size}", "tracking.enabled=false"])
+    task = moldiff.get_task(cfg.task)(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = task.build_model()
+    batches = task.train_batches(start_step=0, rank=0, world_size=1, device="cpu")
+    return _activation_mb_per_molecule(task, model, next(batches), batch_size)
+
+
+def _write(out: Path, meta: dict, rows: list[dict]) -> None:
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# Backbones side by side (issue 15)\n", f"Machine: {meta['machine']}, {args.threads} torch thread(s); "
-             f"command: `{meta['command']}`. Training: batch {args.batch_size}, {args.train_steps} timed steps "
-             f"(forward, backward, AdamW); sampling: {args.sample_n} molecules/configurations at "
-             f"{args.sample_steps} NFE; peak RSS of the whole process (data and model included).\n",
-             "| backbone | parameters | train molecules/s | sample molecules/s | peak RSS (MB) |", "|---|---|---|---|---|"]
+    extra = f" Activation memory added by `{meta['memory_command']}`." if "memory_command" in meta else ""
+    lines = [f"# Backbones side by side (issue 15)\n", f"Machine: {meta['machine']}, {meta['torch_threads']} torch "
+             f"thread(s); command: `{meta['command']}`.{extra} Training: batch {meta['batch_size']}, "
+             f"{meta['train_steps']} timed steps (forward, backward, AdamW); sampling: {meta['sample_n']} "
+             f"molecules/configurations at {meta['sample_steps']} NFE; training activations = the bytes autograd saves "
+             "for the backward pass of one batch (unique storages) per molecule; peak RSS of the whole process (data and model included).\n",
+             "| backbone | parameters | train molecules/s | sample molecules/s | training activations (MB / molecule) "
+             "| peak RSS (MB) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['params']:,} | {r['train_mol_per_s']:.1f} | {r['sample_mol_per_s']:.2f} | "
-              f"{r['peak_rss_mb']:.0f} |" for r in rows]
+              f"{r.get('activation_mb_per_train_molecule', float('nan')):.2f} | {r['peak_rss_mb']:.0f} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
