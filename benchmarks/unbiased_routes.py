@@ -109,7 +109,7 @@ def main() -> None:
              f"Machine: {machine()}, one torch thread.  Command: `python benchmarks/unbiased_routes.py {args.checkpoint} "
              f"--n {args.n} --steps {' '.join(map(str, args.steps))}`.  Flow: {task.method_label()}, "
              f"probability-flow ODE, {method} {steps} steps ({nfe} NFE), {args.n} samples with log q in {flow_seconds:.0f} s: "
-             f"ESS {imp.ess:.4f} ± {imp.ess_se:.4f}, log Z {imp.log_z:.2f} ± {imp.log_z_se:.2f} (bootstrap, 1000 "
+             f"ESS {imp.ess:.4f} ± {imp.ess_se:.4f}, log Z {imp.log_z:.3f} ± {imp.log_z_se:.3f} (bootstrap, 1000 "
              f"resamples), distance TV {tv:.3f}.  Reference: MCMC test split, mean energy {ref_mean:.3f} ± {ref_se:.3f} "
              f"(kT units; standard error from independent chains).  MALA step size {h:.2g} (the reference chains' "
              "median).  z = error / combined standard error.", "",
