@@ -100,10 +100,11 @@ def point_cloud_basis(space, x: Tensor) -> list[Tensor]:
 def divergence_exact_vmap(fn, x: Tensor, space, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
     """``(v, div)`` for ``v = fn(x)`` on a :class:`PointCloudSpace`: the same trace as :func:`divergence_exact`,
     with the backward passes batched over the basis vectors by ``torch.func.vmap`` (``chunk_size`` of them at a
-    time; all at once by default).  One vectorised pass instead of a loop: it pays off where one backward pass
-    leaves the device idle (GPUs, small systems); on a CPU the loop is faster (``benchmarks/results/
-    exact_divergence.md``).  ``fn`` must be vmap-compatible (no in-place writes into a tensor made inside it
-    from a batched one, no data-dependent Python control flow)."""
+    time; all at once by default).  One vectorised pass instead of a loop, meant for GPUs, where one backward
+    pass leaves the device idle (not measured: no GPU was lent).  On this project's CPU the loop is faster
+    (``benchmarks/results/exact_divergence.md``: 2.5x on DW4, 8x on LJ13; ``chunk_size=d`` on LJ13 with an EGNN
+    took over 21 GB).  ``fn`` must be vmap-compatible (no in-place writes into a tensor made inside it from a
+    batched one, no data-dependent Python control flow)."""
     from torch.func import vjp, vmap
 
     basis = torch.stack(point_cloud_basis(space, x))  # [K, N, D]
