@@ -102,7 +102,7 @@ def divergence_exact_vmap(fn, x: Tensor, space, chunk_size: int | None = None) -
     with the backward passes batched over the basis vectors by ``torch.func.vmap`` (``chunk_size`` of them at a
     time; all at once by default).  One vectorised pass instead of a loop, meant for GPUs, where one backward
     pass leaves the device idle (not measured: no GPU was lent).  On this project's CPU the loop is faster
-    (``benchmarks/results/exact_divergence.md``: 2.5x on DW4, 8x on LJ13; ``chunk_size=d`` on LJ13 with an EGNN
+    (``benchmarks/results/exact_divergence.md``: 2x on DW4, 7.6x on LJ13; ``chunk_size=d`` on LJ13 with an EGNN
     took over 21 GB).  ``fn`` must be vmap-compatible (no in-place writes into a tensor made inside it from a
     batched one, no data-dependent Python control flow)."""
     from torch.func import vjp, vmap
