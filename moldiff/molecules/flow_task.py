@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, ExperimentConfig, ProcessConfig, SamplerConfig, raise_failed
-from ..diffusion.spaces import remove_com
 from ..diffusion import (
     CategoricalPath,
     MixedKnown,
@@ -38,6 +37,7 @@ from ..diffusion import (
     PointCloudSpace,
     align_source_per_graph,
     flow_time_grid,
+    remove_com,
     sample_mixed_flow,
 )
 from ..tasks import EvalResult, Task

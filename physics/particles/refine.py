@@ -24,7 +24,7 @@ from torch import Tensor
 from .energies import ParticleSystem
 from .mcmc import mala
 
-__all__ = ["RefinedSamples", "systematic_resample", "reweight", "mala_refine", "resample_mala", "ROUTES"]
+__all__ = ["RefinedSamples", "normalised_weights", "systematic_resample", "reweight", "mala_refine", "resample_mala", "ROUTES"]
 
 ROUTES = ("reweight", "mala", "resample_mala")
 
@@ -51,7 +51,9 @@ class RefinedSamples:
         return float(v.mean() if self.weights is None else (self.weights * v).sum())
 
 
-def _normalised(log_w: Tensor) -> Tensor:
+def normalised_weights(log_w: Tensor | np.ndarray) -> Tensor:
+    """Self-normalised importance weights ``[N]`` (float64, sum 1) of log-weights ``log_w [N]``; non-finite
+    log-weights are weight 0.  ``ValueError`` if every weight is 0."""
     lw = torch.as_tensor(log_w, dtype=torch.float64)
     lw = torch.where(torch.isfinite(lw), lw, torch.full_like(lw, -torch.inf))
     if not torch.isfinite(lw).any():
@@ -72,7 +74,7 @@ def systematic_resample(weights: Tensor, n: int, generator: torch.Generator) -> 
 def reweight(system: ParticleSystem, x: Tensor, log_q: Tensor) -> RefinedSamples:
     """Self-normalised importance weights of flow samples ``x [N, n, d]`` with model log-density ``log_q [N]``."""
     e = system.reduced_energy(x.to(torch.float64))
-    return RefinedSamples(x=x, energies=e, weights=_normalised(-e - log_q.to(torch.float64)), route="reweight",
+    return RefinedSamples(x=x, energies=e, weights=normalised_weights(-e - log_q.to(torch.float64)), route="reweight",
                           energy_evals_per_sample=1)
 
 

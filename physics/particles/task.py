@@ -341,6 +341,7 @@ class ParticleTask(Task):
         from .io import write_extxyz
         from .metrics import importance_estimate, importance_log_weights, particle_metrics
         from .plots import distance_histogram, energy_histogram, particle_grid
+        from .refine import normalised_weights
 
         ev = self.cfg.eval
         if ev.n_samples == 0:
@@ -385,21 +386,18 @@ class ParticleTask(Task):
                 metrics["nll/target_entropy"] = float(e_ref.mean()) / self.system.temperature + imp.log_z
         if nll is not None:
             metrics["nll_se"] = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else math.nan
-        pm = particle_metrics(x, e_model, ref, e_ref, logp=None if nll is None else -nll, log_w=log_w, nfe=nfe,
-                              bins=ev.bins)
-        metrics.update({k: v for k, v in pm.as_dict().items() if k != "ess"})  # the ESS is in already
+        # the ESS is in already (importance_estimate, with its error bar)
+        pm = particle_metrics(x, e_model, ref, e_ref, logp=None if nll is None else -nll, nfe=nfe, bins=ev.bins)
+        metrics.update(pm.as_dict())
         metrics["energy/mean_model"] = float(e_model[torch.isfinite(e_model)].mean()) if torch.isfinite(e_model).any() else float("nan")
         metrics["energy/mean_reference"] = float(e_ref.mean())
         label = self.method_label()
         energies, configs, weights = {label: e_model.cpu().numpy()}, {label: x.cpu().numpy()}, {}
-        if log_w is not None:  # the reweighted curves: the ESS pass's samples with their normalised weights
-            w = np.exp(log_w - np.max(log_w[np.isfinite(log_w)], initial=0.0))
-            w = np.where(np.isfinite(w), w, 0.0)
-            if w.sum() > 0:
-                e_w_np = e_w.cpu().numpy()
-                energies["reweighted"], configs["reweighted"] = e_w_np, x_w.cpu().numpy()
-                weights["reweighted"] = w / w.sum()
-                metrics["energy/mean_reweighted"] = float(np.sum(weights["reweighted"] * np.nan_to_num(e_w_np)))
+        if log_w is not None and np.isfinite(log_w).any():  # the reweighted curves: the ESS pass's samples
+            e_w_np = e_w.cpu().numpy()
+            energies["reweighted"], configs["reweighted"] = e_w_np, x_w.cpu().numpy()
+            weights["reweighted"] = normalised_weights(log_w).numpy()
+            metrics["energy/mean_reweighted"] = float(np.sum(weights["reweighted"] * np.nan_to_num(e_w_np)))
         if ev.mala_steps:
             x_m, m = self.refine(x, ev.mala_steps, generator=generator, progress=progress)
             e_m = self.system.energy(x_m)
