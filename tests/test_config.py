@@ -95,10 +95,15 @@ def test_every_shipped_config_loads(path):
 def test_smoke_configs_are_small(path):
     cfg = load_config(path)
     assert cfg.train.steps <= 1000
-    if cfg.task == "trajectory":
+    if cfg.task in ("trajectory", "latent_trajectory"):
         assert cfg.data.size == "smoke"
-        assert (cfg.model.width if cfg.model.backbone == "mlp" else max(cfg.model.channels)) <= 128
+        m = cfg.model
+        assert {"mlp": m.width, "unet": max(m.channels), "transformer": m.dim}[m.backbone] <= 128
         assert cfg.eval.n_trajectories * cfg.eval.ensemble <= 16 and cfg.sampler.steps <= 50
+        assert cfg.eval.prior_samples <= 4
+        return
+    if cfg.task == "field_autoencoder":
+        assert cfg.data.size == "smoke" and max(cfg.model.channels) <= 64 and cfg.eval.n_states <= 64
         return
     width = getattr(cfg.model, "width", None) or getattr(cfg.model, "hidden")
     assert width <= 128

@@ -21,6 +21,7 @@ TINY_ARGS = {
     "custom_backbone.py": ["--tiny"],
     "qm9_property.py": ["--tiny"],
     "unbiased_samples.py": ["--tiny"],
+    "latent_assimilation.py": ["--tiny"],
 }
 
 
@@ -69,6 +70,11 @@ def test_example_runs(script, tmp_path):
     elif script == "unbiased_samples.py":
         assert "ESS" in out.stdout and "log Z" in out.stdout and "mean energy: reweighted" in out.stdout
         assert "mean energy: MALA 20" in out.stdout and (tmp_path / "runs" / "example_unbiased_dw4.png").is_file()
+    elif script == "latent_assimilation.py":
+        for name in ("autoencoder: compression 8x", "latent state (2, 8, 8)", "latent SDA: RMSE", "latent DPS: RMSE",
+                     "climatology RMSE"):
+            assert name in out.stdout, out.stdout
+        assert (tmp_path / "runs" / "example_latent_kolmogorov.png").is_file()
     elif script == "qm9_property.py":
         for name in ("shuffled properties", "#atoms only", "generated", "lower bound"):
             assert name in out.stdout, out.stdout

@@ -77,6 +77,13 @@ class GaussianObservation:
             raise ValueError(f"the operator gives {ax.shape[-1]} values per sample, the observations have {self.y.shape[-1]}")
         return (self.y.to(ax) - ax) / torch.as_tensor(self.noise_std).to(ax)
 
+    def through(self, decoder: Callable[[Tensor], Tensor]) -> "GaussianObservation":
+        """The same observations, of ``decoder(z)``: operator ``A(D(z))`` -- for a prior over latent states ``z``
+        whose decoder ``D`` maps them to the states ``A`` observes (latent assimilation).  ``D`` must be
+        differentiable for the guidance."""
+        operator = self.operator
+        return GaussianObservation(self.y, lambda z: operator(decoder(z)), self.noise_std)
+
     def log_likelihood(self, x: Tensor) -> Tensor:
         """``log p(y | x)`` up to a constant, ``[B]``."""
         return -0.5 * self.residual(x).square().sum(-1)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from moldiff.nn import MLPDenoiser
 
-__all__ = ["LocalScoreNet", "FlatWindow"]
+__all__ = ["LocalScoreNet", "FlatWindow", "WindowAsChannels"]
 
 
 class FlatWindow(nn.Module):
@@ -39,6 +39,18 @@ class FlatWindow(nn.Module):
         if w[0].numel() == self.window_numel:  # [B', w, *S]
             return self.mlp(w.flatten(1), t).reshape(w.shape)
         return self.mlp(w.flatten(2), t).reshape(w.shape)  # [B, n, w, *S]: grouped by trajectory
+
+
+class WindowAsChannels(nn.Module):
+    """A 2D image backbone (a U-Net) on windows: ``([B', w, *C, H, W], t [B']) -> same``, the ``w`` states (and
+    their channels ``C``, if any) stacked along the backbone's channel axis."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, w: Tensor, t: Tensor) -> Tensor:
+        return self.backbone(w.reshape(w.shape[0], -1, *w.shape[-2:]), t).reshape(w.shape)
 
 
 class LocalScoreNet(nn.Module):

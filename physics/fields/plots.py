@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 
 __all__ = ["assimilation_figures", "timeseries_figure", "hovmoller_figure", "field_figure", "spectra_figure",
-           "mask_figure", "write_animation"]
+           "mask_figure", "write_animation", "reconstruction_figure", "spectrum_comparison_figure", "trajectory_grid"]
 
 COLORS = {"sda": "tab:blue", "dps": "tab:orange", "enkf": "tab:green", "etkf": "tab:purple"}
 
@@ -90,14 +90,16 @@ def _obs_image(operator, y_t: np.ndarray) -> np.ndarray:
 
 
 def field_figure(truth, y, ensembles, operator, interval: float, title: str, columns: int = 4):
-    """Rows: truth, observation, and per diffusion method the posterior mean and one sample; columns: times."""
+    """Rows: truth, observation, and per diffusion method the posterior mean, one sample and the error of the mean
+    (mean - truth); columns: times."""
     length = truth.shape[0]
     obs_times = operator.times(length)
     cols = [obs_times[i] for i in np.linspace(0, len(obs_times) - 1, min(columns, len(obs_times))).astype(int)]
     ys = y.reshape(len(obs_times), -1)
     rows = [("truth", lambda k: truth[k]), ("observed", lambda k: _obs_image(operator, ys[obs_times.index(k)]))]
     for m, e in ensembles.items():
-        rows += [(f"{m} mean", lambda k, e=e: e[:, k].mean(0)), (f"{m} sample", lambda k, e=e: e[0, k])]
+        rows += [(f"{m} mean", lambda k, e=e: e[:, k].mean(0)), (f"{m} sample", lambda k, e=e: e[0, k]),
+                 (f"{m} mean - truth", lambda k, e=e: e[:, k].mean(0) - truth[k])]
     lim = float(np.abs(truth).max())
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.3 * len(cols), 2.3 * len(rows)), squeeze=False)
     for i, (name, get) in enumerate(rows):
@@ -128,6 +130,60 @@ def spectra_figure(truth, ensembles, title: str):
     ax.set_xlabel("wavenumber k")
     ax.set_ylabel("E(k)")
     ax.legend()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_figure(x, x_hat, title: str):
+    """Columns: states ``x [N, H, W]``; rows: the data, the reconstruction ``x_hat`` and the error."""
+    lim = float(np.abs(x).max())
+    rows = {"data": x, "reconstruction": x_hat, "error": x_hat - x}
+    fig, axes = plt.subplots(3, len(x), figsize=(2.3 * len(x), 7), squeeze=False)
+    for i, (name, arr) in enumerate(rows.items()):
+        for j in range(len(x)):
+            ax = axes[i, j]
+            ax.imshow(arr[j], cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_grid(rows: dict, interval: float, title: str, columns: int = 5):
+    """Rows: ``name -> trajectory [L, H, W]``; columns: ``columns`` evenly spaced times (one colour scale, the
+    first row's)."""
+    first = next(iter(rows.values()))
+    times = np.linspace(0, len(first) - 1, min(columns, len(first))).astype(int)
+    lim = float(np.abs(first).max())
+    fig, axes = plt.subplots(len(rows), len(times), figsize=(2.2 * len(times), 2.3 * len(rows)), squeeze=False)
+    for i, (name, traj) in enumerate(rows.items()):
+        for j, k in enumerate(times):
+            ax = axes[i, j]
+            ax.imshow(traj[k], cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"t = {k * interval:.1f}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def spectrum_comparison_figure(spectra: dict, title: str):
+    """Radial power spectra ``name -> P [K]`` on log-log axes (``k >= 1``)."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for i, (name, p) in enumerate(spectra.items()):
+        k = np.arange(len(p))
+        ax.loglog(k[1:], np.asarray(p)[1:], "k" if i == 0 else "-", lw=2 if i == 0 else 1.2, label=name)
+    ax.set_xlabel("wavenumber k")
+    ax.set_ylabel("power")
+    ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

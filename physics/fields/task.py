@@ -42,7 +42,7 @@ from moldiff.tasks import EvalResult, Task, register_task
 from physics.assimilation.observations import OBSERVATION_KINDS, ObservationOperator, observe
 
 from .datasets import DATASETS, get_dataset, load_trajectories, normalization, simulator, state_shape
-from .models import FlatWindow, LocalScoreNet
+from .models import FlatWindow, LocalScoreNet, WindowAsChannels
 
 __all__ = ["TrajectoryTask", "TrajectoryConfig", "TrajectoryData", "TrajectoryModel", "ObservationConfig",
            "AssimilationEval", "METHODS"]
@@ -61,11 +61,15 @@ class TrajectoryData:
 @dataclass
 class TrajectoryModel:
     window: int = 2  #: k: the local score sees 2k + 1 consecutive states
-    backbone: str = "mlp"  #: mlp (Lorenz) | unet (fields)
+    backbone: str = "mlp"  #: mlp (Lorenz) | unet | transformer (fields: space-time patches)
     width: int = 256  #: mlp
     depth: int = 4  #: mlp
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])  #: unet, per level
     blocks_per_level: int = 2  #: unet
+    patch: int = 2  #: transformer: patch side on the (latent) grid
+    dim: int = 128  #: transformer: token width
+    depth: int = 4  #: transformer: blocks
+    heads: int = 4  #: transformer: attention heads
     time_dim: int = 64
     prediction: str = "eps"  #: eps | x0 | score
 
@@ -109,6 +113,7 @@ class AssimilationEval:
     localization: float = 0.0  #: enkf / etkf on lorenz96: Gaspari-Cohn radius in grid points (0: none)
     batch_size: int = 0  #: posterior samples drawn at once (0: all)
     animation: bool = True  #: write an animated GIF of the first assimilated trajectory
+    prior_samples: int = 0  #: fields: unconditional trajectories sampled and compared with the test split (0: none)
 
 
 @dataclass
@@ -132,9 +137,13 @@ class TrajectoryConfig(ExperimentConfig):
             (m.window >= 0, "model.window", "must be >= 0"),
             (min(m.width, m.depth, m.blocks_per_level, *m.channels) >= 1 and len(m.channels) >= 1, "model.width",
              "width, depth, blocks_per_level and every entry of channels must be >= 1"),
-            (m.backbone in ("mlp", "unet"), "model.backbone", "must be mlp or unet"),
+            (m.backbone in ("mlp", "unet", "transformer"), "model.backbone", "must be mlp, unet or transformer"),
             (m.backbone == "mlp" or not lorenz, "model.backbone", "Lorenz states are vectors: use mlp"),
-            (m.backbone == "unet" or lorenz, "model.backbone", "fields need the unet backbone"),
+            (m.backbone != "mlp" or lorenz, "model.backbone", "fields need the unet or transformer backbone"),
+            (min(m.patch, m.dim, m.depth, m.heads) >= 1 and m.dim % m.heads == 0, "model.dim",
+             "patch, dim, depth and heads must be >= 1, dim divisible by heads"),
+            (ev.prior_samples >= 0 and (ev.prior_samples == 0 or not lorenz), "eval.prior_samples",
+             "must be >= 0; the prior statistics are for fields"),
             (m.prediction in ("eps", "x0", "score"), "model.prediction", "must be eps, x0 or score"),
             (self.process.kind != "flow", "process.kind", "the trajectory prior is a score-SDE (vp, subvp, ve or ddpm)"),
             (ob.kind in OBSERVATION_KINDS, "observation.kind", f"must be one of {OBSERVATION_KINDS}"),
@@ -167,7 +176,7 @@ class TrajectoryTask(Task):
         cfg.check()
         self.process = cfg.process.build()
         self.spec = get_dataset(cfg.data.system, cfg.data.size)
-        self.shape = state_shape(self.spec)
+        self.shape = state_shape(self.spec)  # physical states, what is observed
         self.operator = cfg.observation.build(self.shape)
         self._data: dict[str, Tensor] = {}
         self._train_dev: Tensor | None = None
@@ -218,15 +227,33 @@ class TrajectoryTask(Task):
             step += 1
 
     # -- model ---------------------------------------------------------------------------------------
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        """The shape of one state as the prior sees it: the physical state here, a latent grid in
+        :class:`~physics.fields.latent.LatentTrajectoryTask`."""
+        return self.shape
+
     def build_model(self) -> nn.Module:
-        m = self.cfg.model
+        m, shape = self.cfg.model, self.model_shape
         w = 2 * m.window + 1
         if m.backbone == "mlp":
-            backbone = FlatWindow(w * int(np.prod(self.shape)), width=m.width, depth=m.depth, time_dim=m.time_dim)
-        else:
+            backbone = FlatWindow(w * int(np.prod(shape)), width=m.width, depth=m.depth, time_dim=m.time_dim)
+        elif m.backbone == "unet":
             from moldiff.nn import UNet
 
-            backbone = UNet(w, w, channels=tuple(m.channels), blocks_per_level=m.blocks_per_level, time_dim=m.time_dim)
+            c = w * int(np.prod(shape[:-2]))
+            backbone = UNet(c, c, channels=tuple(m.channels), blocks_per_level=m.blocks_per_level, time_dim=m.time_dim)
+            if len(shape) > 2:  # states with channels (latent grids): [w, C, h, w'] stacked as w C channels
+                backbone = WindowAsChannels(backbone)
+        else:
+            from moldiff.nn import SpaceTimeTransformer
+
+            channels, (height, width) = int(np.prod(shape[:-2])), shape[-2:]
+            try:
+                backbone = SpaceTimeTransformer(w, channels, height, width, patch=m.patch, dim=m.dim, depth=m.depth,
+                                                heads=m.heads, time_dim=m.time_dim)
+            except ValueError as e:
+                raise ConfigError(f"model: {e}") from e
         return LocalScoreNet(backbone, m.window)
 
     def denoiser(self, model: nn.Module) -> Denoiser:
@@ -237,7 +264,7 @@ class TrajectoryTask(Task):
 
     # -- sampling ------------------------------------------------------------------------------------
     def _prior(self, n: int, length: int, device, generator) -> Tensor:
-        like = torch.zeros(n, length, *self.shape, device=device)
+        like = torch.zeros(n, length, *self.model_shape, device=device)
         return self.process.prior_sample(like, generator=generator)
 
     def sample(self, model, n, *, generator, sampler: SamplerConfig | None = None, progress=True,
@@ -383,7 +410,39 @@ class TrajectoryTask(Task):
         metrics["climatology/rmse"] = float((truth - mean).square().mean().sqrt())
         metrics["observation/count"] = float(y.shape[1])
         figures, files = plots.assimilation_figures(self, truth, y, ensembles, metrics, animation=ev.animation)
+        if ev.prior_samples:
+            prior_metrics, prior_figures = self.prior_statistics(model, test[:, : ev.length], generator=generator,
+                                                                 progress=progress)
+            metrics.update(prior_metrics)
+            figures.update(prior_figures)
         return EvalResult(metrics=metrics, figures=figures, files=files)
+
+    def prior_statistics(self, model, data: Tensor, *, generator: torch.Generator, progress: bool = True):
+        """``eval.prior_samples`` unconditional trajectories as long as ``data [N, L, H, W]`` against ``data``:
+        metrics ``prior/...`` (:func:`~physics.fields.statistics.compare_statistics`) and figures (statistics, and
+        two sampled trajectories under a test one)."""
+        from .plots import trajectory_grid
+        from .statistics import compare_statistics, field_statistics, statistics_figure
+
+        ev, length = self.cfg.eval, data.shape[1]
+        t0 = time.time()
+        samples = torch.cat([self.sample(model, min(ev.batch_size or ev.prior_samples, ev.prior_samples - i),
+                                         generator=generator, progress=progress, length=length).cpu()
+                             for i in range(0, ev.prior_samples, ev.batch_size or ev.prior_samples)])
+        seconds = time.time() - t0
+        if not torch.isfinite(samples).all():
+            raise FloatingPointError("the prior's samples are not finite")
+        lags = min(10, length - 1)
+        st_model, st_data = field_statistics(samples, lags), field_statistics(data, lags)
+        n = min(self.shape) // 2
+        metrics = {f"prior/{k}": v for k, v in compare_statistics(st_model, st_data, [1, 4, 12, n + 1]).items()}
+        metrics["prior/seconds"] = seconds
+        title = f"{self.cfg.data.system}: {ev.prior_samples} prior trajectories of {length} states"
+        figures = {"prior_statistics": statistics_figure({"data (test)": st_data, "prior samples": st_model},
+                                                         self.spec.interval, title),
+                   "prior_samples": trajectory_grid({"test": data[0].numpy(), **{f"sample {i + 1}": samples[i].numpy()
+                                                     for i in range(min(2, len(samples)))}}, self.spec.interval, title)}
+        return metrics, figures
 
     def save_samples(self, samples: Tensor, path: Path) -> None:
         """``.npy`` or ``.npz`` (key ``trajectories``) ``[n, L, *S]``."""

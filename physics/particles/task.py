@@ -403,7 +403,7 @@ class ParticleTask(Task):
             e_m = self.system.energy(x_m)
             pm_m = particle_metrics(x_m, e_m, ref, e_ref, bins=ev.bins)
             metrics.update({f"mala/{k}": v for k, v in pm_m.as_dict().items() if k in ("energy/w1", "energy/w2",
-                                                                                          "distance/tv")})
+                                                                                          "distance/tv", "distance/w2")})
             metrics["mala/acceptance"] = m.acceptance
             metrics["mala/energy_evals_per_sample"] = m.energy_evals_per_sample
             metrics["energy/mean_mala"] = float(e_m.mean())

@@ -15,6 +15,7 @@ from physics.particles.metrics import (
     importance_estimate,
     ParticleMetrics,
     distance_histogram_tv,
+    distance_wasserstein,
     effective_sample_size,
     energy_wasserstein,
     importance_log_weights,
@@ -115,6 +116,23 @@ def test_distance_tv_known_values():
     assert distance_histogram_tv(a, b, bins=4, range=(0.0, 4.0)) == pytest.approx(1.0)
     assert distance_histogram_tv(np.concatenate([a, b]), b, bins=4, range=(0.0, 4.0)) == pytest.approx(0.5)
     assert distance_histogram_tv(a, b, bins=np.array([0.0, 2.0, 4.0])) == pytest.approx(1.0)
+
+
+def test_distance_wasserstein_analytic():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 5, 3))
+    d2 = interatomic_distances(x) ** 2
+    assert distance_wasserstein(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert distance_wasserstein(x[rng.permutation(40)], x) == pytest.approx(0.0, abs=1e-12)
+    # scaling every configuration by s scales every distance, and the sorted coupling pairs d with s d
+    assert distance_wasserstein(1.3 * x, x) == pytest.approx(0.3 * np.sqrt(d2.mean()), rel=1e-10)
+    assert distance_wasserstein(torch.as_tensor(1.3 * x), x, 1) == pytest.approx(0.3 * np.sqrt(d2).mean(), rel=1e-10)
+    y = 1.3 * x
+    y[0, 0, 0] = np.nan  # left out, like a non-finite energy
+    assert distance_wasserstein(y, x) == pytest.approx(distance_wasserstein(1.3 * x[1:], x), rel=1e-12)
+    assert distance_wasserstein(np.full_like(x, np.nan), x) == np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        distance_wasserstein(x, y)
 
 
 def test_distance_tv_counts_nonfinite_model_samples():
@@ -227,7 +245,7 @@ def test_particle_metrics_dataclass():
                  "n_samples": 1000.0, "frac_nonfinite": 0.01}
     assert set(m.as_dict("lj13/")) == {"lj13/" + k for k in d}
     row = m.table("flow")
-    assert row.startswith("| flow | 0.1 | 0.2 | 0.05 | - | 0.3 | 100 | 1000 | 0.01 |")
+    assert row.startswith("| flow | 0.1 | 0.2 | 0.05 | - | - | 0.3 | 100 | 1000 | 0.01 |")
     lines = m.table("flow", header=True).splitlines()
     assert len(lines) == 3 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
 
@@ -242,6 +260,7 @@ def test_particle_metrics_function():
     m = particle_metrics(torch.tensor(x), e, x_ref, e_ref, logp=-np.ones(5), n_dof=6, log_w=np.zeros(200), nfe=20)
     assert m.n_samples == 200 and m.frac_nonfinite == pytest.approx(2 / 200)
     assert m.energy_w1 > 0.9 and m.distance_tv == pytest.approx(1 / 200, abs=1e-12)
+    assert m.distance_w2 == pytest.approx(distance_wasserstein(np.delete(x, 1, 0), x_ref)) and m.distance_w2 < 0.05
     assert m.nll == pytest.approx(1 / 6) and m.ess == pytest.approx(1.0) and m.nfe == 20
 
 

@@ -1,0 +1,122 @@
+"""Latent against pixel-space assimilation of Kolmogorov flow (issue 17, item 3): the same test trajectories, the
+same observations, SDA and DPS with each prior, against climatology; and each prior's unconditional statistics.
+
+    python benchmarks/latent_assimilation.py --latent CKPT --pixel CKPT [--settings coarse sparse]
+        [--trajectories 4] [--ensemble 4] [--length 32] [--steps 32] [--methods sda dps] [--prior-samples 8]
+
+Settings (those of the pixel-space benchmark, ``benchmarks/results/assimilation.md``): ``coarse`` -- 4 x 4 block
+means of every 4th state, noise std 0.5; ``sparse`` -- the vorticity at every 4th grid point of every 2nd state,
+noise std 0.5.  Every method sees the first ``--length`` states of the first ``--trajectories`` test trajectories,
+observed once with a fixed seed (the same ``y`` for both priors), and draws ``--ensemble`` posterior samples with
+the config's predictor-corrector sampler at ``--steps`` steps.  Scores per trajectory (RMSE of the posterior
+mean, spread, fair CRPS; :func:`~physics.assimilation.metrics.score_windows`), mean +- standard error over
+trajectories; seconds are process CPU seconds per trajectory (one torch thread).  Results:
+``benchmarks/results/latent_assimilation.md``, per-case json and figures in ``benchmarks/results/latent_assimilation/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import torch  # noqa: E402
+from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
+
+import moldiff  # noqa: E402
+from physics.assimilation.metrics import score_windows  # noqa: E402
+from physics.fields import plots  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "coarse": ["observation.kind=coarsen", "observation.factor=4", "observation.every=4", "observation.noise_std=0.5"],
+    "sparse": ["observation.kind=subsample", "observation.stride=4", "observation.every=2", "observation.noise_std=0.5"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latent", required=True)
+    ap.add_argument("--pixel", required=True)
+    ap.add_argument("--settings", nargs="+", default=["coarse", "sparse"], choices=sorted(SETTINGS))
+    ap.add_argument("--methods", nargs="+", default=["sda", "dps"], choices=["sda", "mmps", "dps"])
+    ap.add_argument("--trajectories", type=int, default=4)
+    ap.add_argument("--ensemble", type=int, default=4)
+    ap.add_argument("--length", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--prior-samples", type=int, default=8)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latent_assimilation")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    priors = {"latent": args.latent, "pixel": args.pixel}
+    rows, prior_rows = [], {}
+    for setting in args.settings:
+        over = [*SETTINGS[setting], f"sampler.steps={args.steps}", f"eval.length={args.length}"]
+        tasks = {name: moldiff.load_model(ckpt, overrides=over) for name, ckpt in priors.items()}
+        task0 = tasks["pixel"][0]
+        truth = task0.trajectories("test")[: args.trajectories, : args.length]
+        y = task0.observe(truth.double(), torch.Generator().manual_seed(7919)).float()
+        observed = torch.zeros(args.length, dtype=torch.bool)
+        observed[task0.operator.times(args.length)] = True
+        clim = (truth - task0.stats[0]).square().flatten(1).mean(1).sqrt()
+        rows.append(dict(setting=setting, prior="-", method="climatology", rmse=float(clim.mean()),
+                         rmse_se=float(clim.std() / len(clim) ** 0.5)))
+        ensembles = {}
+        for name, (task, model) in tasks.items():
+            for method in args.methods:
+                t0 = time.process_time()
+                ens = task.assimilate(model, y, n=args.ensemble, length=args.length, method=method,
+                                      generator=torch.Generator().manual_seed(1), progress=False)
+                seconds = (time.process_time() - t0) / len(truth)
+                s = score_windows(ens, truth, observed).summary()
+                rows.append(dict(setting=setting, prior=name, method=method, rmse=s["rmse"][0], rmse_se=s["rmse"][1],
+                                 spread=s["spread"][0], crps=s["crps"][0], crps_se=s["crps"][1], seconds=seconds))
+                print(rows[-1], flush=True)
+                ensembles[f"{name} {method}"] = ens[0].numpy()
+        tr, yy = truth[0].numpy(), y[0].numpy()
+        title = f"Kolmogorov, {setting} observations: first test trajectory"
+        plots.field_figure(tr, yy, ensembles, task0.operator, task0.spec.interval, title).savefig(
+            args.out / f"{setting}_fields.png", dpi=80)
+        plots.spectra_figure(tr, ensembles, f"{title}: energy spectra").savefig(args.out / f"{setting}_spectra.png", dpi=100)
+        plots.write_animation(args.out / f"{setting}.gif", tr, ensembles, task0.spec.interval, f"Kolmogorov {setting}")
+        if not prior_rows and args.prior_samples:
+            for name, (task, model) in tasks.items():
+                task.cfg.eval.prior_samples, task.cfg.eval.batch_size = args.prior_samples, args.prior_samples
+                m, figs = task.prior_statistics(model, task.trajectories("test")[:, : args.length],
+                                                generator=torch.Generator().manual_seed(2), progress=False)
+                prior_rows[name] = m
+                figs["prior_statistics"].savefig(args.out / f"prior_{name}_statistics.png", dpi=100)
+                figs["prior_samples"].savefig(args.out / f"prior_{name}_samples.png", dpi=80)
+                print(name, m, flush=True)
+    (args.out / "results.json").write_text(json.dumps(dict(rows=rows, priors=prior_rows, args=vars(args) | {
+        "out": str(args.out)}), indent=1))
+    f = lambda v, d=3: "" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = ["# Latent against pixel-space assimilation of Kolmogorov flow (issue 17)", "",
+             f"Machine: {machine()}, torch {torch.__version__}, one torch thread.  Command: `python "
+             f"benchmarks/latent_assimilation.py --latent {args.latent} --pixel {args.pixel} --settings "
+             f"{' '.join(args.settings)} --methods {' '.join(args.methods)} --trajectories {args.trajectories} "
+             f"--ensemble {args.ensemble} --length {args.length} --steps {args.steps}`.  The first {args.length} "
+             f"states of {args.trajectories} test trajectories, {args.ensemble} posterior samples each, the "
+             f"predictor-corrector sampler at {args.steps} steps; mean +- standard error over trajectories; seconds: "
+             "process CPU seconds per trajectory.  Vorticity units (data std about 4.7).", "",
+             "| setting | prior | method | RMSE | spread | CRPS | CPU s / trajectory |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['prior']} | {r['method']} | {f(r['rmse'])} ± {f(r['rmse_se'])} | "
+                     f"{f(r.get('spread'))} | {f(r.get('crps'))} | {f(r.get('seconds'), 0)} |")
+    if prior_rows:
+        keys = [k for k in next(iter(prior_rows.values())) if k != "prior/seconds"]
+        lines += ["", f"Unconditional statistics: {args.prior_samples} prior trajectories of {args.length} states "
+                  "against the test split (`prior/...` of `TrajectoryTask.prior_statistics`).", "",
+                  "| statistic | " + " | ".join(prior_rows) + " |", "|---|" + "---|" * len(prior_rows)]
+        for k in keys:
+            lines.append(f"| {k.removeprefix('prior/')} | " + " | ".join(f"{m[k]:.3f}" for m in prior_rows.values()) + " |")
+    (args.out.parent / "latent_assimilation.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
