@@ -325,8 +325,14 @@ def test_there_are_smoke_configs():
 @pytest.mark.parametrize("path", SMOKE, ids=[p.stem for p in SMOKE])
 def test_every_smoke_config_trains(path, tmp_path, capsys):
     root = tmp_path / "runs"
+    extra = []
+    if path.stem == "kolmogorov_latent":  # a latent prior needs its autoencoder: the smoke one, trained first
+        rc, out, err = _run(capsys, "train", path.parent / "kolmogorov_ae.yaml", "--no-progress",
+                            *_sets(f"runs_root={root}", "tracking.enabled=false", "train.device=cpu"))
+        assert rc == 0, err
+        extra = [f"latent.autoencoder={_checkpoint_from(out)}"]
     rc, out, err = _run(capsys, "train", path, "--no-progress",
-                        *_sets(f"runs_root={root}", "tracking.enabled=false", "train.device=cpu"))
+                        *_sets(f"runs_root={root}", "tracking.enabled=false", "train.device=cpu", *extra))
     assert rc == 0, err
     cfg = load_config(path)
     ckpt = _checkpoint_from(out)
@@ -352,6 +358,15 @@ def test_every_smoke_config_trains(path, tmp_path, capsys):
             assert math.isfinite(metrics[key]), (key, metrics)
         assert 0.0 <= metrics["distance/tv"] <= 1.0 and 0.0 <= metrics["ess"] <= 1.0, metrics
         assert metrics["n_samples"] == cfg.eval.n_samples
+        return
+    if cfg.task == "field_autoencoder":  # reconstruction error, spectrum error per band, compression
+        assert metrics["recon/rmse"] > 0 and metrics["recon/compression"] == 32 * 32 / (2 * 8 * 8), metrics
+        assert all(math.isfinite(v) for k, v in metrics.items() if k.startswith("spectrum/")), metrics
+        return
+    if cfg.task == "latent_trajectory":  # decoded assimilation scores and the prior's statistics
+        for m in cfg.eval.methods:
+            assert metrics[f"{m}/rmse"] > 0 and metrics[f"{m}/spread"] >= 0, (m, metrics)
+        assert metrics["prior/std/model"] > 0 and math.isfinite(metrics["prior/kurtosis/model"]), metrics
         return
     if cfg.task == "trajectory":  # assimilation scores of every method, and the climatological scale
         for m in cfg.eval.methods:
