@@ -11,7 +11,7 @@ observed once with a fixed seed (the same ``y`` for both priors), and draws ``--
 the config's predictor-corrector sampler at ``--steps`` steps.  Scores per trajectory (RMSE of the posterior
 mean, spread, fair CRPS; :func:`~physics.assimilation.metrics.score_windows`), mean +- standard error over
 trajectories; seconds are process CPU seconds per trajectory (one torch thread).  Results:
-``benchmarks/results/latent_assimilation.md``, per-case json and figures in ``benchmarks/results/latent_assimilation/``.
+``<out>.md`` (default ``benchmarks/results/latent_assimilation.md``), the json and figures in ``<out>/``.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main() -> None:
                   "| statistic | " + " | ".join(prior_rows) + " |", "|---|" + "---|" * len(prior_rows)]
         for k in keys:
             lines.append(f"| {k.removeprefix('prior/')} | " + " | ".join(f"{m[k]:.3f}" for m in prior_rows.values()) + " |")
-    (args.out.parent / "latent_assimilation.md").write_text("\n".join(lines) + "\n")
+    (args.out.parent / f"{args.out.name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
