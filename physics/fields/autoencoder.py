@@ -24,7 +24,7 @@ from moldiff.nn.autoencoder import FieldAutoencoder, radial_power_spectrum, reco
 from moldiff.tasks import EvalResult, Task, register_task
 from moldiff.training import step_seed
 
-from .datasets import DATASETS, get_dataset, load_trajectories, normalization, state_shape
+from .datasets import DATASETS, SplitData, get_dataset, state_shape
 from .statistics import spectrum_band_errors
 from .task import TrajectoryData
 
@@ -86,7 +86,7 @@ def build_autoencoder(m: AutoencoderModel) -> FieldAutoencoder:
 
 
 @register_task
-class AutoencoderTask(Task):
+class AutoencoderTask(SplitData, Task):
     name = "field_autoencoder"
     config_class = AutoencoderConfig
 
@@ -95,33 +95,11 @@ class AutoencoderTask(Task):
         cfg.check()
         self.spec = get_dataset(cfg.data.system, cfg.data.size)
         self.shape = state_shape(self.spec)
-        self._data: dict[str, Tensor] = {}
         self._train_dev: Tensor | None = None
 
     def states(self, split: str, *, progress: bool = True) -> Tensor:
         """All states of a split, physical units: ``[N, H, W]``."""
-        if split not in self._data:
-            x = load_trajectories(self.cfg.data.system, split, cache_dir=self.cfg.data.cache_dir, spec=self.spec,
-                                  progress=progress)
-            if split == "train" and self.cfg.data.n_train:
-                x = x[: self.cfg.data.n_train]
-            self._data[split] = x.reshape(-1, *self.shape)
-        return self._data[split]
-
-    @property
-    def stats(self) -> tuple[Tensor, Tensor]:
-        if not hasattr(self, "_stats"):
-            train = self.states("train")
-            self._stats = normalization(self.cfg.data.system, train[None])
-        return self._stats
-
-    def normalize(self, x: Tensor) -> Tensor:
-        mean, std = self.stats
-        return (x - mean.to(x)) / std.to(x)
-
-    def denormalize(self, z: Tensor) -> Tensor:
-        mean, std = self.stats
-        return z * std.to(z) + mean.to(z)
+        return self.trajectories(split, progress=progress).reshape(-1, *self.shape)
 
     def build_model(self) -> nn.Module:
         return build_autoencoder(self.cfg.model)

@@ -38,7 +38,7 @@ from moldiff.fileio import cache_dir, read_npz_cache, write_npz_cache
 from .lorenz import get_lorenz
 
 __all__ = ["DatasetSpec", "DATASETS", "SMOKE_DATASETS", "SPLITS", "get_dataset", "load_trajectories", "state_shape", "cache_path",
-           "normalization", "DatasetCacheError"]
+           "normalization", "DatasetCacheError", "SplitData"]
 
 SPLITS = ("train", "valid", "test")
 CACHE_VERSION = 1
@@ -189,3 +189,34 @@ def normalization(system: str, train: Tensor) -> tuple[Tensor, Tensor]:
         return flat.mean(0).float(), flat.std(0).float()
     shape = (1,) * (train.dim() - 2)
     return flat.mean().reshape(shape).float(), flat.std().reshape(shape).float()
+
+
+class SplitData:
+    """What every field task does with its data (a mixin): the cached splits of ``self.cfg.data`` (``system``,
+    ``cache_dir``, ``n_train``) made by ``self.spec``, and the physical normalisation of the training split."""
+
+    def trajectories(self, split: str, *, progress: bool = True) -> Tensor:
+        """Physical trajectories ``[n, L, *S]`` of a split (cached; the first ``data.n_train`` for training)."""
+        data = self.__dict__.setdefault("_splits", {})
+        if split not in data:
+            x = load_trajectories(self.cfg.data.system, split, cache_dir=self.cfg.data.cache_dir, spec=self.spec,
+                                  progress=progress)
+            if split == "train" and self.cfg.data.n_train:
+                x = x[: self.cfg.data.n_train]
+            data[split] = x
+        return data[split]
+
+    @property
+    def stats(self) -> tuple[Tensor, Tensor]:
+        """``(mean, std)`` of the training split (:func:`normalization`)."""
+        if "_stats" not in self.__dict__:
+            self._stats = normalization(self.cfg.data.system, self.trajectories("train"))
+        return self._stats
+
+    def normalize(self, x: Tensor) -> Tensor:
+        mean, std = self.stats
+        return (x - mean.to(x)) / std.to(x)
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        mean, std = self.stats
+        return z * std.to(z) + mean.to(z)

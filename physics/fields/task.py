@@ -41,7 +41,7 @@ from moldiff.training import step_seed
 from moldiff.tasks import EvalResult, Task, register_task
 from physics.assimilation.observations import OBSERVATION_KINDS, ObservationOperator, observe
 
-from .datasets import DATASETS, get_dataset, load_trajectories, normalization, simulator, state_shape
+from .datasets import DATASETS, SplitData, get_dataset, simulator, state_shape
 from .models import FlatWindow, LocalScoreNet, WindowAsChannels
 
 __all__ = ["TrajectoryTask", "TrajectoryConfig", "TrajectoryData", "TrajectoryModel", "ObservationConfig",
@@ -166,7 +166,7 @@ class TrajectoryConfig(ExperimentConfig):
 
 
 @register_task
-class TrajectoryTask(Task):
+class TrajectoryTask(SplitData, Task):
     name = "trajectory"
     config_class = TrajectoryConfig
     sample_formats = (".npy", ".npz")
@@ -178,34 +178,9 @@ class TrajectoryTask(Task):
         self.spec = get_dataset(cfg.data.system, cfg.data.size)
         self.shape = state_shape(self.spec)  # physical states, what is observed
         self.operator = cfg.observation.build(self.shape)
-        self._data: dict[str, Tensor] = {}
         self._train_dev: Tensor | None = None
 
-    # -- data ----------------------------------------------------------------------------------------
-    def trajectories(self, split: str, *, progress: bool = True) -> Tensor:
-        """Physical trajectories ``[n, L, *S]`` of a split (cached)."""
-        if split not in self._data:
-            x = load_trajectories(self.cfg.data.system, split, cache_dir=self.cfg.data.cache_dir, spec=self.spec,
-                                  progress=progress)
-            if split == "train" and self.cfg.data.n_train:
-                x = x[: self.cfg.data.n_train]
-            self._data[split] = x
-        return self._data[split]
-
-    @property
-    def stats(self) -> tuple[Tensor, Tensor]:
-        if not hasattr(self, "_stats"):
-            self._stats = normalization(self.cfg.data.system, self.trajectories("train"))
-        return self._stats
-
-    def normalize(self, x: Tensor) -> Tensor:
-        mean, std = self.stats
-        return (x - mean.to(x)) / std.to(x)
-
-    def denormalize(self, z: Tensor) -> Tensor:
-        mean, std = self.stats
-        return z * std.to(z) + mean.to(z)
-
+    # -- data (trajectories, stats, normalize, denormalize: SplitData) ---------------------------------
     def train_batches(self, *, start_step: int, rank: int, world_size: int, device) -> Iterator[Tensor]:
         """Random windows of ``2k + 1`` states, normalised: ``[batch, 2k + 1, *S]``."""
         if self._train_dev is None or self._train_dev.device != torch.device(device):
