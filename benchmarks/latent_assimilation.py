@@ -40,8 +40,8 @@ SETTINGS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--latent", required=True)
-    ap.add_argument("--pixel", required=True)
+    ap.add_argument("--latent", required=True, help="checkpoint, or - to leave this prior out")
+    ap.add_argument("--pixel", required=True, help="checkpoint, or - to leave this prior out")
     ap.add_argument("--settings", nargs="+", default=["coarse", "sparse"], choices=sorted(SETTINGS))
     ap.add_argument("--methods", nargs="+", default=["sda", "dps"], choices=["sda", "mmps", "dps"])
     ap.add_argument("--trajectories", type=int, default=4)
@@ -53,12 +53,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    priors = {"latent": args.latent, "pixel": args.pixel}
+    priors = {name: ckpt for name, ckpt in (("latent", args.latent), ("pixel", args.pixel)) if ckpt != "-"}
     rows, prior_rows = [], {}
     for setting in args.settings:
         over = [*SETTINGS[setting], f"sampler.steps={args.steps}", f"eval.length={args.length}"]
         tasks = {name: moldiff.load_model(ckpt, overrides=over) for name, ckpt in priors.items()}
-        task0 = tasks["pixel"][0]
+        task0 = next(iter(tasks.values()))[0]  # truth, observations and operator: the same for every prior
         truth = task0.trajectories("test")[: args.trajectories, : args.length]
         y = task0.observe(truth.double(), torch.Generator().manual_seed(7919)).float()
         observed = torch.zeros(args.length, dtype=torch.bool)
