@@ -89,6 +89,26 @@ def _obs_image(operator, y_t: np.ndarray) -> np.ndarray:
     return img.reshape(operator.state_shape)
 
 
+def _image_grid(rows, columns, col_title, lim: float, title: str, width: float = 2.3, height: float = 2.3,
+                fontsize: int | None = None):
+    """Images on one symmetric colour scale ``[-lim, lim]``: ``rows`` are ``(name, get)`` with ``get(column)`` an
+    image; ``col_title(column)`` titles the first row (``None``: no titles)."""
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(width * len(columns), height * len(rows)), squeeze=False)
+    for i, (name, get) in enumerate(rows):
+        for j, c in enumerate(columns):
+            ax = axes[i, j]
+            ax.imshow(get(c), cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0 and col_title is not None:
+                ax.set_title(col_title(c), fontsize=9)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    return fig
+
+
 def field_figure(truth, y, ensembles, operator, interval: float, title: str, columns: int = 4):
     """Rows: truth, observation, and per diffusion method the posterior mean, one sample and the error of the mean
     (mean - truth); columns: times."""
@@ -100,21 +120,7 @@ def field_figure(truth, y, ensembles, operator, interval: float, title: str, col
     for m, e in ensembles.items():
         rows += [(f"{m} mean", lambda k, e=e: e[:, k].mean(0)), (f"{m} sample", lambda k, e=e: e[0, k]),
                  (f"{m} mean - truth", lambda k, e=e: e[:, k].mean(0) - truth[k])]
-    lim = float(np.abs(truth).max())
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.3 * len(cols), 2.3 * len(rows)), squeeze=False)
-    for i, (name, get) in enumerate(rows):
-        for j, k in enumerate(cols):
-            ax = axes[i, j]
-            ax.imshow(get(k), cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"t = {k * interval:.1f}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(name, fontsize=9)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _image_grid(rows, cols, lambda k: f"t = {k * interval:.1f}", float(np.abs(truth).max()), title)
 
 
 def spectra_figure(truth, ensembles, title: str):
@@ -137,20 +143,9 @@ def spectra_figure(truth, ensembles, title: str):
 
 def reconstruction_figure(x, x_hat, title: str):
     """Columns: states ``x [N, H, W]``; rows: the data, the reconstruction ``x_hat`` and the error."""
-    lim = float(np.abs(x).max())
-    rows = {"data": x, "reconstruction": x_hat, "error": x_hat - x}
-    fig, axes = plt.subplots(3, len(x), figsize=(2.3 * len(x), 7), squeeze=False)
-    for i, (name, arr) in enumerate(rows.items()):
-        for j in range(len(x)):
-            ax = axes[i, j]
-            ax.imshow(arr[j], cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(name, fontsize=9)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    rows = [(name, lambda j, a=arr: a[j]) for name, arr in
+            {"data": x, "reconstruction": x_hat, "error": x_hat - x}.items()]
+    return _image_grid(rows, range(len(x)), None, float(np.abs(x).max()), title, height=7 / 3, fontsize=9)
 
 
 def trajectory_grid(rows: dict, interval: float, title: str, columns: int = 5):
@@ -158,21 +153,8 @@ def trajectory_grid(rows: dict, interval: float, title: str, columns: int = 5):
     first row's)."""
     first = next(iter(rows.values()))
     times = np.linspace(0, len(first) - 1, min(columns, len(first))).astype(int)
-    lim = float(np.abs(first).max())
-    fig, axes = plt.subplots(len(rows), len(times), figsize=(2.2 * len(times), 2.3 * len(rows)), squeeze=False)
-    for i, (name, traj) in enumerate(rows.items()):
-        for j, k in enumerate(times):
-            ax = axes[i, j]
-            ax.imshow(traj[k], cmap="RdBu_r", vmin=-lim, vmax=lim, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"t = {k * interval:.1f}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel(name, fontsize=9)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _image_grid([(name, lambda k, t=traj: t[k]) for name, traj in rows.items()], times,
+                       lambda k: f"t = {k * interval:.1f}", float(np.abs(first).max()), title, width=2.2, fontsize=9)
 
 
 def spectrum_comparison_figure(spectra: dict, title: str):
