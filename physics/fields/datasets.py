@@ -125,7 +125,7 @@ def simulator(spec: DatasetSpec, **params: float):
     return replace(system, params=tuple({**known, **{k: float(v) for k, v in params.items()}}.items()))
 
 
-def _generate(spec: DatasetSpec, split: str, progress: bool) -> np.ndarray:
+def _generate(spec: DatasetSpec, split: str, progress: bool, device: str | None = None) -> np.ndarray:
     n, length = spec.sizes[split]
     sim = simulator(spec)
     g = torch.Generator().manual_seed(spec.split_seed(split))
@@ -133,9 +133,9 @@ def _generate(spec: DatasetSpec, split: str, progress: bool) -> np.ndarray:
         x0 = sim.random_initial(n, g, dtype=torch.float64)
     else:
         x0 = sim.random_state(n, g, dtype=torch.float64)
-    x0 = sim.advance(x0, spec.spinup)
+    x0 = sim.advance(x0.to(device or "cpu"), spec.spinup)
     traj = sim.trajectory(x0, length, spec.interval, progress=progress)
-    return traj.to(torch.float32).numpy()
+    return traj.to(torch.float32).cpu().numpy()
 
 
 def default_cache_dir() -> Path:
@@ -150,10 +150,14 @@ def cache_path(system: str, split: str, *, cache_dir: str | Path | None = None, 
 
 
 def load_trajectories(system: str, split: str, *, cache_dir: str | Path | None = None,
-                      spec: DatasetSpec | None = None, progress: bool = True) -> Tensor:
+                      spec: DatasetSpec | None = None, progress: bool = True, device: str | None = None) -> Tensor:
     """Split ``split`` of ``system``: ``[trajectories, states, *state_shape]`` float32, from the cache or built
     (and cached) on first use.  ``spec`` overrides the system's default :class:`DatasetSpec` (tests use
-    smaller ones)."""
+    smaller ones).
+
+    ``device`` (e.g. ``"cuda"``): integrate a split that is not cached there (the initial conditions are drawn on
+    the CPU as always).  Kolmogorov flow is chaotic, so another device's round-off gives other trajectories of
+    the same distribution after the spin-up: the cache's key (the spec) does not record the device."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     spec = spec or get_dataset(system)
@@ -169,7 +173,7 @@ def load_trajectories(system: str, split: str, *, cache_dir: str | Path | None =
             return torch.from_numpy(arrays["trajectories"])
         except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
             warnings.warn(f"dataset cache {path} is unusable ({e}); rebuilding it", stacklevel=2)
-    data = _generate(spec, split, progress)
+    data = _generate(spec, split, progress, device)
     if not np.isfinite(data).all():
         raise FloatingPointError(f"{system} {split}: the simulation produced non-finite values")
     try:

@@ -108,9 +108,9 @@ class LatentTrajectoryTask(TrajectoryTask):
     def _encode(self, x: Tensor) -> Tensor:
         """Physical states ``[N, H, W]`` -> raw latents ``[N, C, h, w]`` (no gradients, batched)."""
         ae_task, ae = self._load_autoencoder()
-        dtype = next(ae.parameters()).dtype
+        p = next(ae.parameters())  # on the CPU, or where denormalize moved the decoder
         with torch.no_grad():
-            return torch.cat([ae.encode(ae_task.normalize(chunk.to(dtype))[:, None])
+            return torch.cat([ae.encode(ae_task.normalize(chunk.to(p))[:, None]).to(x.device)
                               for chunk in x.split(self.cfg.latent.batch_size)])
 
     # -- the state the prior sees --------------------------------------------------------------------
