@@ -102,6 +102,16 @@ def main() -> None:
         clim = (truth - task0.stats[0]).square().flatten(1).mean(1).sqrt()
         rows.append(dict(setting=setting, prior="-", method="climatology", rmse=float(clim.mean()),
                          rmse_se=float(clim.std() / len(clim) ** 0.5)))
+        if not prior_rows and args.prior_samples:  # unconditional statistics, once (they do not depend on y)
+            for name, (task, model) in tasks.items():
+                task.cfg.eval.prior_samples = args.prior_samples
+                task.cfg.eval.batch_size = args.batch_size or args.prior_samples
+                m, figs = task.prior_statistics(model, task.trajectories("test")[:, : args.length],
+                                                generator=torch.Generator(device).manual_seed(2), progress=False)
+                prior_rows[name] = m
+                figs["prior_statistics"].savefig(args.out / f"prior_{name}_statistics.png", dpi=100)
+                figs["prior_samples"].savefig(args.out / f"prior_{name}_samples.png", dpi=80)
+                print(name, m, flush=True)
         ensembles = {}
         for method in args.methods:  # methods outermost: a run stopped early has every prior's rows of a method
             for name, (task, model) in tasks.items():

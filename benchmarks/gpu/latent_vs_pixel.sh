@@ -4,7 +4,7 @@
 # assimilation benchmark (coarse and sparse observations, side by side).  Everything that comes back is under $OUT:
 # log.txt, the three checkpoints (EMA weights only), eval_coarse.tar.gz, eval_sparse.tar.gz and runs.tar.gz (the
 # MLflow store and figures of the training runs).  The evaluation stops DEADLINE seconds (default 555) after
-# the start, keeping the rows it finished.
+# the start, keeping the rows it finished.  PIXEL_CKPT=path: use that pixel prior instead of training one.
 #
 #   bash benchmarks/gpu/latent_vs_pixel.sh                      # the device tool; carry .whl and .gpucache
 #   WHEELS=0 SIZE=smoke DEVICE=cpu AE_MIN=0.2 LATENT_MIN=0.2 PIXEL_MIN=0.4 CASES=2 WINDOWS=1 ENSEMBLE=2 \
@@ -69,9 +69,11 @@ stamp "training: autoencoder ${AE_MIN} + latent prior ${LATENT_MIN} min | pixel 
   python3 -m moldiff train $C/kolmogorov_latent.yaml "${common[@]}" --set name=latent_gpu \
     --set train.max_minutes="$LATENT_MIN" --set train.batch_size=64 --set latent.autoencoder="$AE" \
     --set eval.n_trajectories=0 --set eval.prior_samples=0 > "$W/latent.log" 2>&1 && echo "latent done" ) & p1=$!
+if [ -n "${PIXEL_CKPT:-}" ]; then PIX=$PIXEL_CKPT; echo "pixel prior: $PIX (trained earlier)"; p2=; else
 python3 -m moldiff train "$PIXEL_CFG" "${common[@]}" --set name=pixel_gpu --set train.max_minutes="$PIXEL_MIN" \
   --set train.batch_size=64 --set eval.n_trajectories=0 > "$W/pixel.log" 2>&1 && echo "pixel done" & p2=$!
-wait $p1 $p2  # by pid: a bare wait would also wait for the tee of the log
+fi
+wait $p1 ${p2:-}  # by pid: a bare wait would also wait for the tee of the log
 for f in ae latent pixel; do echo "--- $f.log (tail)"; tail -n 25 "$W/$f.log" | tr '\r' '\n' | tail -n 25; done
 
 stamp "checkpoints: EMA weights only"

@@ -110,6 +110,8 @@ def radial_power_spectrum(x: Tensor, bins: int | None = None) -> Tensor:
     ``H x W`` periodic grid), ``k = 0 .. K - 1`` with ``K = bins`` or ``min(H, W) // 2 + 1``; the
     normalisation is Parseval's (``sum_k P_k = H W mean(x^2)`` when no power lies beyond ring ``K - 1``: the
     corner modes of the grid are left out).  Differentiable."""
+    if x.dtype in (torch.float16, torch.bfloat16):  # no half-precision FFT of any size (bf16 autocast on CUDA)
+        x = x.float()
     h, w = x.shape[-2:]
     k_max = bins or min(h, w) // 2 + 1
     ky = torch.fft.fftfreq(h, 1.0 / h, device=x.device)

@@ -77,6 +77,16 @@ def test_radial_power_spectrum_single_modes_and_parseval():
     torch.testing.assert_close(radial_power_spectrum(smooth).sum(-1), n * n * smooth.square().mean((-2, -1)))
 
 
+
+def test_radial_power_spectrum_of_half_precision_fields():
+    """bf16 / fp16 fields (bf16 autocast on CUDA) are transformed in float32: torch has no half-precision FFT."""
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.bfloat16, torch.float16):
+        p = radial_power_spectrum(x.to(dtype))
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p, radial_power_spectrum(x.to(dtype).float()))
+
+
 def test_reconstruction_loss():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 1, 16, 16, generator=g, dtype=torch.float64)

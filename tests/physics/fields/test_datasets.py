@@ -93,3 +93,11 @@ def test_simulator_with_a_wrong_model_parameter():
         simulator(spec, rho=30.0)
     with pytest.raises(ValueError, match="no model parameters"):
         simulator(get_dataset("kolmogorov"), forcing=1.0)
+
+
+def test_simulating_on_a_named_device_is_the_default_on_the_cpu(tmp_path):
+    """``device=`` only moves the integration (initial conditions are drawn on the CPU): on the CPU it is the default."""
+    spec = get_dataset("kolmogorov", "smoke")
+    a = load_trajectories("kolmogorov", "test", cache_dir=tmp_path / "a", spec=spec, progress=False)
+    b = load_trajectories("kolmogorov", "test", cache_dir=tmp_path / "b", spec=spec, progress=False, device="cpu")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
