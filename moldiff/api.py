@@ -59,6 +59,10 @@ def load_model(
     state = load_checkpoint(checkpoint)
     cfg = load_config(state["config"], overrides)
     task = get_task(cfg.task)(cfg)
+    try:
+        task.load_sampling_state(state.get("sampling", {}))
+    except (KeyError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{checkpoint}: its sampling state does not fit this moldiff ({e})") from e
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the global RNG alone
         model = task.build_model()
     weights = state["ema" if use_ema else "model"]

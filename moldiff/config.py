@@ -179,9 +179,11 @@ class PrecondConfig:
 class LossConfig:
     """How denoising training draws noise levels and weights them (see :func:`moldiff.diffusion.denoising_loss`)."""
 
-    time_distribution: str = "uniform"  #: uniform (in t) | lognormal (EDM: ln(sigma/alpha) ~ N(p_mean, p_std^2))
+    time_distribution: str = "uniform"  #: uniform (in t) | lognormal (EDM: ln(sigma/alpha) ~ N(p_mean, p_std^2)) | beta
     p_mean: float = -1.2  #: lognormal
     p_std: float = 1.2  #: lognormal
+    beta_a: float = 1.0  #: beta: t ~ Beta(beta_a, beta_b), t = 0 the data (1, 2: SemlaFlow's Beta(2, 1) toward the data)
+    beta_b: float = 2.0  #: beta
     weighting: str = "kind"  #: kind (plain MSE of the predicted kind) | edm (1 / c_out^2; needs precond.kind edm)
     cond_dropout: float = 0.0  #: conditional models: probability of training a sample unconditionally (for CFG)
 
@@ -192,13 +194,14 @@ class LossConfig:
             (self.time_distribution in TIME_DISTRIBUTIONS, "loss.time_distribution", f"choose one of {TIME_DISTRIBUTIONS}"),
             (self.weighting in WEIGHTINGS, "loss.weighting", f"choose one of {WEIGHTINGS}"),
             (self.p_std > 0, "loss.p_std", "must be > 0"),
+            (self.beta_a > 0 and self.beta_b > 0, "loss.beta_a", "beta_a and beta_b must be > 0"),
             (0 <= self.cond_dropout <= 1, "loss.cond_dropout", "must be in [0, 1]"),
         ])
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`~moldiff.diffusion.denoising_loss`."""
         return {"distribution": self.time_distribution, "p_mean": self.p_mean, "p_std": self.p_std,
-                "weighting": self.weighting}
+                "beta_a": self.beta_a, "beta_b": self.beta_b, "weighting": self.weighting}
 
 
 @dataclass
@@ -221,6 +224,7 @@ class TrainConfig:
     compile: bool = False  #: torch.compile the model
     max_minutes: float = 0.0  #: wall-clock budget of this invocation's training loop (0: none); stops early, saves, evaluates
     max_cpu_minutes: float = 0.0  #: the same in CPU time of the process (all its threads): equal compute on a shared machine
+    init: str = ""  #: warm start of a fresh run: a checkpoint (its EMA weights) or pretrained:NAME; fresh optimiser
 
 
 @dataclass
@@ -256,6 +260,7 @@ class ExperimentConfig:
         "train.steps", "train.lr", "train.weight_decay", "train.betas", "train.warmup_steps", "train.grad_clip",
         "train.ema_decay", "train.bf16", "train.device", "train.log_every", "train.eval_every", "train.ckpt_every",
         "train.keep_checkpoints", "train.max_nonfinite", "train.compile", "train.max_minutes", "train.max_cpu_minutes",
+        "train.init",
     )
 
     @property
@@ -539,8 +544,10 @@ def validate(cfg: ExperimentConfig) -> None:
          "a preconditioned (precond.kind: edm) model predicts x0" if pred else
          "this task's model has no model.prediction to set to x0: EDM's preconditioning is not available for it"),
         (cfg.loss.weighting != "edm" or cfg.precond.kind == "edm", "loss.weighting", "edm weighting needs precond.kind: edm"),
-        (cfg.loss.time_distribution == "uniform" or not flow, "loss.time_distribution",
+        (cfg.loss.time_distribution != "lognormal" or not flow, "loss.time_distribution",
          "the log-normal noise levels are for diffusion processes"),
+        (cfg.loss.time_distribution != "beta" or not cfg.process.kind == "ddpm", "loss.time_distribution",
+         "the beta time distribution is for continuous processes, not a discrete schedule"),
     ]
     cfg.precond.build()  # an unknown kind or a bad sigma_data, named, before the checks that assume a known kind
     raise_failed(checks)

@@ -52,8 +52,12 @@ def export_pretrained(checkpoint: str | Path, out: str | Path, *, overrides: lis
     state = load_checkpoint(checkpoint)
     cfg = load_config(state["config"], overrides)
     ema = {k: (v.half() if v.is_floating_point() else v) for k, v in state["ema"].items()}
+    sampling = state.get("sampling")
+    if sampling is None:  # a checkpoint written before sampling states: fit it now (reads the dataset once)
+        sampling = get_task(cfg.task)(cfg).sampling_state()
     return save_checkpoint({"format": FORMAT, "task": state["task"], "config": to_dict(cfg), "ema": ema,
-                            "step": int(state["step"]), "figures": figures or {}}, out)
+                            "step": int(state["step"]), "figures": figures or {}, "sampling": sampling,
+                            "lineage": state.get("lineage", {})}, out)
 
 
 def load_pretrained_file(path: str | Path, device: str = "auto",
@@ -77,6 +81,10 @@ def load_pretrained_file(path: str | Path, device: str = "auto",
     if overrides:
         resume_changes(state["config"], cfg)  # ConfigError naming any key that would change the model
     task = get_task(cfg.task)(cfg)
+    try:
+        task.load_sampling_state(state.get("sampling", {}))
+    except (KeyError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its sampling state does not fit this moldiff ({e})") from e
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the global RNG alone
         model = task.build_model()
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}, strict=True)

@@ -60,6 +60,14 @@ class Task:
     def evaluate(self, model: nn.Module, *, generator: torch.Generator, progress: bool = True) -> EvalResult:
         raise NotImplementedError
 
+    def sampling_state(self) -> dict[str, Any]:
+        """What sampling needs beyond the weights and the config, as plain values (e.g. a size histogram fitted on
+        the training data); saved in checkpoints and shipped files so that sampling never reads the dataset."""
+        return {}
+
+    def load_sampling_state(self, state: dict[str, Any]) -> None:
+        """Take a :meth:`sampling_state` back (from a checkpoint or shipped file; ``{}`` from older files)."""
+
     #: file suffixes :meth:`save_samples` can write
     sample_formats: ClassVar[tuple[str, ...]] = ()
 

@@ -415,7 +415,8 @@ def test_task_by_module_path(tmp_path):
     (["precond.kind=karras"], "precond.kind"),
     (["precond.kind=edm"], "model.prediction"),  # the smoke model predicts eps
     (["loss.weighting=edm"], "loss.weighting"),  # EDM's weight needs the preconditioning
-    (["loss.time_distribution=beta"], "loss.time_distribution"),
+    (["loss.time_distribution=gamma"], "loss.time_distribution"),
+    (["loss.time_distribution=beta", "loss.beta_a=0"], "loss.beta_a"),
     (["loss.p_std=0"], "loss.p_std"),
     (["loss.cond_dropout=0.2"], "loss.cond_dropout"),  # the smoke toy is unconditional
     (["loss.cond_dropout=1.5", "data.conditional=true"], "loss.cond_dropout"),

@@ -11,7 +11,7 @@ from .denoiser import PREDICTION_KINDS, Denoiser
 from .guidance import GaussianObservation, MMPSDenoiser, PosteriorDenoiser, sample_dps
 from .inpainting import inpainting_observation, sample_repaint
 from .likelihood import LikelihoodResult, log_likelihood, sample_with_log_likelihood
-from .mixed import MixedKnown, MixedPrediction, MixedState, flow_time_grid, sample_mixed_flow
+from .mixed import TIME_GRIDS, MixedKnown, MixedPrediction, MixedState, flow_time_grid, sample_mixed_flow
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, denoising_loss, flow_matching_loss, sample_time
 from .ode import ODESolution, integrate_ode
 from .preconditioning import EDMPreconditioning, PrecondCoefficients

@@ -22,7 +22,10 @@ from .categorical import CategoricalPath
 from .processes import FlowPath
 from .spaces import Space
 
-__all__ = ["MixedState", "MixedPrediction", "MixedKnown", "sample_mixed_flow", "flow_time_grid"]
+__all__ = ["MixedState", "MixedPrediction", "MixedKnown", "sample_mixed_flow", "flow_time_grid", "TIME_GRIDS"]
+
+#: the kinds of :func:`flow_time_grid`
+TIME_GRIDS = ("uniform", "cosine", "quadratic")
 
 
 @dataclass
@@ -41,7 +44,8 @@ class MixedPrediction:
     logits: dict[str, Tensor]
 
 
-MixedModel = Callable[[MixedState, Tensor], MixedPrediction]
+#: ``model(state, t) -> prediction``; a self-conditioned model also takes ``prev``, its previous prediction (or None)
+MixedModel = Callable[..., MixedPrediction]
 
 
 @dataclass
@@ -79,8 +83,9 @@ class MixedKnown:
 
 
 def flow_time_grid(steps: int, *, kind: str = "uniform", device=None) -> Tensor:
-    """Decreasing times ``[steps + 1]`` from 1 to 0.  ``kind="uniform"``; ``"cosine"`` puts the steps
-    closer together near the data, ``t_k = (1 - cos(pi k / steps)) / 2`` reversed."""
+    """Decreasing times ``[steps + 1]`` from 1 to 0 (``u_k = 1 - k / steps``): ``kind="uniform"``, ``t_k = u_k``;
+    ``"cosine"``, ``t_k = (1 - cos(pi u_k)) / 2``, closer together near both ends; ``"quadratic"``, ``t_k = u_k^2``,
+    closer together near the data (the last step is ``1 / steps^2`` long, the first ``(2 steps - 1) / steps^2``)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     k = torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=torch.float64)
@@ -88,8 +93,10 @@ def flow_time_grid(steps: int, *, kind: str = "uniform", device=None) -> Tensor:
         ts = k
     elif kind == "cosine":
         ts = (1 - torch.cos(torch.pi * k)) / 2
+    elif kind == "quadratic":
+        ts = k.square()
     else:
-        raise ValueError(f"unknown time grid {kind!r}; choose uniform or cosine")
+        raise ValueError(f"unknown time grid {kind!r}; choose one of {TIME_GRIDS}")
     return ts.float()
 
 
@@ -105,6 +112,7 @@ def sample_mixed_flow(
     noise: float = 0.0,
     known: MixedKnown | None = None,
     resample: int = 1,
+    self_condition: bool = False,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
@@ -116,7 +124,9 @@ def sample_mixed_flow(
     ``noise`` (DDIM's eta, in ``[0, 1]``) makes that step stochastic: ``x_s = alpha_s x0_hat + sqrt(sigma_s^2 -
     c^2) eps_hat + c z`` with ``c^2 = noise^2 sigma_s^2 (1 - (alpha_t sigma_s / (alpha_s sigma_t))^2)`` -- at ``1``
     the Gaussian posterior ``q(x_s | x_t, x0_hat)`` of the path's forward transition, at ``0`` the ODE.
-    Tokens: :meth:`CategoricalPath.step` with ``softmax(logits)`` (``eta``: its re-masking stochasticity).  ``callback`` receives ``{"i", "t", "state",
+    Tokens: :meth:`CategoricalPath.step` with ``softmax(logits)`` (``eta``: its re-masking stochasticity).
+    ``self_condition``: the model is called as ``model(state, t, prev)`` with its previous prediction (``None`` at
+    the first call), as self-conditioned networks are trained.  ``callback`` receives ``{"i", "t", "state",
     "prediction"}`` after each step.
 
     Inpainting (``known``): RePaint's replacement on the flow -- after every step the given part is replaced by
@@ -146,13 +156,15 @@ def sample_mixed_flow(
     paste = _replacement(known, x, tokens, path, categorical, space, generator) if known is not None else None
     if paste is not None:
         x, tokens = paste(x, tokens, float(ts[0]))
+    pred = None
     for i in tqdm(range(len(ts) - 1), disable=not progress, desc="flow", leave=False):
         t, s = float(ts[i]), float(ts[i + 1])
         a_t, s_t = (float(v) for v in path.marginal(torch.tensor(t, dtype=torch.float64)))
         a_s, s_s = (float(v) for v in path.marginal(torch.tensor(s, dtype=torch.float64)))
         c = noise * s_s * max(0.0, 1 - (a_t * s_s / (a_s * s_t)) ** 2) ** 0.5 if noise and s_t > 0 else 0.0
         for u in range(resample):
-            pred = model(MixedState(x, tokens), torch.full((space.num_samples(x),), t, device=x.device))
+            t_vec = torch.full((space.num_samples(x),), t, device=x.device)
+            pred = model(MixedState(x, tokens), t_vec, pred) if self_condition else model(MixedState(x, tokens), t_vec)
             eps = (x - a_t * pred.x0) / max(s_t, 1e-12)
             x = a_s * pred.x0 + (s_s**2 - c**2) ** 0.5 * eps
             if c:

@@ -35,10 +35,12 @@ from ..diffusion import (
     MixedPrediction,
     MixedState,
     PointCloudSpace,
+    TIME_GRIDS,
     align_source_per_graph,
     flow_time_grid,
     remove_com,
     sample_mixed_flow,
+    sample_time,
 )
 from ..tasks import EvalResult, Task
 from .batches import BatchPlan
@@ -75,7 +77,9 @@ class FlowRecipe:
     w_atoms: float = 0.4
     w_charges: float = 1.0
     w_bonds: float = 2.0
-    time_grid: str = "uniform"  #: sampling grid: uniform | cosine
+    self_condition: bool = False  #: feed the previous clean-state estimate back to the network (half the batches)
+    coord_noise: float = 0.0  #: Å: std of Gaussian noise on the interpolated training positions (SemlaFlow: 0.2)
+    time_grid: str = "uniform"  #: sampling grid: uniform | cosine | quadratic (steps closer near the data)
     eta: float = 0.0  #: sampling: re-masking stochasticity of the token chains (mask prior; 0: none)
 
 
@@ -125,7 +129,12 @@ class QM9FlowConfig(ExperimentConfig):
             (self.sampler.name == "ode_euler", "sampler.name",
              "qm9_flow samples with the joint flow sampler: use ode_euler (Euler on positions, jumps on tokens)"),
             (f.categorical in ("mask", "uniform"), "flow.categorical", "must be mask or uniform"),
-            (f.time_grid in ("uniform", "cosine"), "flow.time_grid", "must be uniform or cosine"),
+            (f.time_grid in TIME_GRIDS, "flow.time_grid", f"must be one of {TIME_GRIDS}"),
+            (f.coord_noise >= 0, "flow.coord_noise", "must be >= 0 (Å)"),
+            (self.loss.time_distribution in ("uniform", "beta"), "loss.time_distribution",
+             "qm9_flow draws training times uniformly or from loss.beta_a/beta_b (beta)"),
+            (not f.self_condition or self.model.backbone == "molgraph", "flow.self_condition",
+             "self-conditioning is built into the molgraph backbone only"),
             (f.align_iterations >= 1, "flow.align_iterations", "must be >= 1"),
             (f.eta >= 0 and (f.eta == 0 or f.categorical == "mask"), "flow.eta", "must be >= 0 and needs categorical: mask"),
             (min(f.w_pos, f.w_atoms, f.w_charges, f.w_bonds) >= 0, "flow.w_pos", "loss weights must be >= 0"),
@@ -278,6 +287,7 @@ class QM9FlowTask(QM9Source, Task):
         self._reference = None
         self._smiles: set[str] | None = None
         self._scale: PropertyScale | None = None
+        self._conditions: tuple[np.ndarray, np.ndarray] | None = None  #: (atom counts, property values) of training
 
     # -- data ------------------------------------------------------------------------------------------
     def graphs_for(self, rows: np.ndarray):
@@ -312,6 +322,33 @@ class QM9FlowTask(QM9Source, Task):
             self._size_dist = super().size_distribution()
         return self._size_dist
 
+    def sampling_state(self) -> dict:
+        """The vocabularies, the training atom-count histogram and, for a conditional model, the (atom count,
+        property) pairs of the training molecules and the property's normalisation: all that sampling reads."""
+        if self._conditions is None and self.conditional:
+            rows = self.train_rows
+            self._conditions = (self.qm9.num_atoms[rows].astype(np.int64), self.property_values(rows))
+        support, probs = self.size_distribution()
+        state = {"vocabulary": {"elements": list(ELEMENTS), "charges": list(CHARGES), "bond_orders": list(BOND_ORDERS)},
+                 "size_support": torch.as_tensor(support, dtype=torch.long),
+                 "size_probs": torch.as_tensor(probs, dtype=torch.float64)}
+        if self.conditional:
+            state["condition_sizes"] = torch.as_tensor(self._conditions[0])
+            state["condition_values"] = torch.as_tensor(self._conditions[1], dtype=torch.float64)
+            state["property_scale"] = {"mean": self.property_scale.mean, "mad": self.property_scale.mad}
+        return state
+
+    def load_sampling_state(self, state: dict) -> None:
+        if not state:
+            return  # a file written before sampling states: the dataset is read when needed
+        vocab = {"elements": list(ELEMENTS), "charges": list(CHARGES), "bond_orders": list(BOND_ORDERS)}
+        if dict(state["vocabulary"]) != vocab:
+            raise ValueError(f"the model's vocabularies {dict(state['vocabulary'])} differ from this moldiff's {vocab}")
+        self._size_dist = (state["size_support"].numpy(), state["size_probs"].numpy())
+        if "condition_sizes" in state:
+            self._conditions = (state["condition_sizes"].numpy(), state["condition_values"].numpy())
+            self._scale = PropertyScale(float(state["property_scale"]["mean"]), float(state["property_scale"]["mad"]))
+
     @property
     def conditional(self) -> bool:
         return bool(self.cfg.condition.property)
@@ -336,9 +373,11 @@ class QM9FlowTask(QM9Source, Task):
     def draw_conditions(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``(sizes [n], properties [n])``: pairs of (atom count, property) of random training molecules -- the
         empirical joint distribution, as EDM samples them."""
-        rows = self.train_rows
-        pick = torch.randint(len(rows), (n,), generator=generator, device=generator.device).cpu().numpy()
-        return self.qm9.num_atoms[rows[pick]].astype(np.int64), self.property_values(rows[pick])
+        if self._conditions is None:
+            self.sampling_state()
+        sizes, values = self._conditions
+        pick = torch.randint(len(sizes), (n,), generator=generator, device=generator.device).cpu().numpy()
+        return sizes[pick], values[pick]
 
     def train_batches(self, *, start_step: int, rank: int, world_size: int, device) -> Iterator[GraphBatch]:
         rows = self.train_rows
@@ -361,6 +400,8 @@ class QM9FlowTask(QM9Source, Task):
 
         m, p = self.cfg.model, self.paths
         extra = {"e3nn": {"lmax": m.lmax, "parity": m.parity}}.get(m.backbone, {})
+        if self.cfg.flow.self_condition:
+            extra["self_condition"] = True
         try:
             return build_graph_backbone(
                 m.backbone, len(ELEMENTS), len(CHARGES), len(BOND_ORDERS), atom_states=p["atoms"].num_states,
@@ -371,12 +412,18 @@ class QM9FlowTask(QM9Source, Task):
             raise ConfigError(f"model.backbone: {e}") from e
 
     def predictor(self, model: nn.Module, batch: GraphBatch):
-        """The network as a :data:`~moldiff.diffusion.mixed.MixedModel` on this batch's layout."""
+        """The network as a :data:`~moldiff.diffusion.mixed.MixedModel` on this batch's layout; ``prev`` (a
+        self-conditioned network) is its previous :class:`MixedPrediction`, handed over as positions and class
+        probabilities."""
 
-        def predict(state: MixedState, t: torch.Tensor) -> MixedPrediction:
+        def predict(state: MixedState, t: torch.Tensor, prev: MixedPrediction | None = None) -> MixedPrediction:
             tok = state.tokens
+            sc = None
+            if prev is not None:
+                sc = (prev.x0, *(torch.softmax(prev.logits[k].float(), -1) for k in ("atoms", "charges", "bonds")))
             pos0, a, c, b = model(state.x, tok["atoms"], tok["charges"], tok["bonds"], t, batch.batch,
-                                  batch.pair_index, batch.num_graphs, batch.max_nodes, cond=batch.cond)
+                                  batch.pair_index, batch.num_graphs, batch.max_nodes, cond=batch.cond,
+                                  **({"prev": sc} if sc is not None else {}))
             return MixedPrediction(pos0, {"atoms": a, "charges": c, "bonds": b})
 
         return predict
@@ -385,15 +432,22 @@ class QM9FlowTask(QM9Source, Task):
         f, G = self.cfg.flow, batch.num_graphs
         space = PointCloudSpace(batch.batch, G, validate=False)
         dev = batch.pos.device
-        t = torch.rand(G, generator=generator, device=dev)
+        t = sample_time(self.path, G, generator=generator, device=dev, **self._time_kwargs())
         x1 = space.randn_like(batch.pos, generator) * self.path.prior_std
         if f.align:
             x1 = align_source_per_graph(batch.pos, x1, batch.batch, G, iterations=f.align_iterations)
         x_t, _ = self.path.conditional(batch.pos, x1, t, space, generator)
+        if f.coord_noise:  # SemlaFlow's noise on the interpolant: the network learns to correct small errors
+            x_t = x_t + f.coord_noise * space.randn_like(x_t, generator)
         tokens = {"atoms": self.paths["atoms"].corrupt(batch.atoms, t[batch.batch], generator=generator),
                   "charges": self.paths["charges"].corrupt(batch.charges, t[batch.batch], generator=generator),
                   "bonds": self.paths["bonds"].corrupt(batch.bonds, t[batch.pair_graph], generator=generator)}
-        pred = self.predictor(model, batch)(MixedState(x_t, tokens), t)
+        state, predict = MixedState(x_t, tokens), self.predictor(model, batch)
+        prev = None
+        if f.self_condition and float(torch.rand((), generator=generator, device=dev)) < 0.5:
+            with torch.no_grad():  # half the batches see their own first estimate, without a gradient through it
+                prev = predict(state, t)
+        pred = predict(state, t, prev)
         counts = space.counts.float()
         pairs = (counts * (counts - 1) / 2).clamp(min=1)
 
@@ -405,6 +459,10 @@ class QM9FlowTask(QM9Source, Task):
         l_charges = per_graph(self.paths["charges"].loss(pred.logits["charges"], batch.charges), batch.batch, counts)
         l_bonds = per_graph(self.paths["bonds"].loss(pred.logits["bonds"], batch.bonds), batch.pair_graph, pairs)
         return f.w_pos * l_pos + f.w_atoms * l_atoms + f.w_charges * l_charges + f.w_bonds * l_bonds
+
+    def _time_kwargs(self) -> dict:
+        lc = self.cfg.loss
+        return {"distribution": lc.time_distribution, "beta_a": lc.beta_a, "beta_b": lc.beta_b}
 
     # -- sampling --------------------------------------------------------------------------------------
     def sample(self, model, n, *, generator, sampler: SamplerConfig | None = None, progress: bool = True,
@@ -481,7 +539,8 @@ class QM9FlowTask(QM9Source, Task):
             with torch.no_grad():
                 final = sample_mixed_flow(self.predictor(model, layout), MixedState(x, tokens), ts, path=self.path,
                                           categorical=self.paths, space=space, eta=self.cfg.flow.eta, noise=noise,
-                                          known=known, resample=resample, generator=generator,
+                                          known=known, resample=resample, self_condition=self.cfg.flow.self_condition,
+                                          generator=generator,
                                           progress=progress and len(chunks) < 2)
             for k, mol in zip(idx, self.decode(final, layout, sz)):
                 out[k] = mol

@@ -95,7 +95,7 @@ class MolGraphNet(nn.Module):
     """Predicts a clean molecule from a noisy one (see the module docstring).
 
     ``forward(pos [N, 3], atoms [N], charges [N], bonds [P], t [G], batch [N], pair_index [2, P], num_graphs,
-    max_nodes, cond=None) -> (pos0 [N, 3], atom_logits [N, A], charge_logits [N, C], bond_logits [P, K])``
+    max_nodes, cond=None, prev=None) -> (pos0 [N, 3], atom_logits [N, A], charge_logits [N, C], bond_logits [P, K])``
 
     ``atoms``/``charges``/``bonds`` are tokens of the noisy state (``atom_states`` etc. values: the data classes
     plus a mask token where the categorical path has one); ``pair_index`` lists each unordered atom pair of
@@ -103,14 +103,28 @@ class MolGraphNet(nn.Module):
     in Å and zero-CoM per molecule; ``pos0`` is too.  With ``cond_dim > 0`` a global condition ``cond [G,
     cond_dim]`` (e.g. a normalised property; NaN rows or ``None``: unconditional) is embedded and added to every
     atom's features beside the time; it is invariant, so equivariance is unchanged.
+
+    Self-conditioning (``self_condition=True``; Chen et al. 2022, as in SemlaFlow, FlowMol3 and Megalodon):
+    ``prev = (pos0 [N, 3], atom_probs [N, A], charge_probs [N, C], bond_probs [P, K])`` is the network's previous
+    estimate of the clean molecule; its class probabilities are projected onto the atom and edge features and its
+    positions enter through the radial basis of their pairwise distances (invariant, so equivariance holds).
+    ``prev=None`` (the first step, or half the training batches) adds nothing.  The projections start at zero, so a
+    network warm-started from one trained without self-conditioning computes the same function.
     """
 
     def __init__(self, num_atoms: int, num_charges: int, num_bonds: int, *, atom_states: int | None = None,
                  charge_states: int | None = None, bond_states: int | None = None, hidden: int = 128,
                  edge: int = 32, layers: int = 6, rbf: int = 16, cutoff: float = 6.0, coords_range: float = 2.0,
-                 cond_dim: int = 0):
+                 cond_dim: int = 0, self_condition: bool = False):
         super().__init__()
         H = hidden
+        self.self_condition = self_condition
+        if self_condition:  # zero-initialised: with them the network computes what it computed without
+            self.sc_node = nn.Linear(num_atoms + num_charges, H)
+            self.sc_edge = nn.Linear(num_bonds + rbf, edge)
+            for lin in (self.sc_node, self.sc_edge):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
         self.atom_emb = nn.Embedding(atom_states or num_atoms, H)
         self.charge_emb = nn.Embedding(charge_states or num_charges, H)
         self.bond_emb = nn.Embedding(bond_states or num_bonds, edge)
@@ -125,11 +139,15 @@ class MolGraphNet(nn.Module):
         self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(100.0), 8)), persistent=False)
 
     def forward(self, pos: Tensor, atoms: Tensor, charges: Tensor, bonds: Tensor, t: Tensor, batch: Tensor,
-                pair_index: Tensor, num_graphs: int, max_nodes: int,
-                cond: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                pair_index: Tensor, num_graphs: int, max_nodes: int, cond: Tensor | None = None,
+                prev: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         G, M = num_graphs, max_nodes
         dtype = self.atom_emb.weight.dtype
+        if prev is not None and not self.self_condition:
+            raise ValueError("this network was built without self-conditioning but was given a previous prediction")
         h0 = self.atom_emb(atoms) + self.charge_emb(charges)
+        if prev is not None:  # self-conditioning on the previous clean-state estimate (positions enter as distances)
+            h0 = h0 + self.sc_node(torch.cat([prev[1], prev[2]], -1).to(dtype))
         tf = t.to(dtype)[:, None] * self.freqs.to(dtype)  # [G, 8]
         g_emb = self.time(torch.cat([torch.sin(tf), torch.cos(tf)], -1))  # [G, H]
         if self.cond is not None:
@@ -141,6 +159,15 @@ class MolGraphNet(nn.Module):
         x, _ = to_dense(pos.to(dtype), batch, G, M)
         where = dense_pairs(batch, pair_index, G)
         e = self.bond_emb(pair_tokens_to_dense(bonds, where, G, M))  # [G, M, M, E]
+        if prev is not None:
+            g, a, b = where
+            x_prev, _ = to_dense(prev[0].to(dtype), batch, G, M)
+            d_prev = torch.sqrt((x_prev[g, a] - x_prev[g, b]).square().sum(-1) + 1e-8)
+            sc = self.sc_edge(torch.cat([prev[3].to(dtype), self.rbf(d_prev)], -1))  # [P, E]
+            dense = sc.new_zeros(G, M, M, sc.shape[-1])
+            dense[g, a, b] = sc
+            dense[g, b, a] = sc
+            e = e + dense
         node_mask = mask[..., None].to(dtype)
         eye = torch.eye(M, dtype=torch.bool, device=pos.device)
         edge_mask = (mask[:, :, None] & mask[:, None, :] & ~eye)[..., None].to(dtype)

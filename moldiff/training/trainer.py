@@ -31,9 +31,11 @@ from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, pru
 from .distributed import DistInfo, any_rank, cleanup_distributed, init_distributed
 from .ema import EMA
 from .interrupts import Interrupts, TrainingInterrupted
+from .lineage import Lineage, Segment
 from .resume import apply_optimizer_settings, resume_changes
 from .run_folder import RunFolder
 from .tracking import Tracker, environment_info, make_tracker
+from .warm_start import load_init, read_init
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "TrainingInterrupted", "step_seed", "log_evaluation"]
 
@@ -146,6 +148,13 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = task.build_model()
+    init = None
+    if state is None and tc.init:  # a warm start: the source's EMA weights, a fresh optimiser
+        init = load_init(model, read_init(tc.init), cfg.task)
+        if info.is_main:
+            fresh = f"; initialised fresh: {', '.join(init.fresh)}" if init.fresh else ""
+            tqdm.write(f"moldiff: warm start from {init.description}{fresh}")
+    lineage = Lineage.from_dict(state.get("lineage")) if state is not None else (init.lineage if init else Lineage())
     model.to(device)
     ema = EMA(model, tc.ema_decay)
     opt = _make_optimizer(cfg, model, device)
@@ -191,6 +200,22 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
     metrics: dict[str, float] = {}
     status = "FAILED"
     bar = tqdm(total=tc.steps, initial=step, disable=not (progress and info.is_main), desc=f"train {cfg.name or cfg.task}")
+    seg_start_step, seg_cpu, seg_wall, eval_cpu = step, time.process_time(), time.monotonic(), 0.0
+    config_dict = to_dict(cfg)
+
+    def lineage_now() -> Lineage:
+        """The lineage with this invocation's steps so far (CPU time on a CPU device, GPU time on CUDA; under DDP
+        rank 0's times the number of ranks)."""
+        ranks = info.world_size
+        on_gpu = device.type == "cuda"
+        seg = Segment("", cfg.name or cfg.task, seg_start_step, step,
+                      cpu_hours=0.0 if on_gpu else ranks * (time.process_time() - seg_cpu - eval_cpu) / 3600,
+                      gpu_minutes=ranks * (time.monotonic() - seg_wall - eval_wall) / 60 if on_gpu else 0.0,
+                      samples=(step - seg_start_step) * tc.batch_size * ranks, device=str(device),
+                      init=init.description if init is not None and seg_start_step == 0 else "")
+        return lineage.with_segment(seg, config_dict)
+
+    eval_wall = 0.0
 
     def save() -> None:
         nonlocal last_ckpt, saved_step
@@ -202,7 +227,8 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
                        f"{last_ckpt or 'none'}")
             tracker.set_tags({f"unsaved_checkpoint.step_{step:08d}": problem})
             return
-        last_ckpt = _save(cfg, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total + int(skipped.item()))
+        last_ckpt = _save(cfg, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total + int(skipped.item()),
+                          lineage_now(), task)
         saved_step = step
 
     try:
@@ -211,6 +237,7 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
             _log_segment(tracker, cfg, device, info, step, changes, resumed=ckpt_path is not None)
         batches = task.train_batches(start_step=step, rank=info.rank, world_size=info.world_size, device=device)
         train_model.train()
+        seg_cpu, seg_wall = time.process_time(), time.monotonic()  # training time starts here (lineage)
         deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
         cpu_deadline = time.process_time() + 60 * tc.max_cpu_minutes if tc.max_cpu_minutes > 0 else math.inf
         while step < tc.steps:
@@ -273,8 +300,11 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
                 break
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and info.is_main:
                 # under DDP the other ranks wait for rank 0 in the next step: it stops after that step, with them
+                c0, w0 = time.process_time(), time.monotonic()
                 with interrupts.deferred() if info.enabled else contextlib.nullcontext():
                     log_evaluation(tracker, _evaluate(task, ema.model, cfg, progress), step)
+                eval_cpu += time.process_time() - c0  # evaluation is not training time
+                eval_wall += time.monotonic() - w0
         bar.close()
         if info.is_main:
             if saved_step != step or last_ckpt is None:
@@ -357,7 +387,7 @@ def _evaluate(task: Task, model: nn.Module, cfg: ExperimentConfig, progress: boo
         return task.evaluate(model, generator=gen, progress=progress)
 
 
-def _save(cfg, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total) -> Path:
+def _save(cfg, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total, lineage: Lineage, task: Task) -> Path:
     state: dict[str, Any] = {
         "model": _unwrap(model).state_dict(),
         "ema": ema.state_dict(),
@@ -369,6 +399,8 @@ def _save(cfg, ckpt_dir, model, ema, opt, sched, step, tracker, nonfinite_total)
         "run_id": tracker.run_id,
         "nonfinite_total": nonfinite_total,
         "torch_version": str(torch.__version__),
+        "lineage": lineage.to_dict(),
+        "sampling": task.sampling_state(),
     }
     save_checkpoint(state, ckpt_dir / f"step_{step:08d}.pt")
     path = save_checkpoint(state, ckpt_dir / "last.pt")

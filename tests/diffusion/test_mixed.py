@@ -33,7 +33,7 @@ def test_exact_endpoint_predictions_give_the_data():
 
     n = 20_000
     state = MixedState(torch.randn(n, 2, generator=g), {"k": CategoricalPath(3, "mask").prior_sample((n,))})
-    for grid in ("uniform", "cosine"):
+    for grid in ("uniform", "cosine", "quadratic"):
         ts = flow_time_grid(10, kind=grid)
         assert ts[0] == 1 and ts[-1] == 0 and (ts[1:] < ts[:-1]).all()
         calls.clear()
@@ -43,6 +43,39 @@ def test_exact_endpoint_predictions_give_the_data():
         torch.testing.assert_close(out.x, c.expand(n, 2), atol=1e-5, rtol=0)
         freq = torch.bincount(out.tokens["k"], minlength=3).float() / n
         assert (freq - p).abs().max() < 0.015
+
+
+def test_quadratic_grid_steps_closer_near_the_data():
+    ts = flow_time_grid(4, kind="quadratic").double()
+    torch.testing.assert_close(ts, torch.tensor([1.0, 9 / 16, 4 / 16, 1 / 16, 0.0], dtype=torch.float64))
+
+
+def test_a_self_conditioned_model_sees_its_own_previous_prediction():
+    """With ``self_condition`` the sampler calls ``model(state, t, prev)``: ``None`` first, then exactly the
+    prediction of the call before; the end point is still the exact answer (x0 = c), reached by a model that only
+    knows c through its own previous estimates (it halves the distance each call)."""
+    g = torch.Generator().manual_seed(0)
+    c = torch.tensor([1.5, -2.0])
+    seen, made = [], []
+
+    def model(state: MixedState, t: torch.Tensor, prev: MixedPrediction | None = None) -> MixedPrediction:
+        seen.append(prev)
+        n = state.x.shape[0]
+        x0 = torch.zeros(n, 2) if prev is None else (prev.x0 + c) / 2
+        out = MixedPrediction(x0, {"k": torch.zeros(n, 2)})
+        made.append(out)
+        return out
+
+    n, steps = 8, 30
+    state = MixedState(torch.randn(n, 2, generator=g), {"k": CategoricalPath(2, "mask").prior_sample((n,))})
+    out = sample_mixed_flow(model, state, flow_time_grid(steps), path=FlowPath(), categorical={"k": CategoricalPath(2)},
+                            space=EuclideanSpace(), self_condition=True, generator=g, progress=False)
+    assert seen[0] is None and all(s is m for s, m in zip(seen[1:], made[:-1])) and len(seen) == steps
+    torch.testing.assert_close(out.x, c.expand(n, 2), atol=2e-8 * steps, rtol=0)  # x0_hat = c (1 - 2^-29) at the end
+    seen.clear()
+    sample_mixed_flow(lambda s, t: model(s, t), state, flow_time_grid(3), path=FlowPath(),
+                      categorical={"k": CategoricalPath(2)}, space=EuclideanSpace(), generator=g, progress=False)
+    assert seen == [None] * 3  # without self_condition the model is called as model(state, t)
 
 
 def test_errors():

@@ -147,6 +147,57 @@ def test_the_shipped_model_loads_strictly_and_samples(tmp_path):
     assert "qm9" in PRETRAINED
 
 
+def test_a_shipped_file_samples_without_the_dataset(trained, tmp_path, monkeypatch):
+    """The exported file carries the size histogram and vocabularies: with an empty cache folder and HOME,
+    sampling and completion read no dataset and write nothing there."""
+    from moldiff.pretrained import export_pretrained
+
+    _, res = trained
+    path = export_pretrained(res.checkpoint, tmp_path / "m.pt")
+    empty = tmp_path / "cache"
+    empty.mkdir()
+    monkeypatch.setenv("MOLDIFF_CACHE", str(empty))
+    monkeypatch.setenv("HOME", str(empty))
+    task, model, state = load_pretrained_file(path, "cpu")
+    assert set(state["sampling"]) >= {"size_support", "size_probs", "vocabulary"}
+    assert task._qm9 is None
+    gen = torch.Generator().manual_seed(0)
+    mols = task.sample(model, 5, generator=gen, sampler=moldiff.SamplerConfig(name="ode_euler", steps=3),
+                       progress=False)
+    ring = GraphMolecule([6] * 3, [0] * 3, [[0, 0, 0], [1.5, 0, 0], [0.75, 1.3, 0]], [(0, 1, 1), (1, 2, 1), (0, 2, 1)])
+    mols += task.sample(model, 2, generator=gen, sampler=moldiff.SamplerConfig(name="ode_euler", steps=3),
+                        progress=False, scaffold=ring)
+    assert len(mols) == 7 and task._qm9 is None and not any(empty.iterdir())
+    support = state["sampling"]["size_support"].numpy()
+    assert all(m.num_atoms in support for m in mols)
+
+
+def test_a_self_conditioned_warm_start_begins_where_its_source_ended(trained, tmp_path):
+    """Warm start of a self-conditioned recipe from a plain checkpoint: the added projections start at zero, so
+    the loss at step 0 is the source's on the same batch and noise."""
+    from moldiff.tasks import get_task
+    from moldiff.training import load_checkpoint
+    from moldiff.training.trainer import step_seed
+
+    cfg, res = trained
+    sc = moldiff.load_config(SMOKE, [f"runs_root={tmp_path}", "train.steps=0", "eval.n_samples=0", "train.device=cpu",
+                                     "flow.self_condition=true", f"train.init={res.checkpoint}",
+                                     "tracking.enabled=false"])
+    warm = moldiff.train(sc, progress=False)
+    losses = []
+    for c, weights in ((cfg, load_checkpoint(res.checkpoint)["ema"]), (sc, load_checkpoint(warm.checkpoint)["model"])):
+        task = get_task(c.task)(c)
+        with torch.random.fork_rng(devices=[]):
+            model = task.build_model()
+        model.load_state_dict(weights)
+        batch = next(task.train_batches(start_step=0, rank=0, world_size=1, device="cpu"))
+        for seed in range(4):  # some of these batches take the self-conditioning pass
+            with torch.no_grad():
+                losses.append(task.loss(model, batch, torch.Generator().manual_seed(step_seed(0, 0, seed))))
+    for a, b in zip(losses[:4], losses[4:]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_a_training_checkpoint_is_not_a_shipped_model(trained):
     _, res = trained
     with pytest.raises(CheckpointError, match="pretrained model"):

@@ -130,3 +130,62 @@ def test_an_unconditional_network_refuses_a_condition():
         net(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long),
             torch.zeros(1, dtype=torch.long), torch.zeros(1), torch.zeros(2, dtype=torch.long), pi, 1, 2,
             cond=torch.zeros(1, 1))
+
+
+def _sc_net(dtype, zero: bool):
+    torch.manual_seed(0)
+    net = MolGraphNet(5, 3, 4, atom_states=6, charge_states=4, bond_states=5, hidden=16, edge=8, layers=3,
+                      self_condition=True)
+    for layer in net.layers:
+        torch.nn.init.normal_(layer.coord[-1].weight, std=0.3)
+    if not zero:  # the projections start at zero: make the previous estimate matter
+        for lin in (net.sc_node, net.sc_edge):
+            torch.nn.init.normal_(lin.weight, std=0.5)
+    return net.to(dtype).eval()
+
+
+def _sc_fn(net, batch, num_graphs):
+    """As :func:`_fn`, with a previous estimate that moves with ``x``: positions 1.1 x, class probabilities from the
+    tokens (invariant)."""
+    sizes = torch.bincount(batch, minlength=num_graphs).numpy()
+    pair_index, _ = map(torch.from_numpy, pair_layout(sizes))
+    t = torch.linspace(0.2, 0.9, num_graphs, dtype=torch.float64)
+
+    def fn(x):
+        tok = x[:, 3:].round().long()
+        bonds = (tok[pair_index[0], 2] + tok[pair_index[1], 2]) % 5
+        prev = (1.1 * x[:, :3], torch.softmax(torch.stack([tok[:, 0] % 5] * 5, 1).to(x.dtype) * 0.3, -1),
+                torch.softmax(torch.stack([tok[:, 1] % 3] * 3, 1).to(x.dtype), -1),
+                torch.nn.functional.one_hot(bonds % 4, 4).to(x.dtype))
+        pos0, a, c, b = net(x[:, :3], tok[:, 0], tok[:, 1], bonds, t.to(x.dtype), batch, pair_index, num_graphs,
+                            int(sizes.max()), prev=prev)
+        per_node = torch.zeros(len(x), b.shape[1], dtype=b.dtype).index_add_(0, pair_index[0], b)
+        per_node.index_add_(0, pair_index[1], b)
+        return torch.cat([pos0, a, c, per_node], dim=1)
+
+    return fn
+
+
+def test_self_conditioning_keeps_equivariance_and_starts_as_the_plain_network():
+    g = torch.Generator().manual_seed(5)
+    x, batch = _inputs(torch.float64, g)
+    net = _sc_net(torch.float64, zero=False)
+    fn = _sc_fn(net, batch, len(SIZES))
+    assert_equivariant(fn, x, batch, generator=g, translation="invariant")
+    plain = _fn(net, batch, len(SIZES))  # prev=None
+    assert (fn(x) - plain(x)).abs().max() > 1e-3  # the previous estimate changes the prediction
+    # zero-initialised projections: the same function as a network without them, given prev or not
+    zero = _sc_net(torch.float64, zero=True)
+    base = _net(torch.float64)
+    state = {k: v for k, v in zero.state_dict().items() if not k.startswith("sc_")}
+    base.load_state_dict(state, strict=True)
+    torch.testing.assert_close(_sc_fn(zero, batch, len(SIZES))(x), _fn(base, batch, len(SIZES))(x), rtol=0, atol=0)
+
+
+def test_a_network_without_self_conditioning_refuses_a_previous_estimate():
+    net = MolGraphNet(5, 3, 4, hidden=8, edge=4, layers=1)
+    pi, _ = map(torch.from_numpy, pair_layout([2]))
+    with pytest.raises(ValueError, match="without self-conditioning"):
+        net(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+            torch.zeros(1, dtype=torch.long), torch.zeros(1), torch.zeros(2, dtype=torch.long), pi, 1, 2,
+            prev=(torch.zeros(2, 3), torch.zeros(2, 5), torch.zeros(2, 3), torch.zeros(1, 4)))
