@@ -78,6 +78,8 @@ class FlowRecipe:
     w_charges: float = 1.0
     w_bonds: float = 2.0
     self_condition: bool = False  #: feed the previous clean-state estimate back to the network (half the batches)
+    fake_atoms: float = 0.0  #: FlowMol3's fake atoms: up to this fraction of a molecule's atoms added, to be deleted
+    fake_spread: float = 1.0  #: Å: std of a fake atom's offset from the real atom it is placed beside
     coord_noise: float = 0.0  #: Å: std of Gaussian noise on the interpolated training positions (SemlaFlow: 0.2)
     time_grid: str = "uniform"  #: sampling grid: uniform | cosine | quadratic (steps closer near the data)
     eta: float = 0.0  #: sampling: re-masking stochasticity of the token chains (mask prior; 0: none)
@@ -131,6 +133,10 @@ class QM9FlowConfig(ExperimentConfig):
             (f.categorical in ("mask", "uniform"), "flow.categorical", "must be mask or uniform"),
             (f.time_grid in TIME_GRIDS, "flow.time_grid", f"must be one of {TIME_GRIDS}"),
             (f.coord_noise >= 0, "flow.coord_noise", "must be >= 0 (Å)"),
+            (0 <= f.fake_atoms <= 1, "flow.fake_atoms", "must be a fraction in [0, 1]"),
+            (f.fake_spread > 0, "flow.fake_spread", "must be > 0 (Å)"),
+            (not (f.fake_atoms and self.condition.property), "flow.fake_atoms",
+             "fake atoms are not available for property-conditioned models"),
             (self.loss.time_distribution in ("uniform", "beta"), "loss.time_distribution",
              "qm9_flow draws training times uniformly or from loss.beta_a/beta_b (beta)"),
             (not f.self_condition or self.model.backbone == "molgraph", "flow.self_condition",
@@ -212,25 +218,58 @@ def check_vocabulary(mols: list[GraphMolecule], where: str = "molecules") -> Non
             raise ValueError(f"{where}: molecule {i}: bond orders must be 1, 2 or 3")
 
 
-def batch_from_molecules(mols: list[GraphMolecule]) -> GraphBatch:
-    """A :class:`GraphBatch` from molecules (positions centred); unknown elements or charges raise."""
+#: the atom class of a fake atom (FlowMol3), after the elements' classes
+FAKE = len(ELEMENTS)
+
+
+def fake_counts(sizes: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Fake atoms per molecule: uniform on ``0 .. floor(fraction * n)`` for a molecule of ``n`` atoms."""
+    return rng.integers(0, np.floor(fraction * np.asarray(sizes)).astype(np.int64) + 1)
+
+
+def padded_size_distribution(support: np.ndarray, probs: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The distribution of ``n + k`` (real atoms plus :func:`fake_counts`) for ``n`` from ``(support, probs)``."""
+    out: dict[int, float] = {}
+    for n, p in zip(support, probs):
+        kmax = int(np.floor(fraction * n))
+        for k in range(kmax + 1):
+            out[int(n) + k] = out.get(int(n) + k, 0.0) + float(p) / (kmax + 1)
+    sizes = np.array(sorted(out), dtype=np.int64)
+    return sizes, np.array([out[int(n)] for n in sizes])
+
+
+def batch_from_molecules(mols: list[GraphMolecule], fake: np.ndarray | None = None,
+                         rng: np.random.Generator | None = None, fake_spread: float = 1.0) -> GraphBatch:
+    """A :class:`GraphBatch` from molecules (positions centred); unknown elements or charges raise.
+
+    ``fake[i]`` fake atoms (class :data:`FAKE`, charge 0, no bonds) are appended to molecule ``i``, each at a random
+    real atom of it plus Gaussian noise of ``fake_spread`` Å (drawn from ``rng``), before centring."""
     check_vocabulary(mols)
     table = np.full(256, -1, dtype=np.int64)
     table[list(ELEMENTS)] = np.arange(len(ELEMENTS))
-    sizes = np.array([m.num_atoms for m in mols], dtype=np.int64)
-    z = np.concatenate([m.atomic_numbers for m in mols])
-    q = np.concatenate([m.charges for m in mols])
-    pos = np.concatenate([m.positions - m.positions.mean(0) for m in mols])
+    fake = np.zeros(len(mols), np.int64) if fake is None else np.asarray(fake, np.int64)
+    sizes = np.array([m.num_atoms for m in mols], dtype=np.int64) + fake
+    z, q, pos, bonds = [], [], [], []
+    for m, k in zip(mols, fake):
+        p = m.positions
+        if k:
+            p = np.concatenate([p, p[rng.integers(m.num_atoms, size=k)] + rng.normal(0.0, fake_spread, (k, 3))])
+        z.append(np.concatenate([table[m.atomic_numbers], np.full(k, FAKE)]))
+        q.append(np.concatenate([m.charges + 1, np.ones(k, np.int64)]))
+        pos.append(p - p.mean(0))
+        adj = np.pad(m.adjacency(), (0, int(k)))
+        bonds.append(adj[tuple(_triu(m.num_atoms + int(k)))])
+    pos = np.concatenate(pos) if pos else np.zeros((0, 3))
     if not np.isfinite(pos).all():
         raise ValueError("non-finite atom positions")
     pair_index, pair_graph = pair_layout(sizes)
-    bonds = [m.adjacency()[tuple(_triu(m.num_atoms))] for m in mols]
     bond_tok = np.concatenate(bonds) if bonds else np.zeros(0, np.int64)
     if not np.isin(bond_tok, BOND_ORDERS).all():
         raise ValueError(f"bond orders outside {list(BOND_ORDERS)}")
-    return GraphBatch(torch.from_numpy(pos).float(), torch.from_numpy(table[z]), torch.from_numpy(q + 1),
-                      torch.from_numpy(bond_tok), torch.from_numpy(np.repeat(np.arange(len(mols)), sizes)),
-                      torch.from_numpy(pair_index), torch.from_numpy(pair_graph), len(mols), int(sizes.max()))
+    return GraphBatch(torch.from_numpy(pos).float(), torch.from_numpy(np.concatenate(z).astype(np.int64)),
+                      torch.from_numpy(np.concatenate(q).astype(np.int64)), torch.from_numpy(bond_tok),
+                      torch.from_numpy(np.repeat(np.arange(len(mols)), sizes)), torch.from_numpy(pair_index),
+                      torch.from_numpy(pair_graph), len(mols), int(sizes.max()))
 
 
 def scaffold_known(scaffold: GraphMolecule, layout: GraphBatch, sizes: np.ndarray, *, align: bool = False,
@@ -278,7 +317,8 @@ class QM9FlowTask(QM9Source, Task):
         cfg.check()
         self.path = cfg.process.build()
         prior = cfg.flow.categorical
-        self.paths = {"atoms": CategoricalPath(len(ELEMENTS), prior), "charges": CategoricalPath(len(CHARGES), prior),
+        self.atom_classes = len(ELEMENTS) + (cfg.flow.fake_atoms > 0)  #: the elements, and FAKE with fake atoms
+        self.paths = {"atoms": CategoricalPath(self.atom_classes, prior), "charges": CategoricalPath(len(CHARGES), prior),
                       "bonds": CategoricalPath(len(BOND_ORDERS), prior)}
         self._graphs = None
         self._train_graphs = None
@@ -318,8 +358,12 @@ class QM9FlowTask(QM9Source, Task):
         return GraphMolecule(m.atomic_numbers, g.charges, m.positions, g.bonds)
 
     def size_distribution(self) -> tuple[np.ndarray, np.ndarray]:
+        """Atom counts to sample: the training histogram, with fake atoms the histogram of real plus fake atoms."""
         if self._size_dist is None:
-            self._size_dist = super().size_distribution()
+            support, probs = super().size_distribution()
+            if self.cfg.flow.fake_atoms:
+                support, probs = padded_size_distribution(support, probs, self.cfg.flow.fake_atoms)
+            self._size_dist = (support, probs)
         return self._size_dist
 
     def sampling_state(self) -> dict:
@@ -385,10 +429,18 @@ class QM9FlowTask(QM9Source, Task):
         if len(rows) < bs:
             raise ConfigError(f"train.batch_size={bs} exceeds the {len(rows)} training molecules (data.max_train)")
         plan = BatchPlan(self.qm9.num_atoms[rows], bs, self.cfg.seed, self.cfg.data.bucket_batches)
+        f = self.cfg.flow
         step = start_step
         while True:
             picked = rows[plan.rows(step, rank, world_size)]
-            b = batch_from_molecules([self.molecule(r) for r in picked])
+            if f.fake_atoms:  # the fake atoms of a step are a pure function of (seed, rank, step), as the batch is
+                from ..training.trainer import step_seed
+
+                rng = np.random.default_rng(step_seed(self.cfg.seed, rank, step, stream=1))
+                b = batch_from_molecules([self.molecule(r) for r in picked],
+                                         fake_counts(self.qm9.num_atoms[picked], f.fake_atoms, rng), rng, f.fake_spread)
+            else:
+                b = batch_from_molecules([self.molecule(r) for r in picked])
             if self.conditional:
                 b.cond = self.condition_for(self.property_values(picked))
             yield b.to(device)
@@ -404,7 +456,7 @@ class QM9FlowTask(QM9Source, Task):
             extra["self_condition"] = True
         try:
             return build_graph_backbone(
-                m.backbone, len(ELEMENTS), len(CHARGES), len(BOND_ORDERS), atom_states=p["atoms"].num_states,
+                m.backbone, self.atom_classes, len(CHARGES), len(BOND_ORDERS), atom_states=p["atoms"].num_states,
                 charge_states=p["charges"].num_states, bond_states=p["bonds"].num_states, hidden=m.hidden,
                 edge=m.edge, layers=m.layers, rbf=m.rbf, cutoff=m.cutoff, coords_range=m.coords_range,
                 cond_dim=1 if self.conditional else 0, **extra)
@@ -548,9 +600,11 @@ class QM9FlowTask(QM9Source, Task):
 
     @staticmethod
     def decode(state: MixedState, layout: GraphBatch, sizes: np.ndarray) -> list[GraphMolecule]:
-        """Final tokens and positions -> molecules."""
+        """Final tokens and positions -> molecules; atoms of class :data:`FAKE` are deleted with their bonds (the
+        rest renumbered in order) and the positions re-centred."""
         pos = state.x.detach().double().cpu().numpy()
-        z = np.asarray(ELEMENTS)[state.tokens["atoms"].cpu().numpy()]
+        atom_tok = state.tokens["atoms"].cpu().numpy()
+        z = np.append(np.asarray(ELEMENTS), 0)[atom_tok]
         q = np.asarray(CHARGES)[state.tokens["charges"].cpu().numpy()]
         orders = np.asarray(BOND_ORDERS)[state.tokens["bonds"].cpu().numpy()]
         pi = layout.pair_index.cpu().numpy()
@@ -558,9 +612,16 @@ class QM9FlowTask(QM9Source, Task):
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         out = []
         for g, (s, n) in enumerate(zip(starts, sizes)):
+            real = atom_tok[s : s + n] != FAKE
+            new = np.cumsum(real) - 1  # new number of each kept atom
             sel = (pg == g) & (orders > 0)
-            bonds = np.stack([pi[0, sel] - s, pi[1, sel] - s, orders[sel]], axis=1)
-            out.append(GraphMolecule(z[s : s + n], q[s : s + n], pos[s : s + n], bonds))
+            i, j = pi[0, sel] - s, pi[1, sel] - s
+            keep = real[i] & real[j]
+            bonds = np.stack([new[i[keep]], new[j[keep]], orders[sel][keep]], axis=1)
+            p = pos[s : s + n][real]
+            if not real.all() and len(p):
+                p = p - p.mean(0)
+            out.append(GraphMolecule(z[s : s + n][real], q[s : s + n][real], p, bonds))
         return out
 
     # -- evaluation ------------------------------------------------------------------------------------

@@ -13,7 +13,14 @@ import torch
 
 import moldiff
 from moldiff.cli import main
-from moldiff.molecules.flow_task import QM9FlowConfig, QM9FlowTask, batch_from_molecules
+from moldiff.molecules.flow_task import (
+    FAKE,
+    QM9FlowConfig,
+    QM9FlowTask,
+    batch_from_molecules,
+    fake_counts,
+    padded_size_distribution,
+)
 from moldiff.molecules.graph_mol import GraphMolecule, read_graph_sdf, write_graph_sdf
 from moldiff.pretrained import PRETRAINED, load_pretrained_file, pretrained_path
 from moldiff.training.checkpoint import CheckpointError
@@ -69,6 +76,43 @@ def test_batch_round_trip_of_real_molecules():
         np.testing.assert_array_equal(a.atomic_numbers, c.atomic_numbers)
         np.testing.assert_array_equal(a.charges, c.charges)
         np.testing.assert_array_equal(a.bonds, c.bonds)
+
+
+def test_fake_atoms_are_added_without_bonds_and_deleted_by_decode():
+    """FlowMol3's fake atoms: appended per molecule (class FAKE, charge 0, no bond to anything), positions beside a
+    real atom, the whole molecule re-centred; decoding deletes them with any bond to them and renumbers the rest."""
+    water = GraphMolecule([8, 1, 1], [0, 0, 0], [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], [(0, 1, 1), (0, 2, 1)])
+    methane = GraphMolecule([6, 1, 1, 1, 1], [0] * 5, [[0, 0, 0], [1.09, 0, 0], [-0.36, 1.03, 0], [-0.36, -0.51, 0.89],
+                                                       [-0.36, -0.51, -0.89]], [(0, k, 1) for k in range(1, 5)])
+    rng = np.random.default_rng(0)
+    b = batch_from_molecules([water, methane], np.array([2, 1]), rng, fake_spread=0.5)
+    assert torch.bincount(b.batch).tolist() == [5, 6]
+    assert b.atoms.tolist().count(FAKE) == 3 and (b.charges[b.atoms == FAKE] == 1).all()  # charge class 1 is 0
+    fake = (b.atoms == FAKE).numpy()
+    touches = fake[b.pair_index[0].numpy()] | fake[b.pair_index[1].numpy()]
+    assert (b.bonds.numpy()[touches] == 0).all() and (b.bonds.numpy()[~touches] > 0).sum() == 6
+    com = torch.zeros(2, 3).index_add_(0, b.batch, b.pos)
+    assert com.abs().max() < 1e-5
+    # decode: a bond generated to a fake atom is dropped with it; the real atoms keep their bonds and order
+    from moldiff.diffusion import MixedState
+
+    bonds = b.bonds.clone()
+    bonds[(b.pair_index[0] == 1) & (b.pair_index[1] == 3)] = 1  # H(1) bonded to a fake atom (3)
+    state = MixedState(b.pos, {"atoms": b.atoms, "charges": b.charges, "bonds": bonds})
+    back = QM9FlowTask.decode(state, b, np.array([5, 6]))
+    for orig, got in zip([water, methane], back):
+        np.testing.assert_array_equal(got.atomic_numbers, orig.atomic_numbers)
+        np.testing.assert_array_equal(got.bonds, orig.bonds)
+        np.testing.assert_allclose(got.positions.mean(0), 0, atol=1e-6)
+
+
+def test_the_padded_size_distribution_is_that_of_real_plus_fake_atoms():
+    support, probs = np.array([3, 10]), np.array([0.25, 0.75])
+    sizes, p = padded_size_distribution(support, probs, 0.2)  # k in {0} for n = 3, {0, 1, 2} for n = 10
+    assert sizes.tolist() == [3, 10, 11, 12]
+    np.testing.assert_allclose(p, [0.25, 0.25, 0.25, 0.25])
+    k = fake_counts(np.full(30_000, 10), 0.2, np.random.default_rng(1))
+    assert set(k.tolist()) == {0, 1, 2} and abs(k.mean() - 1.0) < 0.03
 
 
 def test_smoke_train_logs_both_protocols_to_mlflow(trained):
