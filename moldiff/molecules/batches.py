@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MoleculeBatch", "BatchPlan", "epoch_batches", "batch_rows"]
+__all__ = ["MoleculeBatch", "BatchPlan", "epoch_batches", "batch_rows", "size_groups"]
 
 
 @dataclass
@@ -76,3 +76,23 @@ def batch_rows(sizes: np.ndarray, batch_size: int, seed: int, step: int, rank: i
                bucket_batches: int) -> np.ndarray:
     """Positions into ``sizes`` of the batch that ``rank`` trains on at ``step``."""
     return BatchPlan(sizes, batch_size, seed, bucket_batches).rows(step, rank, world_size)
+
+
+def size_groups(sizes: np.ndarray, batch_size: int, waste: float = 0.2) -> list[np.ndarray]:
+    """Sampling batches for a dense pair layout: positions into ``sizes`` (atom counts), sorted by size, cut so that
+    each batch holds at most ``batch_size`` molecules and pads its pair work (``len * max^2``) by at most ``waste``
+    over the exact work (``sum n^2``) -- fewer, fuller batches than one per size, little padding."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.argsort(np.asarray(sizes), kind="stable")
+    groups: list[list[int]] = []
+    work = 0
+    for i in order:
+        n2 = int(sizes[i]) ** 2
+        if groups and len(groups[-1]) < batch_size and (len(groups[-1]) + 1) * n2 <= (1 + waste) * (work + n2):
+            groups[-1].append(int(i))
+            work += n2
+        else:
+            groups.append([int(i)])
+            work = n2
+    return [np.array(g, dtype=np.int64) for g in groups]

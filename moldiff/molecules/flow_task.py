@@ -43,7 +43,7 @@ from ..diffusion import (
     sample_time,
 )
 from ..tasks import EvalResult, Task
-from .batches import BatchPlan
+from .batches import BatchPlan, size_groups
 from .features import ELEMENTS, UnsupportedElementError
 from .graph_mol import GraphMolecule
 from .graphs import BOND_ORDERS, CHARGES
@@ -568,13 +568,10 @@ class QM9FlowTask(QM9Source, Task):
                 raise ValueError("scaffold: non-finite atom positions")
             if (sizes < scaffold.num_atoms).any():
                 raise ValueError(f"every molecule needs at least the scaffold's {scaffold.num_atoms} atoms")
-        order = np.argsort(sizes, kind="stable")
         out: list = [None] * n
-        bs = self.cfg.eval.batch_size
         ts = flow_time_grid(steps, kind=self.cfg.flow.time_grid, device=device)
-        chunks = list(range(0, n, bs))
-        for start in tqdm(chunks, disable=not progress or len(chunks) < 2, desc="sampling molecules"):
-            idx = order[start : start + bs]
+        chunks = size_groups(sizes, self.cfg.eval.batch_size)  # little padding in the dense pair layout
+        for idx in tqdm(chunks, disable=not progress or len(chunks) < 2, desc="sampling molecules", unit="batch"):
             sz = sizes[idx]
             pair_index, pair_graph = pair_layout(sz)
             layout = GraphBatch(torch.zeros(int(sz.sum()), 3), torch.zeros(0), torch.zeros(0), torch.zeros(0),
