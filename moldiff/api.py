@@ -4,6 +4,7 @@ functions live with their domain (:mod:`moldiff.molecules.api`, ``physics.fields
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,15 +94,25 @@ def sample(
     device: str = "auto",
     progress: bool = True,
     pretrained: str | None = None,
+    relax: str | None = None,
+    relax_iters: int = 200,
 ) -> Any:
     """Draw ``n`` samples from a checkpoint (or a shipped model, ``pretrained="qm9"``); write them to ``out``
     (format by suffix) if given.  QM9 graph models return
-    :class:`~moldiff.molecules.graph_mol.GraphMolecule` s (``.to_rdkit()`` for RDKit molecules)."""
+    :class:`~moldiff.molecules.graph_mol.GraphMolecule` s (``.to_rdkit()`` for RDKit molecules).  ``relax``
+    (``""`` for the task's default method, or a method name: ``mmff``/``uff`` for molecules) moves the samples to a
+    nearby minimum of the task's classical energy, at most ``relax_iters`` iterations, before they are written."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     check_output_path(out, (), "samples")
+    if relax_iters < 1:
+        raise ValueError(f"relax_iters must be >= 1, got {relax_iters}")
     task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained)
     out = check_output_path(out, task.sample_formats, f"{task.name} samples")
+    if relax is not None and not task.relax_methods:
+        raise ValueError(f"--relax: task {task.name!r} has no relaxation")
+    if relax and relax not in task.relax_methods:
+        raise ValueError(f"--relax {relax}: unknown method; {task.name} knows {', '.join(task.relax_methods)}")
     scfg = task.cfg.sampler
     if isinstance(sampler, SamplerConfig):
         scfg = sampler
@@ -117,6 +128,10 @@ def sample(
     gen = torch.Generator(device=dev).manual_seed(seed)
     samples = task.sample(model, n, generator=gen, sampler=scfg, progress=progress)
     check_finite(samples, "the samples")
+    if relax is not None:
+        samples, report = task.relax_samples(samples, method=relax, max_iters=relax_iters, progress=progress)
+        if progress:
+            print(f"moldiff: {report}", file=sys.stderr)
     if out is not None:
         write_output(out, lambda tmp: task.save_samples(samples, tmp))
     return samples

@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--relax", nargs="?", const="", default=None, metavar="METHOD",
+                   help="relax the samples with the task's classical energy before writing them (molecules: RDKit "
+                        "MMFF94, UFF where MMFF lacks parameters; --relax uff prefers UFF)")
+    s.add_argument("--relax-iters", type=int, default=200, metavar="N", help="at most N minimiser iterations (200)")
     add_set(s)
     s.add_argument("--no-progress", action="store_true")
 
@@ -128,7 +132,7 @@ def _run(args) -> int:
     if args.command == "sample":
         api.sample(args.checkpoint, args.num, pretrained=args.pretrained, out=args.out, sampler=args.sampler, steps=args.steps, seed=args.seed,
                    overrides=args.overrides, use_ema=not args.no_ema, device=args.device,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, relax=args.relax, relax_iters=args.relax_iters)
         print(f"wrote {args.num} samples to {args.out}")
         return 0
     if args.command == "eval":

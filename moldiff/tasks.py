@@ -68,6 +68,15 @@ class Task:
     def load_sampling_state(self, state: dict[str, Any]) -> None:
         """Take a :meth:`sampling_state` back (from a checkpoint or shipped file; ``{}`` from older files)."""
 
+    #: the methods :meth:`relax_samples` knows (the first is the default); empty for a task without relaxation
+    relax_methods: ClassVar[tuple[str, ...]] = ()
+
+    def relax_samples(self, samples: Any, *, method: str = "", max_iters: int = 200,
+                      progress: bool = True) -> tuple[Any, str]:
+        """Samples moved to a nearby minimum of a classical energy (``method``: the task's own names, "" for its
+        default), and a one-line report; tasks without one raise :class:`NotImplementedError`."""
+        raise NotImplementedError
+
     #: file suffixes :meth:`save_samples` can write
     sample_formats: ClassVar[tuple[str, ...]] = ()
 

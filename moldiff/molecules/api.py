@@ -18,9 +18,28 @@ def evaluate_graph_file(
     ``reference`` molecules of QM9's test split, novelty against its training graphs.  Elements outside QM9's
     (H, C, N, O, F) and formal charges outside -1..1 are an error naming them; chemically invalid graphs are
     scored as invalid."""
+    mols, task = _graph_file(path, reference, cache_dir)
+    return evaluate_graphs_of(mols, task, novelty=novelty, mmff=mmff, progress=progress)
+
+
+def relax_graph_file(
+    path: str | Path, *, method: str = "mmff", max_iters: int = 200, novelty: bool = True, reference: int = 2000,
+    mmff: int = 200, cache_dir: str | Path | None = None, progress: bool = True,
+):
+    """:func:`evaluate_graph_file` before and after relaxing the molecules (:func:`~moldiff.molecules.relax.
+    relax_molecules`): ``(before, after, report, relaxed molecules)``."""
+    from .relax import relax_molecules
+
+    mols, task = _graph_file(path, reference, cache_dir)
+    relaxed, report = relax_molecules(mols, force_field=method, max_iters=max_iters, progress=progress)
+    before = evaluate_graphs_of(mols, task, novelty=novelty, mmff=mmff, progress=progress)
+    after = evaluate_graphs_of(relaxed, task, novelty=novelty, mmff=mmff, progress=progress)
+    return before, after, report, relaxed
+
+
+def _graph_file(path, reference: int, cache_dir):
     from ..config import load_config as _load
     from .flow_task import QM9FlowTask, check_vocabulary
-    from .graph_metrics import evaluate_graphs
     from .graph_mol import read_graph_sdf
 
     if Path(path).suffix.lower() != ".sdf":
@@ -29,7 +48,12 @@ def evaluate_graph_file(
     check_vocabulary(mols, where=str(path))
     cfg = _load({"task": "qm9_flow", "data": {"cache_dir": None if cache_dir is None else str(cache_dir)},
                  "eval": {"reference": reference}})
-    task = QM9FlowTask(cfg)
+    return mols, QM9FlowTask(cfg)
+
+
+def evaluate_graphs_of(mols, task, *, novelty: bool, mmff: int, progress: bool):
+    from .graph_metrics import evaluate_graphs
+
     return evaluate_graphs(mols, reference=task.reference(), training_smiles=task.training_smiles() if novelty else None,
                            mmff=mmff, progress=progress)
 

@@ -38,8 +38,36 @@ def _eval_arguments(e) -> None:
     e.add_argument("--split", default="train", choices=["train", "valid", "test"])
     e.add_argument("--limit", type=int, default=None, help="with --dataset: only the split's first N molecules")
     e.add_argument("--no-novelty", action="store_true", help="skip novelty against QM9's training split")
+    e.add_argument("--relax", nargs="?", const="mmff", default=None, choices=["mmff", "uff"],
+                   help="with --graph: also score the molecules after an RDKit MMFF94 (or UFF) relaxation, side by side")
+    e.add_argument("--relax-iters", type=int, default=200, metavar="N", help="at most N minimiser iterations (200)")
+    e.add_argument("--relaxed-out", default=None, metavar="PATH.sdf", help="with --relax: write the relaxed molecules")
     e.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON")
     e.add_argument("--no-progress", action="store_true")
+
+
+def _relax_run(args, progress: bool, novelty: bool) -> int:
+    from ..fileio import check_output_path, write_output
+    from . import api
+    from .graph_mol import write_graph_sdf
+
+    out = check_output_path(args.relaxed_out, (".sdf",), "relaxed molecules") if args.relaxed_out else None
+    before, after, report, relaxed = api.relax_graph_file(args.file, method=args.relax, max_iters=args.relax_iters,
+                                                          novelty=novelty, progress=progress)
+    b, a = before.flat(), after.flat()
+    keys = [k for k in ("graph/validity", "graph/valid_connected", "graph/mol_stability", "graph/atom_stability",
+                        "edm/validity", "edm/mol_stability", "edm/atom_stability", "geom/geometry_ok",
+                        "geom/bond_lengths_ok", "geom/bond_angles_ok", "geom/clash_rate", "geom/mmff_strain_median",
+                        "dist/bond_length_w1", "dist/bond_angle_w1") if k in b or k in a]
+    w = max(len(k) for k in keys)
+    print(f"{'metric':<{w}}  {'generated':>10}  {'relaxed':>10}")
+    for k in keys:
+        print(f"{k:<{w}}  {b.get(k, float('nan')):>10.4f}  {a.get(k, float('nan')):>10.4f}")
+    print(report.summary())
+    if out is not None:
+        write_output(out, lambda tmp: write_graph_sdf(tmp, relaxed))
+    _write_json(args.json, {"generated": b, "relaxed": a, "relaxation": report.as_dict()})
+    return 0
 
 
 def _eval_run(args) -> int:
@@ -52,9 +80,15 @@ def _eval_run(args) -> int:
     if args.file is not None and Path(args.file).suffix.lower() not in MOLECULE_FILES:
         raise ValueError(f"{args.file}: unsupported file type {Path(args.file).suffix!r}; eval-molecules reads "
                          f"{', '.join(MOLECULE_FILES)}")
+    if (args.relax is not None or args.relaxed_out) and not args.graph:
+        raise ValueError("--relax and --relaxed-out need --graph (relaxation keeps the file's own bonds)")
+    if args.relax_iters < 1:
+        raise ValueError(f"--relax-iters must be >= 1, got {args.relax_iters}")
     if args.graph:
         if args.dataset:
             raise ValueError("--graph scores an .sdf file's own bonds; it does not apply to --dataset")
+        if args.relax is not None:
+            return _relax_run(args, progress, novelty)
         g = api.evaluate_graph_file(args.file, novelty=novelty, progress=progress)
         print(g.table())
         _write_json(args.json, {**g.flat(), "failures": g.failures})

@@ -311,6 +311,7 @@ class QM9FlowTask(QM9Source, Task):
     name = "qm9_flow"
     config_class = QM9FlowConfig
     sample_formats = (".sdf",)
+    relax_methods = ("mmff", "uff")
 
     def __init__(self, cfg: QM9FlowConfig):
         super().__init__(cfg)
@@ -673,6 +674,15 @@ class QM9FlowTask(QM9Source, Task):
                  f"valid {res.graph['validity']:.1%}")
         return EvalResult(metrics=metrics, figures={"molecules": molecule_grid(mols[: ev.grid], title=title)},
                           files=files)
+
+    def relax_samples(self, samples: list[GraphMolecule], *, method: str = "", max_iters: int = 200,
+                      progress: bool = True) -> tuple[list[GraphMolecule], str]:
+        """RDKit MMFF94 (UFF where MMFF lacks parameters; ``method="uff"`` the other way round), at most
+        ``max_iters`` iterations; never lowers validity (:mod:`moldiff.molecules.relax`)."""
+        from .relax import relax_molecules
+
+        mols, report = relax_molecules(samples, force_field=method or "mmff", max_iters=max_iters, progress=progress)
+        return mols, report.summary()
 
     def save_samples(self, samples: list[GraphMolecule], path: Path) -> None:
         from .graph_mol import write_graph_sdf

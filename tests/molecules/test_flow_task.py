@@ -153,6 +153,26 @@ def _write(tmp_path, name, mol):
     return path
 
 
+def test_sample_and_eval_with_relaxation(trained, tmp_path, capsys):
+    _, res = trained
+    out = tmp_path / "r.sdf"
+    assert main(["sample", str(res.checkpoint), "-n", "4", "--steps", "3", "--out", str(out), "--relax",
+                 "--relax-iters", "20"]) == 0
+    assert "relaxed" in capsys.readouterr().err and len(read_graph_sdf(out)) == 4
+    assert main(["eval-molecules", str(out), "--graph", "--relax", "uff", "--no-novelty", "--no-progress",
+                 "--relaxed-out", str(tmp_path / "rr.sdf"), "--json", str(tmp_path / "r.json")]) == 0
+    text = capsys.readouterr().out
+    assert "generated" in text and "relaxed" in text and "graph/validity" in text
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["generated"]["graph/validity"] == data["relaxed"]["graph/validity"]
+    assert len(read_graph_sdf(tmp_path / "rr.sdf")) == 4
+    # misuse: named, exit 2, nothing written
+    assert main(["eval-molecules", str(out), "--relax"]) == 2
+    assert "need --graph" in capsys.readouterr().err
+    assert main(["sample", str(res.checkpoint), "-n", "2", "--out", str(tmp_path / "x.sdf"), "--relax", "amber"]) == 2
+    assert "unknown method" in capsys.readouterr().err and not (tmp_path / "x.sdf").exists()
+
+
 def test_bad_molecule_files_exit_2_naming_the_problem(tmp_path, capsys):
     ch4 = GraphMolecule([6, 1, 1, 1, 1], [0] * 5, np.eye(5, 3) * 1.1, [[0, k, 1] for k in range(1, 5)])
     chlorine = GraphMolecule([6, 17], [0, 0], [[0, 0, 0], [1.8, 0, 0]], [[0, 1, 1]])
