@@ -13,39 +13,13 @@
 # .gpucache/fields/ holds the cached Kolmogorov test split (the same test windows as on the CPU); the training
 # split is simulated on the GPU (chaotic: other trajectories than the CPU's, of the same distribution).
 set -u
-OUT=${OUT:?set OUT}; mkdir -p "$OUT"
 SIZE=${SIZE:-full}; DEV=${DEVICE:-cuda}
 AE_MIN=${AE_MIN:-1.25}; LATENT_MIN=${LATENT_MIN:-2.5}; PIXEL_MIN=${PIXEL_MIN:-3.75}
 DEADLINE=${DEADLINE:-555}; CASES=${CASES:-16}; WINDOWS=${WINDOWS:-2}; ENSEMBLE=${ENSEMBLE:-8}
 STEPS=${STEPS:-32}; LENGTH=${LENGTH:-32}; METHODS=${METHODS:-sda dps mmps}; BATCH=${BATCH:-64}
-W=$(mktemp -d); R=$W/runs; LOG=$OUT/log.txt
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-exec > >(tee -a "$LOG") 2>&1
-t0=$(date +%s); stamp() { echo "=== $(( $(date +%s) - t0 )) s: $*"; }
-
-stamp setup
-if [ -d .whl ] && [ "${WHEELS:-1}" = 1 ]; then  # WHEELS=0: use the packages already installed
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-if ! python3 -c "import moldiff, importlib.metadata as m; assert any(e.name == 'latent_trajectory' for e in m.entry_points(group='moldiff.tasks'))" 2>/dev/null; then
-  # the project's entry points (tasks, commands) without building it: a dist-info beside the carried wheels
-  export PYTHONPATH=$PWD:/tmp/site:${PYTHONPATH:-}
-  python3 - <<'PY' || exit 1
-import tomllib
-from pathlib import Path
-p = tomllib.loads(Path("pyproject.toml").read_text())["project"]
-d = Path("/tmp/site") / f"{p['name']}-{p['version']}.dist-info"
-d.mkdir(parents=True, exist_ok=True)
-(d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {p['name']}\nVersion: {p['version']}\n")
-(d / "entry_points.txt").write_text("".join(f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n"
-                                            for g, eps in p["entry-points"].items()))
-PY
-fi
+source "$(dirname "$0")/setup.sh"
+R=$W/runs
 python3 -c "import importlib.metadata as m; print('tasks:', sorted(e.name for e in m.entry_points(group='moldiff.tasks')))"
-[ -d .gpucache ] && export MOLDIFF_CACHE=$PWD/.gpucache
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 if [ "$SIZE" = smoke ]; then C=configs/smoke; PIXEL_CFG=configs/smoke/trajectory_kolmogorov.yaml
 else C=configs; PIXEL_CFG=configs/kolmogorov_coarse.yaml; fi
