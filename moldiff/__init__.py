@@ -12,7 +12,13 @@ Python API (everything the CLI does)::
     rdkit_mols = [m.to_rdkit() for m in mols]
 """
 
-from .api import evaluate, load_model, sample, train
+import os as _os
+
+# Before torch starts OpenMP: waiting threads sleep instead of spinning on cores other processes need (measured in
+# benchmarks/results/thread_contention.md; see moldiff.training.threads).  A policy the user set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .api import evaluate, load_model, sample, train  # noqa: E402
 from .molecules.api import evaluate_dataset, evaluate_molecule_file
 from .pretrained import pretrained
 from .config import ConfigError, ExperimentConfig, SamplerConfig, load_config

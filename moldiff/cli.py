@@ -67,7 +67,26 @@ def _parser() -> argparse.ArgumentParser:
         tp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
         cmd.add_arguments(tp)
         tp.set_defaults(task_command=cmd)
+    for name, sp in sub.choices.items():
+        if name != "config":
+            sp.add_argument("--threads", type=int, default=None, metavar="N",
+                            help="CPU threads for torch (default: OMP_NUM_THREADS if set; training measures 1 against "
+                                 "all cores and keeps the faster)")
     return p
+
+
+def _apply_threads(n: int | None) -> None:
+    """``--threads N``: torch's thread count, and ``MOLDIFF_THREADS`` so that the trainer keeps it fixed."""
+    if n is None:
+        return
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    import os
+
+    import torch
+
+    os.environ["MOLDIFF_THREADS"] = str(n)
+    torch.set_num_threads(n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from .training.trainer import NonFiniteLossError
 
     try:
+        _apply_threads(getattr(args, "threads", None))
         return _run(args)
     except (ConfigError, CheckpointError, FileNotFoundError, DataError, TrackingError) as e:
         print(f"moldiff: error: {e}", file=sys.stderr)

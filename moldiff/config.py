@@ -225,6 +225,7 @@ class TrainConfig:
     max_minutes: float = 0.0  #: wall-clock budget of this invocation's training loop (0: none); stops early, saves, evaluates
     max_cpu_minutes: float = 0.0  #: the same in CPU time of the process (all its threads): equal compute on a shared machine
     init: str = ""  #: warm start of a fresh run: a checkpoint (its EMA weights) or pretrained:NAME; fresh optimiser
+    threads: int = 0  #: CPU threads (0: measured while training -- moldiff.training.threads; env OMP_NUM_THREADS wins)
 
 
 @dataclass
@@ -260,7 +261,7 @@ class ExperimentConfig:
         "train.steps", "train.lr", "train.weight_decay", "train.betas", "train.warmup_steps", "train.grad_clip",
         "train.ema_decay", "train.bf16", "train.device", "train.log_every", "train.eval_every", "train.ckpt_every",
         "train.keep_checkpoints", "train.max_nonfinite", "train.compile", "train.max_minutes", "train.max_cpu_minutes",
-        "train.init",
+        "train.init", "train.threads",
     )
 
     @property
@@ -512,6 +513,7 @@ def validate(cfg: ExperimentConfig) -> None:
         (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
         (t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: only at the end)"),
         (t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0"),
+        (t.threads >= 0, "train.threads", "must be >= 0 (0: chosen by measurement)"),
         (t.weight_decay >= 0, "train.weight_decay", "must be >= 0"),
         (all(0 <= b < 1 for b in t.betas), "train.betas", "must lie in [0, 1)"),
         (cfg.tracking.timeout > 0, "tracking.timeout", "must be > 0 seconds"),

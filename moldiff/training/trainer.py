@@ -34,6 +34,7 @@ from .interrupts import Interrupts, TrainingInterrupted
 from .lineage import Lineage, Segment
 from .resume import apply_optimizer_settings, resume_changes
 from .run_folder import RunFolder
+from .threads import ThreadTuner, explicit_threads
 from .tracking import Tracker, environment_info, make_tracker
 from .warm_start import load_init, read_init
 
@@ -231,6 +232,12 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
                           lineage_now(), task)
         saved_step = step
 
+    threads_before = torch.get_num_threads()
+    fixed = explicit_threads(tc.threads)
+    if fixed is not None:
+        torch.set_num_threads(fixed)
+    tune = fixed is None and device.type == "cpu" and not info.enabled and threads_before > 1
+    tuner = ThreadTuner((1, threads_before) if tune else (torch.get_num_threads(),))
     try:
         if info.is_main:
             tracker = make_tracker(cfg, run_id)
@@ -245,6 +252,7 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
             # raised elsewhere (loading the batch, the all-reduce) would leave the others waiting in DDP's
             # gradient all-reduce of the next step, and torchrun would kill them, rank 0's final save included.
             with interrupts.deferred():
+                tuner.before_step()
                 batch = next(batches)
                 generator.manual_seed(step_seed(cfg.seed, info.rank, step))
                 with autocast:
@@ -268,6 +276,11 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
                 max_consec = torch.maximum(max_consec, consec)
                 step += 1
                 bar.update(1)
+                chosen = tuner.after_step()
+                if chosen is not None and info.is_main and (len(tuner.history) == 1 or tuner.history[-2][1] != chosen):
+                    times = ", ".join(f"{c} thread{'s' if c > 1 else ''} {t:.3g} s" for c, t in tuner.history[-1][2].items())
+                    tqdm.write(f"moldiff: training on {chosen} CPU thread{'s' if chosen > 1 else ''} (median step: {times})")
+                    tracker.set_tags({"threads": chosen, f"threads.step_{step:08d}": times})
                 if step % check_every == 0 and max_consec.item() >= tc.max_nonfinite:
                     raise NonFiniteLossError(
                         f"{int(max_consec.item())} non-finite losses/gradients in a row at step {step} "
@@ -329,6 +342,7 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
     finally:
         bar.close()
         _finish(tracker, status)
+        torch.set_num_threads(threads_before)
     return TrainResult(step=step, run_dir=cfg.run_dir, checkpoint=last_ckpt, run_id=tracker.run_id, metrics=metrics,
                        nonfinite_steps=nonfinite_total + int(skipped.item()), seconds=time.time() - t0,
                        model=model, ema_model=ema.model)
