@@ -47,19 +47,23 @@ def load_model(
     use_ema: bool = True,
     device: str = "auto",
     pretrained: str | None = None,
+    progress: bool = True,
 ) -> tuple[Task, nn.Module]:
     """Rebuild a checkpoint's task (its saved config, plus overrides) and model (EMA weights by default), or
-    a shipped model's (``pretrained="qm9"``; see :mod:`moldiff.pretrained`)."""
+    a shipped model's (``pretrained="qm9"``; see :mod:`moldiff.pretrained`).  ``progress``: whether the task may
+    show progress bars for data it builds on first use."""
     if (checkpoint is None) == (pretrained is None):
         raise ValueError("give either a checkpoint or a pretrained model name, not both or neither")
     if pretrained is not None:
         from .pretrained import load_pretrained_file, pretrained_path
 
         task, model, _ = load_pretrained_file(pretrained_path(pretrained), device, overrides)
+        task.progress = progress
         return task, model
     state = load_checkpoint(checkpoint)
     cfg = load_config(state["config"], overrides)
     task = get_task(cfg.task)(cfg)
+    task.progress = progress
     try:
         task.load_sampling_state(state.get("sampling", {}))
     except (KeyError, ValueError, AttributeError) as e:
@@ -107,7 +111,8 @@ def sample(
     check_output_path(out, (), "samples")
     if relax_iters < 1:
         raise ValueError(f"relax_iters must be >= 1, got {relax_iters}")
-    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained)
+    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained,
+                             progress=progress)
     out = check_output_path(out, task.sample_formats, f"{task.name} samples")
     if relax is not None and not task.relax_methods:
         raise ValueError(f"--relax: task {task.name!r} has no relaxation")
@@ -148,7 +153,8 @@ def evaluate(
     pretrained: str | None = None,
 ) -> EvalResult:
     """Run the task's evaluation on a checkpoint's model (or a shipped model's, ``pretrained="qm9"``)."""
-    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained)
+    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained,
+                             progress=progress)
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(task.cfg.seed + 2**31 if seed is None else seed)
     with torch.no_grad():

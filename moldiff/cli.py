@@ -72,7 +72,20 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--threads", type=int, default=None, metavar="N",
                             help="CPU threads for torch (default: OMP_NUM_THREADS if set; training measures 1 against "
                                  "all cores and keeps the faster)")
+        sp.add_argument("--verbose", action="store_true", help="also show the INFO lines of MLflow and its database")
     return p
+
+
+def _quiet_third_parties(verbose: bool) -> None:
+    """MLflow's and alembic's INFO lines (database set-up, migrations) only with ``--verbose``; warnings always."""
+    if verbose:
+        return
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow configures its loggers on import
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _apply_threads(n: int | None) -> None:
@@ -98,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from .training.tracking import TrackingError
     from .training.trainer import NonFiniteLossError
 
+    _quiet_third_parties(getattr(args, "verbose", False))
     try:
         _apply_threads(getattr(args, "threads", None))
         return _run(args)

@@ -36,6 +36,9 @@ class Task:
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[ExperimentConfig]] = ExperimentConfig
+    #: whether the task may show progress bars for work it does on its own (building a data cache on first use);
+    #: the API sets it from its ``progress`` argument (``--no-progress``)
+    progress: bool = True
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg

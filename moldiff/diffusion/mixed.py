@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .categorical import CategoricalPath
 from .processes import FlowPath
@@ -157,7 +157,7 @@ def sample_mixed_flow(
     if paste is not None:
         x, tokens = paste(x, tokens, float(ts[0]))
     pred = None
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="flow", leave=False):
+    for i in progress_bar(range(len(ts) - 1), enabled=progress, desc="flow", leave=False):
         t, s = float(ts[i]), float(ts[i + 1])
         a_t, s_t = (float(v) for v in path.marginal(torch.tensor(t, dtype=torch.float64)))
         a_s, s_s = (float(v) for v in path.marginal(torch.tensor(s, dtype=torch.float64)))

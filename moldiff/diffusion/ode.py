@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..errors import NonFiniteError
 
@@ -63,7 +63,7 @@ def integrate_ode(
         return _dopri5(v, x, ts[0], ts[-1], rtol, atol, max_steps, callback, progress)
     nfe = 0
     steps = range(len(ts) - 1)
-    for i in tqdm(steps, disable=not progress, desc=f"ode/{method}", leave=False):
+    for i in progress_bar(steps, enabled=progress, desc=f"ode/{method}", leave=False):
         t, s = ts[i], ts[i + 1]
         h = s - t
         d = v(x, t)
@@ -107,7 +107,10 @@ def _dopri5(v, x, t0, t1, rtol, atol, max_steps, callback, progress) -> ODESolut
     nfe, steps, rejected = 1, 0, 0
     h = _initial_step(v, x, t, k1, direction, rtol, atol, abs(span))
     nfe += 1
-    bar = tqdm(total=abs(span), disable=not progress, desc="ode/rk45", leave=False)
+    # the bar counts per cent of the time span (adaptive steps have no count to show)
+    bar = progress_bar(total=100, enabled=progress, desc="ode/rk45", unit="%", leave=False,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+    done = 0.0
     while direction * float(t1 - t) > 1e-12 * max(1.0, abs(span)):
         if steps + rejected >= max_steps:
             raise RuntimeError(f"rk45: no convergence after {max_steps} steps (t={float(t):.4g})")
@@ -129,7 +132,8 @@ def _dopri5(v, x, t0, t1, rtol, atol, max_steps, callback, progress) -> ODESolut
             x = x_new
             k1 = ks[6]  # first-same-as-last
             steps += 1
-            bar.update(h)
+            done += h
+            bar.update(round(100 * done / abs(span)) - bar.n)
             if callback is not None:
                 callback({"i": steps - 1, "t": t, "x": x})
         else:

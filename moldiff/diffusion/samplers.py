@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .denoiser import Denoiser
 from .ode import integrate_ode
@@ -53,7 +53,7 @@ Callback = Callable[[dict], None]
 
 
 def _steps(ts: Tensor, progress: bool, desc: str):
-    return tqdm(range(len(ts) - 1), disable=not progress, desc=desc, leave=False)
+    return progress_bar(range(len(ts) - 1), enabled=progress, desc=desc, leave=False)
 
 
 def _finish(model: Denoiser, x: Tensor, ts: Tensor, denoise: bool, cond=None) -> Tensor:

@@ -339,9 +339,9 @@ def evaluate_molecules(
     enables novelty.  ``progress`` shows a tqdm bar."""
     iterable: Iterable[tuple[Any, Any]] = molecules
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        iterable = tqdm(molecules, desc="evaluating molecules", unit="mol")
+        iterable = progress_bar(molecules, desc="evaluating molecules", unit="mol")
     start = time.perf_counter()
     n = n_atoms = n_stable_atoms = n_stable_mols = n_strict = 0
     failures: Counter[str] = Counter()

@@ -533,7 +533,7 @@ class QM9FlowTask(QM9Source, Task):
         the scaffold's size.  ``resample`` and ``noise``: RePaint's repeats per step and the stochasticity of
         the position steps (:func:`~moldiff.diffusion.mixed.sample_mixed_flow`; ``steps * resample`` network
         calls)."""
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         steps = (sampler or self.cfg.sampler).steps
         device = next(model.parameters()).device
@@ -572,7 +572,7 @@ class QM9FlowTask(QM9Source, Task):
         out: list = [None] * n
         ts = flow_time_grid(steps, kind=self.cfg.flow.time_grid, device=device)
         chunks = size_groups(sizes, self.cfg.eval.batch_size)  # little padding in the dense pair layout
-        for idx in tqdm(chunks, disable=not progress or len(chunks) < 2, desc="sampling molecules", unit="batch"):
+        for idx in progress_bar(chunks, enabled=progress and len(chunks) >= 2, desc="sampling molecules", unit="batch"):
             sz = sizes[idx]
             pair_index, pair_graph = pair_layout(sz)
             layout = GraphBatch(torch.zeros(int(sz.sum()), 3), torch.zeros(0), torch.zeros(0), torch.zeros(0),

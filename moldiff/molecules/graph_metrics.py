@@ -306,7 +306,7 @@ def evaluate_graphs(mols: list[GraphMolecule], *, reference: ReferenceStats | No
                     mmff: int = 0, progress: bool = False) -> GraphMetrics:
     """Score generated molecules with the generated-graph protocol (module docstring) and, with ``edm``,
     EDM's distance-based protocol on their coordinates.  ``mols``: ``GraphMolecule`` s or a PyG ``Batch``."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from .evaluate import evaluate_molecules, rdkit_log_silenced
     from .graph_mol import graph_molecules
@@ -320,7 +320,7 @@ def evaluate_graphs(mols: list[GraphMolecule], *, reference: ReferenceStats | No
     tally = _Tally()
     scored = []
     with rdkit_log_silenced():
-        for m in tqdm(mols, disable=not progress, desc="scoring generated graphs", unit="mol"):
+        for m in progress_bar(mols, enabled=progress, desc="scoring generated graphs", unit="mol"):
             try:
                 stable = valence_stability(m)
                 connected = m.num_atoms > 0 and _fragments(m) == 1

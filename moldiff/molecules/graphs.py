@@ -152,14 +152,14 @@ class QM9Graphs:
     # -- construction ------------------------------------------------------------------------------------
     @classmethod
     def build(cls, qm9, rows=None, *, progress: bool = True, workers: int = 1) -> "QM9Graphs":
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         rows = np.arange(len(qm9)) if rows is None else np.asarray(rows, dtype=np.int64)
         chunks = [rows[i : i + 2000] for i in range(0, len(rows), 2000)]
         jobs = [([qm9.atomic_numbers[qm9.offsets[r]:qm9.offsets[r + 1]] for r in c],
                  [qm9.positions[qm9.offsets[r]:qm9.offsets[r + 1]] for r in c],
                  [str(qm9.smiles[r]) for r in c]) for c in chunks]
-        bar = tqdm(total=len(rows), disable=not progress, desc="QM9 graphs: bonds and charges from templates (once)")
+        bar = progress_bar(total=len(rows), enabled=progress, desc="QM9 graphs: bonds and charges from templates (once)")
         status, charges, bonds = [], [], []
         if workers > 1 and len(chunks) > 1:
             from concurrent.futures import ProcessPoolExecutor

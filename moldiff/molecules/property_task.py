@@ -150,13 +150,13 @@ class PropertyTask(QM9Source, Task):
     def predict(self, model: nn.Module, molecules: list[tuple[np.ndarray, np.ndarray]], *,
                 progress: bool = False) -> np.ndarray:
         """The property (its protocol unit) of ``[(atomic_numbers, positions), ...]``, ``[len(molecules)]``."""
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         device = next(model.parameters()).device
         order = np.argsort([len(z) for z, _ in molecules], kind="stable")
         out = np.empty(len(molecules))
         bs = self.cfg.eval.batch_size
-        for s in tqdm(range(0, len(order), bs), disable=not progress, desc=f"predicting {self.cfg.property}"):
+        for s in progress_bar(range(0, len(order), bs), enabled=progress, desc=f"predicting {self.cfg.property}"):
             idx = order[s : s + bs]
             b = atom_batch([molecules[i] for i in idx]).to(device)
             out[idx] = self.scale.denormalize(model(b.pos, b.atoms, b.batch, b.num_graphs, b.max_nodes).double().cpu().numpy())

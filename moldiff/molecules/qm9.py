@@ -102,11 +102,11 @@ def _parse_floats(text: str) -> np.ndarray:
 
 
 def _read_csvs(data_dir: Path, progress: bool) -> dict[str, np.ndarray]:
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     csv.field_size_limit(sys.maxsize)
     index, natoms, zs, pos, props, smiles = [], [], [], [], [], []
-    bar = tqdm(total=NUM_MOLECULES, disable=not progress, desc="QM9: parsing qm9pack CSV (once)")
+    bar = progress_bar(total=NUM_MOLECULES, enabled=progress, desc="QM9: parsing qm9pack CSV (once)")
     for name in _CSV_FILES:
         with open(data_dir / name, newline="") as f:
             for row in csv.DictReader(f):
@@ -208,7 +208,7 @@ class QM9:
         """Canonical SMILES of a split's valid molecules, built from the coordinates by the evaluator's
         pipeline (bonds from distances, RDKit sanitize, largest fragment) -- the reference for novelty.
         Cached beside the data (``smiles_<split>.txt``), keyed by the data checksum."""
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         from .evaluate import molecule_smiles
 
@@ -217,7 +217,7 @@ class QM9:
 
         def build() -> set[str]:
             mols = self.molecules(self.split(split))
-            return {s for z, p in tqdm(mols, disable=not progress, desc=f"QM9 {split} SMILES (once)")
+            return {s for z, p in progress_bar(mols, enabled=progress, desc=f"QM9 {split} SMILES (once)")
                     if (s := molecule_smiles(z, p)) is not None}
 
         return cached_strings(path, header, build)

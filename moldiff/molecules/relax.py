@@ -61,7 +61,7 @@ def relax_molecules(mols: list[GraphMolecule], *, force_field: str = "mmff", max
     """Minimise each molecule's energy for at most ``max_iters`` iterations with ``force_field`` (``mmff``, falling
     back to ``uff`` where MMFF lacks parameters, or ``uff`` first); returns new molecules (same order) and a
     :class:`RelaxReport`.  Never raises for a bad molecule: it is kept and counted."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from .evaluate import _score, rdkit_log_silenced
 
@@ -72,7 +72,7 @@ def relax_molecules(mols: list[GraphMolecule], *, force_field: str = "mmff", max
     report = RelaxReport(n=len(mols))
     out: list[GraphMolecule] = []
     with rdkit_log_silenced():
-        for m in tqdm(mols, disable=not progress, desc="relaxing", unit="mol"):
+        for m in progress_bar(mols, enabled=progress, desc="relaxing", unit="mol"):
             new, reason = _relax_one(m, force_field, max_iters, report, _score)
             if reason is not None:
                 report.kept[reason] += 1

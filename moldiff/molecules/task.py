@@ -115,7 +115,7 @@ class QM9Source:
         if self._qm9 is None:
             from .qm9 import QM9
 
-            self._qm9 = QM9.load(self.cfg.data.cache_dir)
+            self._qm9 = QM9.load(self.cfg.data.cache_dir, progress=self.progress)
         return self._qm9
 
     def split_rows(self) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from ..progress import is_terminal, progress_bar
 
 from ..config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
 from ..tasks import Task, get_task
@@ -200,7 +203,8 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
     batch = probe = None  # probe: the first batch of this segment with a finite loss (checkpoint health check)
     metrics: dict[str, float] = {}
     status = "FAILED"
-    bar = tqdm(total=tc.steps, initial=step, disable=not (progress and info.is_main), desc=f"train {cfg.name or cfg.task}")
+    bar = progress_bar(total=tc.steps, initial=step, enabled=progress and info.is_main, desc=f"train {cfg.name or cfg.task}")
+    line_log = (step, time.monotonic()) if progress and info.is_main and not is_terminal() else None
     seg_start_step, seg_cpu, seg_wall, eval_cpu = step, time.process_time(), time.monotonic(), 0.0
     config_dict = to_dict(cfg)
 
@@ -295,6 +299,11 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
                     if info.is_main:
                         tracker.log_metrics(row, step)
                     bar.set_postfix(loss=f"{row['train/loss']:.4g}")
+                    if line_log:  # a log file gets a line per log_every steps instead of a bar
+                        rate = (step - line_log[0]) / max(time.monotonic() - line_log[1], 1e-9)
+                        tqdm.write(f"moldiff: train {cfg.name or cfg.task}: step {step}/{tc.steps}, loss "
+                                   f"{row['train/loss']:.4g}, {rate:.3g} steps/s", file=sys.stderr)
+                        line_log = (step, time.monotonic())
                     loss_sum.zero_()
                     loss_n.zero_()
                 if step % tc.ckpt_every == 0 or step == tc.steps:

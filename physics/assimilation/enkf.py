@@ -27,7 +27,7 @@ from typing import Callable, Literal, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from moldiff.progress import progress_bar
 
 __all__ = [
     "ObsFn",
@@ -526,7 +526,7 @@ def run_filter(
 
     means, spreads, f_means, f_spreads, kept = [], [], [], [], []
     ens = ens0
-    for k in tqdm(range(num_states), disable=not progress, desc=f"{method} cycles", leave=False):
+    for k in progress_bar(range(num_states), enabled=progress, desc=f"{method} cycles", leave=False):
         if k > 0:
             ens = advance(ens, interval)
         f_means.append(ens.mean(-2))

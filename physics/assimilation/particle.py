@@ -12,7 +12,7 @@ import math
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from moldiff.progress import progress_bar
 
 from .enkf import Advance, FilterResult, ObsFn, Observations, _obs_std, _spread, checked_schedule, observe_members
 
@@ -71,7 +71,7 @@ def run_particle_filter(
     log_w = torch.full(ens0.shape[:-1], -math.log(m), dtype=ens0.dtype, device=ens0.device)
     ens = ens0
     means, spreads, f_means, f_spreads, kept = [], [], [], [], []
-    for k in tqdm(range(num_states), disable=not progress, desc="particle filter", leave=False):
+    for k in progress_bar(range(num_states), enabled=progress, desc="particle filter", leave=False):
         if k > 0:
             ens = advance(ens, interval)
         f_means.append((torch.softmax(log_w, -1).unsqueeze(-1) * ens).sum(-2))

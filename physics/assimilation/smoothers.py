@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from moldiff.progress import progress_bar
 
 from .enkf import (Advance, ObsFn, Observations, _obs_std, _spread, checked_schedule, etkf_inputs, etkf_weights,
                    inflate, inflation_factor, kalman_filter, observe_members)
@@ -138,7 +138,7 @@ def run_enks(
     states: list[Tensor] = []
     analysis_means = []
     ens = ens0
-    for k in tqdm(range(num_states), disable=not progress, desc="enks cycles", leave=False):
+    for k in progress_bar(range(num_states), enabled=progress, desc="enks cycles", leave=False):
         if k > 0:
             ens = advance(ens, interval)
         if k in obs:
@@ -225,7 +225,7 @@ def run_ienks(
     analysis_means: list[Tensor] = []
     start, prior = 0, ens0
     total_iterations = 0
-    for c, tau in enumerate(tqdm(times, disable=not progress, desc="ienks cycles", leave=False)):
+    for c, tau in enumerate(progress_bar(times, enabled=progress, desc="ienks cycles", leave=False)):
         y = torch.as_tensor(obs[tau], dtype=ens0.dtype, device=ens0.device)
         xbar = prior.mean(-2, keepdim=True)  # [..., 1, D]
         A = (prior - xbar) / math.sqrt(m - 1)  # [..., M, D]

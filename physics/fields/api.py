@@ -48,7 +48,8 @@ def assimilate(
     out = check_output_path(out, (".npz", ".npy"), "posterior samples")
     if not isinstance(observations, torch.Tensor):
         observations, length = read_observations(observations, length)
-    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained)
+    task, model = load_model(checkpoint, overrides=overrides, use_ema=use_ema, device=device, pretrained=pretrained,
+                             progress=progress)
     if not callable(getattr(task, "assimilate", None)):
         raise ConfigError(f"task {task.name!r} does not assimilate observations (a trajectory prior does)")
     if method is None:

@@ -199,12 +199,13 @@ class SplitData:
     """What every field task does with its data (a mixin): the cached splits of ``self.cfg.data`` (``system``,
     ``cache_dir``, ``n_train``) made by ``self.spec``, and the physical normalisation of the training split."""
 
-    def trajectories(self, split: str, *, progress: bool = True) -> Tensor:
-        """Physical trajectories ``[n, L, *S]`` of a split (cached; the first ``data.n_train`` for training)."""
+    def trajectories(self, split: str, *, progress: bool | None = None) -> Tensor:
+        """Physical trajectories ``[n, L, *S]`` of a split (cached; the first ``data.n_train`` for training);
+        ``progress`` defaults to the task's own (:attr:`moldiff.tasks.Task.progress`)."""
         data = self.__dict__.setdefault("_splits", {})
         if split not in data:
             x = load_trajectories(self.cfg.data.system, split, cache_dir=self.cfg.data.cache_dir, spec=self.spec,
-                                  progress=progress)
+                                  progress=getattr(self, "progress", True) if progress is None else progress)
             if split == "train" and self.cfg.data.n_train:
                 x = x[: self.cfg.data.n_train]
             data[split] = x
@@ -216,6 +217,17 @@ class SplitData:
         if "_stats" not in self.__dict__:
             self._stats = normalization(self.cfg.data.system, self.trajectories("train"))
         return self._stats
+
+    def sampling_state(self) -> dict:
+        """The training split's normalisation, so that a checkpoint or shipped prior samples and assimilates
+        without simulating the split again."""
+        mean, std = self.stats
+        return {**super().sampling_state(), "normalization": {"mean": mean.clone(), "std": std.clone()}}
+
+    def load_sampling_state(self, state: dict) -> None:
+        super().load_sampling_state(state)
+        if "normalization" in state:
+            self._stats = (state["normalization"]["mean"], state["normalization"]["std"])
 
     def normalize(self, x: Tensor) -> Tensor:
         mean, std = self.stats

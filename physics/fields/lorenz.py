@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from moldiff.progress import progress_bar
 
 __all__ = [
     "lorenz63",
@@ -98,7 +98,7 @@ class LorenzSystem:
         """States ``x(0), x(interval), ..., x((num_states - 1) interval)``: ``[..., D] -> [..., num_states, D]``."""
         out = [x0]
         x = x0
-        for _ in tqdm(range(num_states - 1), disable=not progress, desc=self.name, leave=False):
+        for _ in progress_bar(range(num_states - 1), enabled=progress, desc=self.name, leave=False):
             x = self.advance(x, interval)
             out.append(x)
         return torch.stack(out, dim=-2)

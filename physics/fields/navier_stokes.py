@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from moldiff.progress import progress_bar
 
 __all__ = [
     "CFLError",
@@ -302,7 +302,7 @@ class KolmogorovFlow:
         if num_states < 1:
             raise ValueError(f"num_states must be >= 1, got {num_states}")
         out, omega = [omega0], omega0
-        for _ in tqdm(range(num_states - 1), disable=not progress, desc="navier-stokes", leave=False):
+        for _ in progress_bar(range(num_states - 1), enabled=progress, desc="navier-stokes", leave=False):
             omega = self.advance(omega, interval)
             out.append(omega)
         return torch.stack(out, dim=-3)

@@ -117,7 +117,7 @@ def mala(
         energy_and_grad_fn: optional ``x -> (U [C], grad U [C, n, d])`` used instead of autograd through
             ``energy_fn`` (e.g. ``system.reduced_energy_and_grad``, a closed form).
     """
-    from tqdm.auto import tqdm
+    from moldiff.progress import progress_bar
 
     if x0.dim() != 3:
         raise ValueError(f"x0 must be [C, n, d], got {list(x0.shape)}")
@@ -149,7 +149,7 @@ def mala(
     g = _project(g, zero_com)
     if not torch.isfinite(e).all():
         raise ValueError("energy_fn is not finite at some initial states")
-    bar = tqdm(range(T), disable=not progress, desc=desc, leave=False, mininterval=1.0)
+    bar = progress_bar(range(T), enabled=progress, desc=desc, leave=False, mininterval=1.0)
     k = 0
     for t in bar:
         h = log_h.exp().to(dt)
