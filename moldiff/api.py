@@ -15,7 +15,7 @@ from .config import ConfigError, ExperimentConfig, SamplerConfig, load_config
 from .tasks import EvalResult, Task, get_task
 from .errors import check_finite
 from .fileio import check_output_path, write_output
-from .training.checkpoint import CheckpointError, load_checkpoint
+from .training.checkpoint import CheckpointError, ShippedModelFile, load_checkpoint
 from .training.distributed import resolve_device
 from .training.trainer import TrainResult
 from .training.trainer import train as _train
@@ -60,7 +60,14 @@ def load_model(
         task, model, _ = load_pretrained_file(pretrained_path(pretrained), device, overrides)
         task.progress = progress
         return task, model
-    state = load_checkpoint(checkpoint)
+    try:
+        state = load_checkpoint(checkpoint)
+    except ShippedModelFile:  # a shipped model's file given by path: load it as such
+        from .pretrained import load_pretrained_file
+
+        task, model, _ = load_pretrained_file(checkpoint, device, overrides)
+        task.progress = progress
+        return task, model
     cfg = load_config(state["config"], overrides)
     task = get_task(cfg.task)(cfg)
     task.progress = progress

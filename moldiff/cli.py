@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     from .training.trainer import NonFiniteLossError
 
     _quiet_third_parties(getattr(args, "verbose", False))
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *a, **k: f"moldiff: warning: {message}\n"
     try:
         _apply_threads(getattr(args, "threads", None))
         return _run(args)
@@ -124,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as e:
         print(f"moldiff: error: {e}{'' if args.command == 'train' else '; nothing was written'}", file=sys.stderr)
         return 3
+    except FloatingPointError as e:  # a simulation or computation that diverged on the given input
+        print(f"moldiff: error: {e}; nothing was written", file=sys.stderr)
+        return 2
     except TrainingInterrupted as e:
         print(f"moldiff: {e}", file=sys.stderr)
         return 128 + e.signum

@@ -404,6 +404,9 @@ def resolve_config(source: str | Path) -> Path:
     path = Path(source)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"{source} is a folder; give a YAML config file or the name of a shipped config "
+                          "(`moldiff config list` shows them)")
     name = str(source).removesuffix(".yaml").removeprefix("configs/")
     shipped = shipped_configs()
     if name in shipped:

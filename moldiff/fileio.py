@@ -133,7 +133,8 @@ def cached_strings(path: str | os.PathLike[str] | None, header: str, build: Call
 
 
 def check_output_path(out: str | Path | None, suffixes: tuple[str, ...], what: str) -> Path | None:
-    """Reject an output path that is a folder or has an unsupported suffix, before any work is done."""
+    """Reject an output path that is a folder, has an unsupported suffix or cannot be written (its folder, or the
+    nearest existing folder above it, refuses a new file), before any work is done; errors name ``out``."""
     if out is None:
         return None
     out = Path(out)
@@ -141,15 +142,29 @@ def check_output_path(out: str | Path | None, suffixes: tuple[str, ...], what: s
         raise ValueError(f"{out}: is a folder; give a file name for the {what}")
     if suffixes and out.suffix.lower() not in suffixes:
         raise ValueError(f"{out}: {what} are written as {', '.join(suffixes)}")
+    folder = out.parent if str(out.parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {out}: {folder} is not a folder")
+    try:  # a real probe: permission bits do not tell root, or a read-only file system, apart
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write {out}: {folder} does not accept new files ({e.strerror or e})") from None
     return out
 
 
 def write_output(out: Path, write) -> None:
     """``write(tmp)`` to a temporary file beside ``out`` (same suffix, lower case), then rename it onto ``out``:
-    a failure leaves nothing behind."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out, suffix=out.suffix.lower()) as tmp:  # np.save appends .npy to a .NPY name
-        write(tmp)
+    a failure leaves nothing behind; a file-system error names ``out``, not the temporary file."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out, suffix=out.suffix.lower()) as tmp:  # np.save appends .npy to a .NPY name
+            write(tmp)
+    except OSError as e:
+        raise ValueError(f"cannot write {out}: {e.strerror or e}") from e
 
 
 def write_json(path: str | os.PathLike[str], data: dict) -> Path:

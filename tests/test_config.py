@@ -340,8 +340,8 @@ def test_missing_file(tmp_path):
     missing = tmp_path / "nope.yaml"
     msg = _error(missing)
     assert "not found" in msg and str(missing) in msg
-    # a folder is not a config file either
-    assert "not found" in _error(tmp_path)
+    # a folder is not a config file either, and is named as one
+    assert "is a folder; give a YAML config file" in _error(tmp_path)
 
 
 def test_invalid_yaml(tmp_path):
@@ -404,7 +404,8 @@ def test_task_by_module_path(tmp_path):
     (["train.eval_every=-1"], "train.eval_every"),
     (["tracking.timeout=0"], "tracking.timeout"),
     (["model.width=-5"], "model.width"),
-    (["model.depth=0"], "model.width"),
+    (["model.depth=0"], "model.depth"),
+    (["model.time_dim=0"], "model.time_dim"),
     (["eval.n_samples=0"], "eval.n_samples"),
     (["process.kind=bogus"], "process.kind"),
     (["sampler.name=bogus"], "sampler.name"),
@@ -519,7 +520,9 @@ def test_duplicate_yaml_keys_are_an_error(tmp_path):
 def test_width_checks_of_every_task_at_dry_run():
     for path, override, key in [
         ("configs/smoke/trajectory_lorenz63.yaml", "model.width=-1", "model.width"),
-        ("configs/smoke/trajectory_kolmogorov.yaml", "model.channels=[8, -8]", "model.width"),
+        ("configs/smoke/trajectory_kolmogorov.yaml", "model.channels=[8, -8]", "model.channels"),
+        ("configs/smoke/trajectory_kolmogorov.yaml", "model.depth=0", "model.depth"),
+        ("configs/smoke/qm9_flow.yaml", "model.layers=0", "model.layers"),
         ("configs/smoke/qm9_flow.yaml", "model.hidden=-3", "model.hidden"),
         ("configs/smoke/qm9_edm.yaml", "model.hidden=0", "model.hidden"),
     ]:

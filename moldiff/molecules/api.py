@@ -44,7 +44,7 @@ def _graph_file(path, reference: int, cache_dir):
 
     if Path(path).suffix.lower() != ".sdf":
         raise ValueError(f"{path}: the generated-graph protocol reads bonds and charges from an .sdf file")
-    mols = read_graph_sdf(path)
+    mols = _nonempty(read_graph_sdf(path), path)
     check_vocabulary(mols, where=str(path))
     cfg = _load({"task": "qm9_flow", "data": {"cache_dir": None if cache_dir is None else str(cache_dir)},
                  "eval": {"reference": reference}})
@@ -74,8 +74,17 @@ def evaluate_molecule_file(
     from .evaluate import evaluate_molecules
     from .io import read_molecules
 
-    mols = read_molecules(path)
+    mols = _nonempty(read_molecules(path), path)
     return evaluate_molecules(mols, reference_smiles=_qm9_reference(novelty, cache_dir, progress), progress=progress)
+
+
+def _nonempty(mols: list, path) -> list:
+    """``mols``, or :class:`~moldiff.molecules.io.MoleculeFileError` (exit 2) for a file without molecules."""
+    from .io import MoleculeFileError
+
+    if not mols:
+        raise MoleculeFileError(f"{path}: holds no molecules; nothing to score")
+    return mols
 
 
 def evaluate_dataset(

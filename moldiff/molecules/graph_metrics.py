@@ -7,7 +7,10 @@ Per molecule (never a crash; every failure counted by reason):
   element *at its generated formal charge* (:data:`ALLOWED_VALENCE`: H 1; C 4, C+/C- 3; N 3, N+ 4, N- 2;
   O 2, O+ 3, O- 1; F 1); a molecule is stable iff all its atoms are.
 * **validity** -- ``Chem.SanitizeMol`` of the whole generated graph (explicit hydrogens, no implicit ones)
-  succeeds and the positions are finite (RDKit accepts under-valent atoms as radicals; stability does not); ``connected`` -- the graph is one fragment; ``valid_connected`` -- both.
+  succeeds, the positions are finite and no two atoms overlap (closer than EDM's
+  :data:`~moldiff.molecules.evaluate.OVERLAP_DISTANCE`, 0.1 Å: both atoms are unstable too, as under EDM's rule)
+  (RDKit accepts under-valent atoms as radicals; stability does not); ``connected`` -- the graph is one fragment;
+  ``valid_connected`` -- both.
 * **uniqueness** / **novelty** -- canonical SMILES (hydrogens removed, no stereo) of the valid molecules:
   distinct / valid, and distinct ones absent from the training graphs' SMILES / distinct.
 * **distribution distances to the test split** (:class:`ReferenceStats`): total variation of the atom-type,
@@ -16,7 +19,8 @@ Per molecule (never a crash; every failure counted by reason):
 * **geometry plausibility** -- a bond's length is plausible if it lies within the test split's range for its
   (element pair, order) widened by 0.05 Å (0.5-99.5 percentiles); an angle if it lies within the range for its
   central element widened by 5 degrees; a clash is two atoms at least three bonds apart (or in different
-  fragments) closer than 0.7 x the sum of their van der Waals radii.  The test split's own rates are the floor.
+  fragments) closer than 0.7 x the sum of their van der Waals radii, or any two atoms, bonded ones included,
+  closer than :data:`MIN_DISTANCE` (0.5 Å; the shortest bond, H-H, is 0.74 Å).  The test split's own rates are the floor.
 * **MMFF strain** -- for the first ``mmff`` valid molecules that MMFF94 can type: the energy of the generated
   geometry minus that after local MMFF minimisation (kcal/mol; median reported).
 """
@@ -43,6 +47,7 @@ ALLOWED_VALENCE: dict[tuple[int, int], int] = {
 _SYMBOL = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F"}
 SMILES_VERSION = 1  #: bump when graph_smiles changes (invalidates cached reference SMILES)
 CLASH_FACTOR = 0.7
+MIN_DISTANCE = 0.5  #: Å: two atoms closer than this clash, bonded or not
 LENGTH_MARGIN = 0.05  # Å
 ANGLE_MARGIN = 5.0  # degrees
 
@@ -51,11 +56,23 @@ def _sym(z: int) -> str:
     return _SYMBOL.get(int(z), f"Z{int(z)}")
 
 
+def overlapping_atoms(mol: GraphMolecule) -> np.ndarray:
+    """``[n]`` bool: atoms closer than :data:`~moldiff.molecules.evaluate.OVERLAP_DISTANCE` to another atom."""
+    from .evaluate import OVERLAP_DISTANCE
+
+    if mol.num_atoms < 2 or not np.isfinite(mol.positions).all():
+        return np.zeros(mol.num_atoms, dtype=bool)
+    d = np.linalg.norm(mol.positions[:, None] - mol.positions[None], axis=-1) + np.diag(np.full(mol.num_atoms, np.inf))
+    return (d < OVERLAP_DISTANCE).any(axis=1)
+
+
 def valence_stability(mol: GraphMolecule) -> np.ndarray:
-    """Per-atom stability ``[n]`` bool from the generated bonds and charges."""
+    """Per-atom stability ``[n]`` bool from the generated bonds and charges; an atom that overlaps another
+    (:func:`overlapping_atoms`) is unstable whatever its bonds."""
     valence = mol.adjacency().sum(1)
-    return np.array([ALLOWED_VALENCE.get((int(z), int(q))) == int(v)
-                     for z, q, v in zip(mol.atomic_numbers, mol.charges, valence)], dtype=bool)
+    ok = np.array([ALLOWED_VALENCE.get((int(z), int(q))) == int(v)
+                   for z, q, v in zip(mol.atomic_numbers, mol.charges, valence)], dtype=bool)
+    return ok & ~overlapping_atoms(mol)
 
 
 def graph_smiles(mol: GraphMolecule) -> tuple[str | None, str | None]:
@@ -107,7 +124,8 @@ def _bond_geometry(mol: GraphMolecule):
 
 
 def _clashes(mol: GraphMolecule) -> int:
-    """Pairs at least three bonds apart (or disconnected) closer than CLASH_FACTOR x the vdW radii sum."""
+    """Pairs at least three bonds apart (or disconnected) closer than CLASH_FACTOR x the vdW radii sum, and any
+    pair closer than MIN_DISTANCE."""
     from rdkit import Chem
     from scipy.sparse.csgraph import shortest_path
 
@@ -118,7 +136,7 @@ def _clashes(mol: GraphMolecule) -> int:
     pt = Chem.GetPeriodicTable()
     rvdw = np.array([pt.GetRvdw(int(z)) for z in mol.atomic_numbers])
     d = np.linalg.norm(mol.positions[:, None] - mol.positions[None], axis=-1)
-    close = (d < CLASH_FACTOR * (rvdw[:, None] + rvdw[None])) & (hops >= 3)
+    close = ((d < CLASH_FACTOR * (rvdw[:, None] + rvdw[None])) & (hops >= 3)) | (d < MIN_DISTANCE)
     return int(np.triu(close, 1).sum())
 
 
@@ -328,6 +346,8 @@ def evaluate_graphs(mols: list[GraphMolecule], *, reference: ReferenceStats | No
                     smi, reason = None, "empty"
                 elif not np.isfinite(m.positions).all():
                     smi, reason = None, "non_finite_positions"
+                elif overlapping_atoms(m).any():
+                    smi, reason = None, "overlapping_atoms"
                 else:
                     smi, reason = graph_smiles(m)
             except Exception as e:  # noqa: BLE001 -- a broken molecule is counted, never a crash

@@ -174,7 +174,8 @@ def read_graph_sdf(path: str | os.PathLike[str]) -> list[GraphMolecule]:
     from .io import MoleculeFileError, read_molecules
 
     path = Path(path)
-    read_molecules(path)  # the strict reader: missing file, truncation, NaN -> clear errors
+    if not read_molecules(path):  # the strict reader: missing file, truncation, NaN -> clear errors
+        return []  # an empty file (RDKit's reader refuses one)
     out = []
     with rdkit_log_silenced():
         for i, mol in enumerate(Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)):

@@ -56,7 +56,8 @@ class PropertyConfig(ExperimentConfig):
             (self.data.half in HALVES, "data.half", f"must be one of {HALVES}"),
             (self.data.max_train >= 0, "data.max_train", "must be >= 0 (0: the whole half)"),
             (self.data.bucket_batches >= 1, "data.bucket_batches", "must be >= 1"),
-            (self.model.hidden >= 1 and self.model.layers >= 1, "model.hidden", "hidden and layers must be >= 1"),
+            (self.model.hidden >= 1, "model.hidden", "must be >= 1"),
+            (self.model.layers >= 1, "model.layers", "must be >= 1"),
             (self.eval.n_valid >= 0, "eval.n_valid", "must be >= 0"),
             (self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1"),
         ])

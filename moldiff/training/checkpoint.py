@@ -19,13 +19,29 @@ import torch
 from ..fileio import atomic_path
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "numbered_checkpoints",
-           "prune_checkpoints", "remove_temporaries", "CheckpointError"]
+           "prune_checkpoints", "remove_temporaries", "CheckpointError", "ShippedModelFile"]
 
 _STEP_RE = re.compile(r"step_(\d+)\.pt")
 
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class ShippedModelFile(CheckpointError):
+    """A shipped model's file (EMA weights only, :mod:`moldiff.pretrained`) where a training checkpoint was expected."""
+
+
+def _shipped_hint(path: Path, state: dict) -> str:
+    from ..pretrained import PRETRAINED, WEIGHTS
+
+    names = [n for n, (f, _) in PRETRAINED.items() if (WEIGHTS / f).resolve() == path.resolve()]
+    name = names[0] if names else "NAME"
+    how = (f"sample it with --pretrained {name} (Python: moldiff.pretrained({name!r}))" if names else
+           "sample or evaluate it by passing it to `moldiff sample` / `moldiff eval` as it is")
+    return (f"{path}: a shipped model file (task {state.get('task')!r}: EMA weights, no optimiser), not a training "
+            f"checkpoint; {how}, or warm-start a new run from it with train.init="
+            f"{'pretrained:' + name if names else path}")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -52,6 +68,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise CheckpointError(f"{path}: not a readable moldiff checkpoint ({type(e).__name__}: {e})") from e
+    if isinstance(state, dict) and str(state.get("format", "")).startswith("moldiff-pretrained"):
+        raise ShippedModelFile(_shipped_hint(path, state))
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path}: not a moldiff checkpoint (missing 'model' or 'config')")
     return state

@@ -57,8 +57,13 @@ def assimilate(
                       "sda")
     if length is None:
         length = getattr(getattr(task.cfg, "eval", None), "length", None)
-        if length is None:
-            raise ValueError("give the trajectory length")
+        fits = _lengths_for(task, observations.shape[-1])
+        if length is None or (fits and length not in fits):
+            span = f"{fits[0]}" if len(fits) == 1 else f"{fits[0]} to {fits[-1]}"
+            hint = f" ({observations.shape[-1]} observations per trajectory fit {span} states)" if fits else ""
+            default = "" if length is None else f"; the model's default, eval.length {length}, does not fit them"
+            raise ValueError(f"give the trajectory length: --length N, or a 'length' array in the observations "
+                             f"file{hint}{default}")
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     samples = task.assimilate(model, observations.float(), n=n, length=length, method=method, generator=gen,
@@ -84,6 +89,14 @@ def assimilate(
     return samples
 
 
+def _lengths_for(task, num_observations: int, longest: int = 4096) -> list[int]:
+    """Trajectory lengths whose observation by the task's operator gives ``num_observations`` values."""
+    op = getattr(task, "operator", None)
+    if op is None:
+        return []
+    return [n for n in range(1, longest + 1) if op.num_observations(n) == num_observations]
+
+
 def read_observations(path: str | Path, length: int | None) -> tuple[torch.Tensor, int | None]:
     import zipfile
 
@@ -94,6 +107,8 @@ def read_observations(path: str | Path, length: int | None) -> tuple[torch.Tenso
         raise FileNotFoundError(f"observations file not found: {path}")
     if path.suffix.lower() != ".npz":
         raise ValueError(f"{path}: observations are read from an .npz file with an array 'y' [B, P]")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an .npz archive (numpy.savez writes one, with an array 'y' [B, P])")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files} if hasattr(z, "files") else None

@@ -135,8 +135,10 @@ class TrajectoryConfig(ExperimentConfig):
             (self.data.size in ("full", "smoke"), "data.size", "must be full or smoke"),
             (self.data.n_train >= 0, "data.n_train", "must be >= 0 (0: all)"),
             (m.window >= 0, "model.window", "must be >= 0"),
-            (min(m.width, m.depth, m.blocks_per_level, *m.channels) >= 1 and len(m.channels) >= 1, "model.width",
-             "width, depth, blocks_per_level and every entry of channels must be >= 1"),
+            (m.width >= 1, "model.width", "must be >= 1"),
+            (m.depth >= 1, "model.depth", "must be >= 1"),
+            (m.blocks_per_level >= 1, "model.blocks_per_level", "must be >= 1"),
+            (len(m.channels) >= 1 and min(m.channels) >= 1, "model.channels", "needs at least one entry, each >= 1"),
             (m.backbone in ("mlp", "unet", "transformer"), "model.backbone", "must be mlp, unet or transformer"),
             (m.backbone == "mlp" or not lorenz, "model.backbone", "Lorenz states are vectors: use mlp"),
             (m.backbone != "mlp" or lorenz, "model.backbone", "fields need the unet or transformer backbone"),
@@ -299,6 +301,7 @@ class TrajectoryTask(SplitData, Task):
                              f"got {tuple(y.shape)}")
         if not torch.isfinite(y).all():
             raise ValueError("observations contain NaN or inf")
+        self.check_observation_scale(y, length)
         device = next(model.parameters()).device
         ev = self.cfg.eval
         rows = y.to(device).repeat_interleave(n, 0)  # [B * n, P]
@@ -319,6 +322,33 @@ class TrajectoryTask(SplitData, Task):
                                generator=generator, progress=progress)
             out.append(self.denormalize(z.detach()))
         return torch.cat(out).reshape(len(y), n, length, *self.shape)
+
+    #: observations farther than this many standard deviations of the data from its mean: an error (a warning
+    #: beyond the second)
+    OBSERVATION_SCALE_LIMITS = (100.0, 10.0)
+
+    def check_observation_scale(self, y: Tensor, length: int) -> float:
+        """How far (in standard deviations of the training data, as this operator observes them, plus the
+        observation noise) the farthest observation lies from the observed mean state; ``ValueError`` beyond
+        :data:`OBSERVATION_SCALE_LIMITS` [0] (a prior cannot reach it: wrong units?), a warning beyond [1]."""
+        import warnings
+
+        mean, std = self.stats
+        ref = mean.to(y.dtype).expand(1, length, *self.shape)
+        center = self.operator(ref)
+        spread = (self.operator(ref + std.to(y.dtype)) - self.operator(ref - std.to(y.dtype))).abs() / 2
+        spread = spread + self.cfg.observation.noise_std
+        z = float(((y - center) / spread).abs().max())
+        error, warn = self.OBSERVATION_SCALE_LIMITS
+        if z > warn:
+            lo, hi = float((center - 3 * spread).min()), float((center + 3 * spread).max())
+            msg = (f"observations range over [{float(y.min()):.3g}, {float(y.max()):.3g}], up to {z:.3g} standard "
+                   f"deviations of the training data from its mean (its observed values lie within about "
+                   f"[{lo:.3g}, {hi:.3g}])")
+            if z > error:
+                raise ValueError(msg + ": the prior cannot reach them; check their units and the observation operator")
+            warnings.warn(msg + ": the posterior will be far from anything the prior has seen", stacklevel=3)
+        return z
 
     def observe(self, truth: Tensor, generator: torch.Generator) -> Tensor:
         """Noisy observations ``[B, P]`` of physical trajectories ``[B, L, *S]``."""

@@ -193,6 +193,32 @@ def test_bad_molecule_files_exit_2_naming_the_problem(tmp_path, capsys):
     assert main(["sample", "--pretrained", "nope", "-n", "2", "--out", str(tmp_path / "x.sdf")]) == 2
     assert "unknown pretrained model 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x.sdf").exists()
+    # an empty file is named, in both protocols
+    (tmp_path / "empty.sdf").write_text("")
+    for extra in (["--graph"], []):
+        assert main(["eval-molecules", str(tmp_path / "empty.sdf"), "--no-novelty", "--no-progress", *extra]) == 2
+        assert "empty.sdf: holds no molecules" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_is_refused_before_sampling(tmp_path, capsys, monkeypatch):
+    import moldiff.api as api
+
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    for out in ("/proc/moldiff_test.sdf", str(tmp_path / "ro" / "x.sdf")):
+        if "ro" in out:  # a folder that refuses new files (as root, permission bits do not; a file in the way does)
+            (tmp_path / "ro").write_text("a file where the folder should be")
+        assert main(["sample", "--pretrained", "qm9", "-n", "2", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write {out}" in err and ".tmp" not in err and ".probe" not in err
+
+
+def test_a_shipped_file_given_as_a_checkpoint(tmp_path, capsys):
+    path = pretrained_path("qm9")
+    assert main(["sample", str(path), "-n", "2", "--steps", "3", "--out", str(tmp_path / "s.sdf"), "--no-progress"]) == 0
+    assert len(read_graph_sdf(tmp_path / "s.sdf")) == 2  # sampled as the shipped model it is
+    assert main(["train", "qm9_flow_cpu", "--resume", str(path), "--set", f"runs_root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "a shipped model file" in err and "--pretrained qm9" in err and "train.init=pretrained:qm9" in err
 
 
 def test_the_shipped_model_loads_strictly_and_samples(tmp_path):

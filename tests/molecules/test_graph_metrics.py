@@ -69,6 +69,22 @@ def test_broken_molecules_are_counted_never_raised():
     assert all(np.isfinite(v) for v in res.flat().values())
 
 
+def test_overlapping_atoms_are_never_valid_nor_stable_and_clash():
+    """Two bonded atoms at the same point (H2 collapsed; a methane H on its carbon): invalid and unstable in both
+    protocols, and a clash, whatever the bonds say."""
+    h2 = GraphMolecule([1, 1], [0, 0], [[0, 0, 0], [0, 0, 0]], [[0, 1, 1]])
+    m = methane()
+    m.positions[1] = m.positions[0] + 0.05
+    short = GraphMolecule([1, 1], [0, 0], [[0, 0, 0], [0.3, 0, 0]], [[0, 1, 1]])  # not overlapping, but no bond is 0.3 Å
+    ref = ReferenceStats.from_molecules([methane(), water()])
+    res = evaluate_graphs([h2, m, short], reference=ref, edm=True)
+    assert valence_stability(h2).tolist() == [False, False]
+    assert res.graph["validity"] == pytest.approx(1 / 3) and res.graph["mol_stability"] == pytest.approx(1 / 3)
+    assert res.failures["overlapping_atoms"] == 2
+    assert res.geometry["clash_rate"] == 1.0  # every molecule has a pair closer than 0.5 Å
+    assert res.edm["validity"] == pytest.approx(1 / 3)  # EDM's rule bonds the 0.3 Å pair; the overlapping ones fail
+
+
 def test_pyg_molecules_round_trip_and_are_scored_like_graph_molecules():
     from torch_geometric.data import Batch
 

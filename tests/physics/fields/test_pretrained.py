@@ -27,3 +27,67 @@ def test_a_shipped_prior_assimilates_a_short_window(name, dim, tmp_path, capsys)
     rc = main(["assimilate", "--pretrained", name, "--observations", str(obs), "--out", str(tmp_path / "x.npz"),
                "--set", "model.width=8"])
     assert rc == 2 and "model.width" in capsys.readouterr().err
+
+
+def _obs(tmp_path, value, length=20, P=12, name="obs.npz"):
+    path = tmp_path / name
+    kw = {"length": length} if length else {}
+    np.savez(path, y=np.full((1, P), value, np.float32), **kw)
+    return path
+
+
+@pytest.mark.parametrize("value", [1e20, 1e6])
+def test_observations_far_outside_the_prior_are_an_error_naming_the_scale(tmp_path, capsys, value):
+    out = tmp_path / "post.npz"
+    rc = main(["assimilate", "--pretrained", "lorenz63", "--observations", str(_obs(tmp_path, value)), "--out", str(out),
+               "-n", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "standard deviations of the training data" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_observations_somewhat_outside_the_prior_get_a_warning(tmp_path, capsys):
+    out = tmp_path / "post.npz"
+    with pytest.warns(UserWarning, match=r"observations range over \[100, 100\], up to .* standard deviations"):
+        rc = main(["assimilate", "--pretrained", "lorenz63", "--observations", str(_obs(tmp_path, 100.0)), "--out",
+                   str(out), "-n", "1", "--no-progress", "--set", "sampler.steps=4"])
+    assert rc == 0 and out.is_file()
+
+
+def test_diverging_dynamics_exit_2_without_a_traceback(tmp_path, capsys, monkeypatch):
+    from physics.fields.task import TrajectoryTask
+
+    def diverge(self, *a, **k):
+        raise FloatingPointError("lorenz63: the state diverged (non-finite values) within 0.05 MTU")
+
+    monkeypatch.setattr(TrajectoryTask, "assimilate", diverge)
+    rc = main(["assimilate", "--pretrained", "lorenz63", "--observations", str(_obs(tmp_path, 1.0)), "--out",
+               str(tmp_path / "p.npz"), "-n", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "diverged" in err and "nothing was written" in err and "Traceback" not in err
+
+
+def test_a_missing_length_is_named_with_the_lengths_that_fit(tmp_path, capsys):
+    rc = main(["assimilate", "--pretrained", "lorenz63", "--observations", str(_obs(tmp_path, 1.0, length=0)),
+               "--out", str(tmp_path / "p.npz"), "-n", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--length N" in err and "fit 16 to 20 states" in err
+
+
+def test_a_text_file_named_npz_gets_no_unsafe_advice(tmp_path, capsys):
+    bad = tmp_path / "obs.npz"
+    bad.write_text("y = 1, 2, 3\n")
+    rc = main(["assimilate", "--pretrained", "lorenz63", "--observations", str(bad), "--out", str(tmp_path / "p.npz"),
+               "-n", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not an .npz archive" in err and "pickle" not in err
+
+
+def test_an_unwritable_output_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import physics.fields.api as fapi
+
+    monkeypatch.setattr(fapi, "load_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    rc = main(["assimilate", "--pretrained", "lorenz63", "--observations", str(_obs(tmp_path, 1.0)),
+               "--out", "/proc/moldiff_test_x.npy", "-n", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot write /proc/moldiff_test_x.npy" in err and ".tmp" not in err
