@@ -12,7 +12,7 @@ from moldiff.config import ConfigError
 from moldiff.errors import NonFiniteError
 from moldiff.fileio import check_output_path, write_output
 
-__all__ = ["assimilate", "read_observations"]
+__all__ = ["assimilate", "read_observations", "ObservationFileError"]
 
 METHODS = ("sda", "mmps", "dps")
 
@@ -89,6 +89,10 @@ def assimilate(
     return samples
 
 
+class ObservationFileError(ValueError):
+    """An observations file that cannot be used (the CLI reports it and exits 2)."""
+
+
 def _lengths_for(task, num_observations: int, longest: int = 4096) -> list[int]:
     """Trajectory lengths whose observation by the task's operator gives ``num_observations`` values."""
     op = getattr(task, "operator", None)
@@ -98,6 +102,9 @@ def _lengths_for(task, num_observations: int, longest: int = 4096) -> list[int]:
 
 
 def read_observations(path: str | Path, length: int | None) -> tuple[torch.Tensor, int | None]:
+    """``(y [B, P] float64, length)`` from an observations file: ``.npz`` with a numeric array ``y`` (one
+    trajectory's ``[P]`` allowed) and optionally a positive integer ``length``; :class:`ObservationFileError` for
+    anything else (never another exception for a bad file; a missing one is ``FileNotFoundError``)."""
     import zipfile
 
     import numpy as np
@@ -106,34 +113,34 @@ def read_observations(path: str | Path, length: int | None) -> tuple[torch.Tenso
     if not path.is_file():
         raise FileNotFoundError(f"observations file not found: {path}")
     if path.suffix.lower() != ".npz":
-        raise ValueError(f"{path}: observations are read from an .npz file with an array 'y' [B, P]")
+        raise ObservationFileError(f"{path}: observations are read from an .npz file with an array 'y' [B, P]")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not an .npz archive (numpy.savez writes one, with an array 'y' [B, P])")
+        raise ObservationFileError(f"{path}: not an .npz archive (numpy.savez writes one, with an array 'y' [B, P])")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: np.asarray(z[k]) for k in z.files} if hasattr(z, "files") else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npz file ({e})") from e
+    except Exception as e:  # noqa: BLE001 -- numpy and zipfile raise many types for a corrupt archive
+        raise ObservationFileError(f"{path}: not a readable .npz file ({e})") from e
     if arrays is None or "y" not in arrays:
-        raise ValueError(f"{path}: no array 'y' (observations [B, P]) in the file; it has {sorted(arrays or [])}")
+        raise ObservationFileError(f"{path}: no array 'y' (observations [B, P]) in the file; it has {sorted(arrays or [])}")
     if arrays["y"].dtype.kind not in "biuf":
-        raise ValueError(f"{path}: observations 'y' must be numbers, got dtype {arrays['y'].dtype}")
+        raise ObservationFileError(f"{path}: observations 'y' must be numbers, got dtype {arrays['y'].dtype}")
     y = arrays["y"].astype(np.float64)
     file_length = None
     if "length" in arrays:
         raw = arrays["length"]
         if raw.ndim != 0 or raw.dtype.kind not in "iu" or int(raw) < 1:
-            raise ValueError(f"{path}: 'length' must be one positive integer (states per trajectory), got "
+            raise ObservationFileError(f"{path}: 'length' must be one positive integer (states per trajectory), got "
                              f"{raw.dtype} array of shape {raw.shape}")
         file_length = int(raw)
     if y.ndim == 1:
         y = y[None]
     if y.ndim != 2:
-        raise ValueError(f"{path}: observations must be [B, P], got shape {y.shape}")
+        raise ObservationFileError(f"{path}: observations must be [B, P], got shape {y.shape}")
     if y.shape[0] == 0 or y.shape[1] == 0:
-        raise ValueError(f"{path}: observations hold no trajectories or no values (shape {y.shape})")
+        raise ObservationFileError(f"{path}: observations hold no trajectories or no values (shape {y.shape})")
     if not np.isfinite(y).all():
-        raise ValueError(f"{path}: observations contain NaN or inf")
+        raise ObservationFileError(f"{path}: observations contain NaN or inf")
     return torch.from_numpy(y), length if length is not None else file_length
 
 
