@@ -79,9 +79,12 @@ def write(recs: list[dict], steps: int) -> None:
         for s in SAMPLERS:
             rows = [r for r in rec["rows"] if r["sampler"] == s]
             worst = max(r["w2"] for r in rows) / rec["floor"]
-            lines.append(f"| {rec['variant']} | {rec['label']} | {s} | {', '.join(str(r['beyond']) for r in rows)} | "
-                         f"{max(r['max_radius'] for r in rows):.1f} | {', '.join(f'{r['w2']:.3f}' for r in rows)} | "
-                         f"{', '.join(f'{r['w2_without']:.3f}' for r in rows)} | {worst:.2f} |")
+            beyond = ", ".join(str(r["beyond"]) for r in rows)
+            w2 = ", ".join(f"{r['w2']:.3f}" for r in rows)
+            w2_without = ", ".join(f"{r['w2_without']:.3f}" for r in rows)
+            radius = max(r["max_radius"] for r in rows)
+            lines.append(f"| {rec['variant']} | {rec['label']} | {s} | {beyond} | {radius:.1f} | {w2} | {w2_without} | "
+                         f"{worst:.2f} |")
     lines.append("")
     lines.append(f"Noise floor (W2 between two held-out sets of 2,000): {recs[0]['floor']:.3f}.")
     OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")

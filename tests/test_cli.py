@@ -309,6 +309,25 @@ def test_full_cycle_as_subprocesses(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_logs_suit_a_file(tmp_path):
+    """Progress to a log file (stderr not a terminal): no progress bars (no carriage returns), one line per
+    ``log_every`` training steps, no MLflow or alembic INFO lines (unless --verbose)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    env.pop("MLFLOW_LOGGING_LEVEL", None)
+    cmd = [sys.executable, "-m", "moldiff", "train", str(VP), *_sets(f"runs_root={tmp_path / 'r'}", "train.steps=20",
+                                                                      "train.log_every=10", "eval.samplers=[ode_rk45]",
+                                                                      "eval.nll_points=0")]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "\r" not in res.stderr and "it/s" not in res.stderr
+    assert "step 10/20" in res.stderr and "step 20/20" in res.stderr
+    assert " INFO " not in res.stderr  # a new MLflow store was created: its INFO lines are silenced
+    res = subprocess.run([*cmd[:4], str(VP), "--verbose", *_sets(f"runs_root={tmp_path / 'v'}", "train.steps=2",
+                                                                 "eval.samplers=[]", "eval.nll_points=0")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and " INFO " in res.stderr
+
+
 def test_bad_device_is_a_clean_error(work, capsys):
     rc, _, err = _run(capsys, "train", VP, "--no-progress",
                       *_sets(f"runs_root={work / 'runs'}", "tracking.enabled=false", "train.device=gpu"))
