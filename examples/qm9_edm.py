@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 import moldiff
+import moldiff.molecules
 from moldiff.molecules.draw import molecule_grid
 from moldiff.molecules.io import read_molecules
 
@@ -37,11 +38,11 @@ sdf = Path(args.runs_root) / "example_qm9_samples.sdf"
 moldiff.sample(result.checkpoint, n, out=sdf, sampler="ancestral", steps=steps, seed=1, progress=False)
 
 # Score the file with the EDM protocol; novelty is against QM9's training SMILES (built once, cached).
-metrics = moldiff.evaluate_molecule_file(sdf, novelty=not args.tiny, progress=False)
+metrics = moldiff.molecules.evaluate_molecule_file(sdf, novelty=not args.tiny, progress=False)
 print("samples:\n" + metrics.table())
 
 # The same evaluator on real QM9 molecules: this is EDM's "data" row (full split: `moldiff eval-molecules --dataset qm9`).
-data = moldiff.evaluate_dataset("qm9", "train", limit=200 if args.tiny else 5000, novelty=False, progress=False)
+data = moldiff.molecules.evaluate_dataset("qm9", "train", limit=200 if args.tiny else 5000, novelty=False, progress=False)
 print("QM9 training molecules:\n" + data.table())
 
 fig = molecule_grid(read_molecules(sdf)[:8], title="sampled molecules")

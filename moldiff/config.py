@@ -390,12 +390,24 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+def config_folders() -> dict[str, Path]:
+    """The config folders that installed plugins ship, by plugin (the ``moldiff.configs`` entry points)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: Path(ep.load()) for ep in entry_points(group="moldiff.configs")}
 
 
 def shipped_configs() -> dict[str, Path]:
-    """The configs that ship inside the package, by name (``toy2d_vp``, ``smoke/toy2d_vp``, ...)."""
-    return {str(p.relative_to(SHIPPED_CONFIGS).with_suffix("")): p for p in sorted(SHIPPED_CONFIGS.rglob("*.yaml"))}
+    """The configs that ship with moldiff's plugins, by name (``toy2d_vp``, ``smoke/toy2d_vp``, ``qm9_flow_cpu``,
+    ...); a name two plugins both ship is a :class:`ConfigError` naming both files."""
+    out: dict[str, Path] = {}
+    for folder in config_folders().values():
+        for p in sorted(folder.rglob("*.yaml")):
+            name = str(p.relative_to(folder).with_suffix(""))
+            if name in out:
+                raise ConfigError(f"two plugins ship a config named {name!r}: {out[name]} and {p}")
+            out[name] = p
+    return dict(sorted(out.items()))
 
 
 def resolve_config(source: str | Path) -> Path:

@@ -1,13 +1,18 @@
 """Models that ship inside the package: ``moldiff.pretrained("qm9")`` / ``moldiff sample --pretrained qm9``.
 
-A shipped model is one file in ``moldiff/weights/``: the EMA weights in fp16, the config that built them and
-the training step, written by :func:`export_pretrained` from a training checkpoint.  It loads offline with
-``torch.load(weights_only=True)`` and strict keys.
+A shipped model is one file that a plugin ships beside its code (the molecules' ``qm9`` in
+``moldiff/molecules/weights/``, the Lorenz priors in ``physics/weights/``) and registers under its name in the
+``moldiff.pretrained`` entry-point group (a :class:`ShippedModel`), so the core names none of them.  The file holds
+the EMA weights in fp16, the config that built them, the training step, the lineage and what sampling needs
+(:meth:`~moldiff.tasks.Task.sampling_state`), written by :func:`export_pretrained` from a training checkpoint.  It
+loads offline with ``torch.load(weights_only=True)`` and strict keys.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +21,64 @@ from torch import nn
 
 from .tasks import Task, get_task
 
-__all__ = ["PRETRAINED", "Pretrained", "pretrained", "pretrained_path", "export_pretrained", "load_pretrained_file"]
+__all__ = ["PRETRAINED", "ShippedModel", "Pretrained", "pretrained", "pretrained_path", "shipped_models",
+           "register_pretrained", "export_pretrained", "load_pretrained_file"]
 
-WEIGHTS = Path(__file__).resolve().parent / "weights"
 FORMAT = "moldiff-pretrained-1"
 
-#: name -> (file in moldiff/weights, what it is)
-PRETRAINED: dict[str, tuple[str, str]] = {
-    "qm9": ("qm9_flow.pt", "QM9 molecules with bonds and charges: flow matching, MolGraphNet 6 x 128 (configs/qm9_flow_cpu.yaml)"),
-    "lorenz63": ("lorenz63_prior.pt", "Lorenz-63 trajectory prior for assimilation: local score over 9 states of 0.05 "
-                 "MTU (MLP 256 x 4); SDA with the dynamics as a weak constraint (configs/lorenz63_sda.yaml)"),
-    "lorenz96": ("lorenz96_prior.pt", "Lorenz-96 (40 variables, F = 8) trajectory prior for assimilation: local score "
-                 "over 5 states of 0.05 MTU (MLP 256 x 4); SDA with the dynamics as a weak constraint "
-                 "(configs/lorenz96_sda.yaml)"),
-}
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model a plugin ships: its file and one line on what it is."""
+
+    file: Path
+    description: str
+
+
+_REGISTERED: dict[str, ShippedModel] = {}
+
+
+def register_pretrained(name: str, model: ShippedModel) -> None:
+    """Make a shipped model available by name (plugins normally use the ``moldiff.pretrained`` entry points)."""
+    _REGISTERED[name] = model
+
+
+def shipped_models() -> dict[str, ShippedModel]:
+    """Every shipped model by name: the ``moldiff.pretrained`` entry points of installed plugins, then
+    :func:`register_pretrained` calls."""
+    out = {}
+    for ep in entry_points(group="moldiff.pretrained"):
+        model = ep.load()
+        if not isinstance(model, ShippedModel):
+            raise TypeError(f"entry point moldiff.pretrained:{ep.name} is not a ShippedModel ({ep.value})")
+        out[ep.name] = model
+    return {**out, **_REGISTERED}
+
+
+class _Registry(Mapping):
+    """``PRETRAINED[name] -> (file, description)``, read from :func:`shipped_models` when used."""
+
+    def __getitem__(self, name: str) -> tuple[Path, str]:
+        m = shipped_models()[name]
+        return m.file, m.description
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(shipped_models())
+
+    def __len__(self) -> int:
+        return len(shipped_models())
+
+
+#: name -> (file, what it is), for every shipped model
+PRETRAINED: Mapping[str, tuple[Path, str]] = _Registry()
 
 
 def pretrained_path(name: str) -> Path:
     """The file of a shipped model; ``ValueError`` naming the available ones for an unknown name."""
-    if name not in PRETRAINED:
-        raise ValueError(f"unknown pretrained model {name!r}; available: {', '.join(sorted(PRETRAINED))}")
-    path = WEIGHTS / PRETRAINED[name][0]
+    models = shipped_models()
+    if name not in models:
+        raise ValueError(f"unknown pretrained model {name!r}; available: {', '.join(sorted(models)) or 'none'}")
+    path = models[name].file
     if not path.is_file():
         raise FileNotFoundError(f"pretrained model {name!r}: {path} is missing from this installation")
     return path
@@ -114,27 +156,20 @@ class Pretrained:
         return self.task.sample(self.model, n, generator=gen, sampler=scfg, progress=progress)
 
 
-    def complete(self, scaffold, n: int, *, steps: int | None = None, sizes=None, resample: int = 1, noise: float = 0.0,
-                 seed: int = 0, progress: bool = False) -> list:
-        """``n`` molecules that contain ``scaffold`` (a :class:`~moldiff.molecules.graph_mol.GraphMolecule`, a
-        PyG ``Data`` with ``z``, ``pos`` and bonds, or an RDKit ``Mol`` with a conformer): its atoms, charges, bonds and geometry are kept, the rest is generated
-        by inpainting (``qm9`` only; ``sizes``: the molecules' atom counts, default drawn from the training
-        histogram above the scaffold's size; ``resample``, ``noise``: see
-        :meth:`~moldiff.molecules.flow_task.QM9FlowTask.sample`)."""
+    def complete(self, given, n: int, *, steps: int | None = None, seed: int = 0, progress: bool = False,
+                 **options) -> list:
+        """``n`` samples that contain ``given`` (inpainting; the task's :meth:`~moldiff.tasks.Task.complete`): for
+        ``qm9`` a scaffold -- a :class:`~moldiff.molecules.graph_mol.GraphMolecule`, a PyG ``Data`` with ``z``,
+        ``pos`` and bonds, or an RDKit ``Mol`` with a conformer -- whose atoms, charges, bonds and geometry are kept
+        (``options``: ``sizes``, ``resample``, ``noise``; see :meth:`~moldiff.molecules.flow_task.QM9FlowTask.
+        complete`)."""
         import dataclasses
-
-        from .molecules.graph_mol import GraphMolecule, from_rdkit
 
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        if hasattr(scaffold, "pos") and hasattr(scaffold, "z"):  # a PyG Data
-            scaffold = GraphMolecule.from_pyg(scaffold)
-        elif not isinstance(scaffold, GraphMolecule):
-            scaffold = from_rdkit(scaffold)
         scfg = self.task.cfg.sampler if steps is None else dataclasses.replace(self.task.cfg.sampler, steps=steps)
         gen = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
-        return self.task.sample(self.model, n, generator=gen, sampler=scfg, progress=progress, scaffold=scaffold,
-                                sizes=sizes, resample=resample, noise=noise)
+        return self.task.complete(self.model, given, n, generator=gen, sampler=scfg, progress=progress, **options)
 
 
 def pretrained(name: str = "qm9", *, device: str = "auto") -> Pretrained:

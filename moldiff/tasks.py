@@ -60,6 +60,12 @@ class Task:
         """``n`` samples from the model with the config's (or the given) sampler."""
         raise NotImplementedError
 
+    def complete(self, model: nn.Module, given: Any, n: int, *, generator: torch.Generator, sampler=None,
+                 progress: bool = True, **options) -> Any:
+        """``n`` samples that contain ``given`` (inpainting: the task says what a given part is); tasks without it
+        raise :class:`NotImplementedError`."""
+        raise NotImplementedError(f"task {self.name!r} does not complete a given part")
+
     def evaluate(self, model: nn.Module, *, generator: torch.Generator, progress: bool = True) -> EvalResult:
         raise NotImplementedError
 

@@ -488,12 +488,19 @@ def test_shipped_configs_by_name_from_any_folder(tmp_path, capsys, monkeypatch):
 
 
 def test_the_wheel_carries_the_configs(tmp_path):
-    """A non-editable install has the configs: they are package data of the wheel."""
+    """A non-editable install has every plugin's configs and shipped models: package data of the wheel, registered
+    through its entry points."""
     import zipfile
 
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(root), "-w",
                     str(tmp_path)], check=True, capture_output=True, timeout=300)
-    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
-    shipped = {p.name for p in (root / "moldiff" / "configs").glob("*.yaml")}
-    assert shipped and shipped <= {Path(n).name for n in names if n.startswith("moldiff/configs/")}
+    wheel = zipfile.ZipFile(next(tmp_path.glob("*.whl")))
+    names = set(wheel.namelist())
+    for folder in ("moldiff/molecules/configs", "moldiff/molecules/configs/smoke", "physics/configs",
+                   "physics/configs/smoke"):
+        shipped = {f"{folder}/{p.name}" for p in (root / folder).glob("*.yaml")}
+        assert shipped and shipped <= names, folder
+    assert {"moldiff/molecules/weights/qm9_flow.pt", "physics/weights/lorenz63_prior.pt"} <= names
+    eps = next(wheel.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    assert "[moldiff.configs]" in eps and "[moldiff.pretrained]" in eps

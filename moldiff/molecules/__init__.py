@@ -17,6 +17,9 @@ _NAMES = {
     "features": ["MoleculeEncoding", "UnsupportedElementError", "ELEMENTS"],
     "task": ["QM9Task", "QM9Config"],
     "draw": ["molecule_grid"],
+    "api": ["evaluate_molecule_file", "evaluate_dataset", "evaluate_graph_file", "relax_graph_file",
+            "evaluate_property_conditioning"],
+    "relax": ["relax_molecules"],
 }
 _WHERE = {name: module for module, names in _NAMES.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -45,7 +45,7 @@ from ..diffusion import (
 from ..tasks import EvalResult, Task
 from .batches import BatchPlan, size_groups
 from .features import ELEMENTS, UnsupportedElementError
-from .graph_mol import GraphMolecule
+from .graph_mol import GraphMolecule, from_rdkit
 from .graphs import BOND_ORDERS, CHARGES
 from .properties import CONDITIONING_PROPERTIES, HALVES, PropertyScale, property_values
 from .task import QM9Data, QM9Source
@@ -596,6 +596,20 @@ class QM9FlowTask(QM9Source, Task):
             for k, mol in zip(idx, self.decode(final, layout, sz)):
                 out[k] = mol
         return out
+
+    def complete(self, model, scaffold, n: int, *, generator, sampler: SamplerConfig | None = None,
+                 progress: bool = True, sizes: np.ndarray | None = None, resample: int = 1,
+                 noise: float = 0.0) -> list[GraphMolecule]:
+        """``n`` molecules that contain ``scaffold`` (a :class:`GraphMolecule`, a PyG ``Data`` with ``z``, ``pos``
+        and bonds, or an RDKit ``Mol`` with a conformer): its atoms, charges, bonds and geometry are kept, the rest
+        is generated (:meth:`sample` with ``scaffold``; ``sizes`` default to the training histogram above the
+        scaffold's size)."""
+        if hasattr(scaffold, "pos") and hasattr(scaffold, "z"):  # a PyG Data
+            scaffold = GraphMolecule.from_pyg(scaffold)
+        elif not isinstance(scaffold, GraphMolecule):
+            scaffold = from_rdkit(scaffold)
+        return self.sample(model, n, generator=generator, sampler=sampler, progress=progress, scaffold=scaffold,
+                           sizes=sizes, resample=resample, noise=noise)
 
     @staticmethod
     def decode(state: MixedState, layout: GraphBatch, sizes: np.ndarray) -> list[GraphMolecule]:

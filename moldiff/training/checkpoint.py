@@ -33,9 +33,9 @@ class ShippedModelFile(CheckpointError):
 
 
 def _shipped_hint(path: Path, state: dict) -> str:
-    from ..pretrained import PRETRAINED, WEIGHTS
+    from ..pretrained import shipped_models
 
-    names = [n for n, (f, _) in PRETRAINED.items() if (WEIGHTS / f).resolve() == path.resolve()]
+    names = [n for n, m in shipped_models().items() if m.file.resolve() == path.resolve()]
     name = names[0] if names else "NAME"
     how = (f"sample it with --pretrained {name} (Python: moldiff.pretrained({name!r}))" if names else
            "sample or evaluate it by passing it to `moldiff sample` / `moldiff eval` as it is")
