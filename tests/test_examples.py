@@ -1,6 +1,7 @@
-"""Every example runs (in a tiny setting)."""
+"""Every example runs (in a tiny setting), and examples/README.md lists each."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,8 @@ def test_example_runs(script, tmp_path):
     else:
         assert "W2 to held-out data" in out.stdout
         assert list((tmp_path / "runs").glob("example_*.png"))
+
+
+def test_the_examples_readme_lists_every_example():
+    listed = set(re.findall(r"^\| `(\w+\.py)` \|", (ROOT / "examples" / "README.md").read_text(), re.M))
+    assert listed == {p.name for p in (ROOT / "examples").glob("*.py")}
