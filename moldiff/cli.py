@@ -215,11 +215,10 @@ def _check_eval_paths(args) -> None:
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
-    if not metrics:
-        return
-    width = max(len(k) for k in metrics)
-    for k in sorted(metrics):
-        print(f"  {k:<{width}}  {metrics[k]:.4f}")
+    from .metrics import text_table
+
+    if metrics:
+        print(text_table([(k, f"{metrics[k]:.4f}") for k in sorted(metrics)], indent="  "))
 
 
 if __name__ == "__main__":

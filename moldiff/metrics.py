@@ -6,7 +6,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["wasserstein2", "count_outliers"]
+__all__ = ["wasserstein2", "count_outliers", "text_table"]
+
+
+def text_table(rows: list[tuple[str, str]], counts: dict[str, int] | None = None, *, indent: str = "",
+               counts_title: str = "failures:") -> str:
+    """The one plain-text metrics table: ``(name, value)`` rows with the names aligned and the values right-aligned,
+    then, if any, ``counts`` (e.g. failures by reason) under ``counts_title``."""
+    if not rows and not counts:
+        return ""
+    lines = []
+    if rows:
+        w = max(len(k) for k, _ in rows)
+        lines += [f"{indent}{k:<{w}}  {v:>10}" for k, v in rows]
+    if counts:
+        lines.append(counts_title)
+        fw = max(len(k) for k in counts)
+        lines += [f"{indent}  {k:<{fw}}  {v:>8d}" for k, v in sorted(counts.items())]
+    return "\n".join(lines)
 
 
 def _np(x: Tensor | np.ndarray) -> np.ndarray:

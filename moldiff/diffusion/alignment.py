@@ -175,7 +175,7 @@ def _align_pairs(X: np.ndarray, Y: np.ndarray, F0: np.ndarray | None, F1: np.nda
     return c[pick], p[pick], q[pick]
 
 
-def _equivariant_solve(x0: np.ndarray, x1: np.ndarray, *, reflections=False, starts="pca", iterations=10,
+def equivariant_solve(x0: np.ndarray, x1: np.ndarray, *, reflections=False, starts="pca", iterations=10,
                        chunk_bytes=2**25):
     """Best alignment of every pair ``(x0[i], x1[j])`` of centred clouds ``[B0, n, d], [B1, n, d]``:
     ``cost [B0, B1]``, ``perm [B0, B1, n]``, ``Q [B0, B1, d, d]`` with ``x1[j][perm[i, j]] @ Q[i, j] ~ x0[i]``."""
@@ -211,7 +211,7 @@ def align_pairs(x0: np.ndarray, x1: np.ndarray, *, reflections: bool = False, st
                         iterations=iterations, reflections=reflections)
 
 
-def _as_clouds(x: Tensor, name: str) -> np.ndarray:
+def as_clouds(x: Tensor, name: str) -> np.ndarray:
     if x.dim() != 3:
         raise ValueError(f"{name} must be dense particle states [B, n, d], got shape {tuple(x.shape)}")
     return x.detach().to("cpu", torch.float64).numpy()
@@ -232,7 +232,7 @@ def align(x: Tensor, y: Tensor, *, reflections: bool = False, starts: str = "pca
     return aligned[0, 0], float(cost[0, 0])
 
 
-def _apply(x0: np.ndarray, x1: np.ndarray, perm: np.ndarray, Q: np.ndarray) -> np.ndarray:
+def apply_alignment(x0: np.ndarray, x1: np.ndarray, perm: np.ndarray, Q: np.ndarray) -> np.ndarray:
     """``x1c[perm] @ Q + com(x0)`` for matching leading dims: ``x0, x1 [..., n, d]``."""
     y = np.take_along_axis(remove_com_dense(x1), perm[..., None], axis=-2) @ Q
     return y + x0.mean(-2, keepdims=True)
@@ -301,16 +301,16 @@ def equivariant_cost_matrix(
     (``"pca"``) ``iterations=3`` is 1.7x faster for a 2% higher mean cost, ``iterations=1`` (one Hungarian
     + Kabsch per start) 4x faster for +6%.
     """
-    X0, X1 = _as_clouds(x0, "x0"), _as_clouds(x1, "x1")
+    X0, X1 = as_clouds(x0, "x0"), as_clouds(x1, "x1")
     if X0.shape[1:] != X1.shape[1:]:
         raise ValueError(f"particle shapes differ: {X0.shape[1:]} vs {X1.shape[1:]}")
     if not (np.isfinite(X0).all() and np.isfinite(X1).all()):
         raise ValueError("equivariant_cost_matrix needs finite states")
-    cost, perm, Q = _equivariant_solve(remove_com_dense(X0), remove_com_dense(X1), reflections=reflections, starts=starts,
+    cost, perm, Q = equivariant_solve(remove_com_dense(X0), remove_com_dense(X1), reflections=reflections, starts=starts,
                                        iterations=iterations)
     if not return_aligned:
         return cost, None
-    aligned = _apply(X0[:, None], X1[None], perm, Q)
+    aligned = apply_alignment(X0[:, None], X1[None], perm, Q)
     return cost, torch.from_numpy(aligned).to(x1.device, x1.dtype)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .alignment import START_KINDS, _apply, _as_clouds, _equivariant_solve, align_pairs, equivariant_cost_matrix
+from .alignment import START_KINDS, apply_alignment, as_clouds, equivariant_solve, align_pairs, equivariant_cost_matrix
 from .spaces import remove_com_dense
 
 __all__ = [
@@ -429,11 +429,11 @@ class Coupler:
             return x0, x1
         equivariant = self.kind.startswith("eq_")
         if equivariant:
-            X0, X1 = _as_clouds(x0, "x0"), _as_clouds(x1, "x1")
+            X0, X1 = as_clouds(x0, "x0"), as_clouds(x1, "x1")
             if X0.shape[1:] != X1.shape[1:]:
                 raise ValueError(f"particle shapes differ: {X0.shape[1:]} vs {X1.shape[1:]}")
             if np.isfinite(X0).all() and np.isfinite(X1).all():
-                C, perm, Q = _equivariant_solve(remove_com_dense(X0), remove_com_dense(X1), reflections=self.reflections,
+                C, perm, Q = equivariant_solve(remove_com_dense(X0), remove_com_dense(X1), reflections=self.reflections,
                                                 starts=self.starts, iterations=self.iterations)
             else:
                 C = np.full((B, B), np.nan)  # ot_plan falls back to the independent plan, with a warning
@@ -463,5 +463,5 @@ class Coupler:
         ii, jj = i.to(x0.device), j.to(x1.device)
         if not equivariant:
             return x0[ii], x1[jj]
-        aligned = _apply(X0[iv], X1[jv], p, q)
+        aligned = apply_alignment(X0[iv], X1[jv], p, q)
         return x0[ii], torch.from_numpy(aligned).to(x1.device, x1.dtype)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
-from .samplers import Callback, _finish, _steps, ancestral_update
+from .samplers import Callback, denoise_end, step_bar, ancestral_update
 
 __all__ = ["GaussianObservation", "PosteriorDenoiser", "MMPSDenoiser", "sample_dps"]
 
@@ -243,7 +243,7 @@ def sample_dps(
     """Diffusion posterior sampling along ``ts``: an ancestral step, then ``x -= zeta grad_{x_t} ||r(x0_hat)||``."""
     if zeta < 0:
         raise ValueError(f"zeta must be >= 0, got {zeta}")
-    for i in _steps(ts, progress, "dps"):
+    for i in step_bar(ts, progress, "dps"):
         t, s = ts[i], ts[i + 1]
         tb = model.batch_time(t, x)
         with torch.enable_grad():
@@ -254,4 +254,4 @@ def sample_dps(
         x = ancestral_update(model, x.detach(), eps.detach(), t, s, generator) - zeta * grad
         if callback is not None:
             callback({"i": i, "t": s, "x": x})
-    return _finish(model, x, ts, denoise, cond)
+    return denoise_end(model, x, ts, denoise, cond)

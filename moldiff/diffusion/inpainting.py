@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .denoiser import Denoiser
 from .guidance import GaussianObservation
-from .samplers import Callback, _steps, ancestral_update
+from .samplers import Callback, step_bar, ancestral_update
 
 __all__ = ["sample_repaint", "inpainting_observation", "translate_onto_known"]
 
@@ -84,7 +84,7 @@ def sample_repaint(
         return space.project(torch.where(mask, noisy, state))
 
     x = paste(x, ts[0])
-    for i in _steps(ts, progress, "repaint"):
+    for i in step_bar(ts, progress, "repaint"):
         t, s = ts[i], ts[i + 1]
         for u in range(resample):
             eps = model.eps(x, model.batch_time(t, x), cond)

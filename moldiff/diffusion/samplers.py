@@ -45,6 +45,7 @@ __all__ = [
     "ancestral_update",
     "langevin_correct",
     "SAMPLERS",
+    "ODE_SAMPLERS",
     "PREDICTORS",
     "get_sampler",
 ]
@@ -52,11 +53,11 @@ __all__ = [
 Callback = Callable[[dict], None]
 
 
-def _steps(ts: Tensor, progress: bool, desc: str):
+def step_bar(ts: Tensor, progress: bool, desc: str):
     return progress_bar(range(len(ts) - 1), enabled=progress, desc=desc, leave=False)
 
 
-def _finish(model: Denoiser, x: Tensor, ts: Tensor, denoise: bool, cond=None) -> Tensor:
+def denoise_end(model: Denoiser, x: Tensor, ts: Tensor, denoise: bool, cond=None) -> Tensor:
     return model.x0(x, model.batch_time(ts[-1], x), cond) if denoise else x
 
 
@@ -105,11 +106,11 @@ def sample_ancestral(
     cond=None,
 ) -> Tensor:
     """Ancestral sampling along ``ts`` (see module docstring)."""
-    for i in _steps(ts, progress, "ancestral"):
+    for i in step_bar(ts, progress, "ancestral"):
         x = _ancestral_step(model, x, ts[i], ts[i + 1], generator, cond)
         if callback is not None:
             callback({"i": i, "t": ts[i + 1], "x": x})
-    return _finish(model, x, ts, denoise, cond)
+    return denoise_end(model, x, ts, denoise, cond)
 
 
 def sample_ddim(
@@ -124,11 +125,11 @@ def sample_ddim(
     cond=None,
 ) -> Tensor:
     """Deterministic DDIM along ``ts`` (``generator`` is accepted for a uniform signature)."""
-    for i in _steps(ts, progress, "ddim"):
+    for i in step_bar(ts, progress, "ddim"):
         x = _ddim_step(model, x, ts[i], ts[i + 1], cond=cond)
         if callback is not None:
             callback({"i": i, "t": ts[i + 1], "x": x})
-    return _finish(model, x, ts, denoise, cond)
+    return denoise_end(model, x, ts, denoise, cond)
 
 
 def sample_euler_maruyama(
@@ -143,11 +144,11 @@ def sample_euler_maruyama(
     cond=None,
 ) -> Tensor:
     """Euler-Maruyama on the reverse-time SDE along ``ts``."""
-    for i in _steps(ts, progress, "euler-maruyama"):
+    for i in step_bar(ts, progress, "euler-maruyama"):
         x = _em_step(model, x, ts[i], ts[i + 1], generator, cond)
         if callback is not None:
             callback({"i": i, "t": ts[i + 1], "x": x})
-    return _finish(model, x, ts, denoise, cond)
+    return denoise_end(model, x, ts, denoise, cond)
 
 
 def langevin_correct(
@@ -190,14 +191,14 @@ def sample_pc(
     if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
     step = PREDICTORS[predictor]
-    for i in _steps(ts, progress, "predictor-corrector"):
+    for i in step_bar(ts, progress, "predictor-corrector"):
         t, s = ts[i], ts[i + 1]
         x = langevin_correct(model, x, t, s, snr=snr, steps=corrector_steps, generator=generator, cond=cond)
         if step is not None:
             x = step(model, x, t, s, generator, cond)
         if callback is not None:
             callback({"i": i, "t": s, "x": x})
-    return _finish(model, x, ts, denoise, cond)
+    return denoise_end(model, x, ts, denoise, cond)
 
 
 def sample_ode(
@@ -221,7 +222,7 @@ def sample_ode(
         return model.velocity(y, model.batch_time(t, y), cond)
 
     sol = integrate_ode(velocity, x, ts, method=method, rtol=rtol, atol=atol, callback=callback, progress=progress)
-    return _finish(model, sol.x, ts, denoise, cond)
+    return denoise_end(model, sol.x, ts, denoise, cond)
 
 
 def sample_heun_churn(
@@ -258,7 +259,7 @@ def sample_heun_churn(
         alpha, _ = proc.marginal(t)
         return model.x0(alpha * y, model.batch_time(t, y), cond)
 
-    for i in _steps(ts, progress, "heun-churn"):
+    for i in step_bar(ts, progress, "heun-churn"):
         t, t_next = ts[i], ts[i + 1]
         a_t, sig_t = proc.marginal(t)
         level, level_next = sig_t / a_t, proc.noise_level(t_next)
@@ -277,10 +278,13 @@ def sample_heun_churn(
         x = proc.marginal(t_next).alpha * y_next
         if callback is not None:
             callback({"i": i, "t": t_next, "x": x})
-    return _finish(model, x, ts, denoise, cond)
+    return denoise_end(model, x, ts, denoise, cond)
 
 
 PREDICTORS = {"euler_maruyama": _em_step, "ancestral": _ancestral_step, "ddim": _ddim_step, "none": None}
+
+#: the probability-flow ODE samplers (the deterministic ones a flow model or a likelihood uses)
+ODE_SAMPLERS = ("ode_euler", "ode_heun", "ode_rk45")
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ancestral": sample_ancestral,

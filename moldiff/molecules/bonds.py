@@ -145,12 +145,12 @@ _T2 = _threshold_table(BONDS2, MARGINS[1])
 _T3 = _threshold_table(BONDS3, MARGINS[2])
 
 #: ``[119, _MAX_VALENCES]`` allowed valences, padded with -1 (never equal to a bond-order sum).
-_VALENCES = np.full((_SIZE, _MAX_VALENCES), -1, dtype=np.int64)
-_KNOWN = np.zeros(_SIZE, dtype=bool)
+VALENCE_TABLE = np.full((_SIZE, _MAX_VALENCES), -1, dtype=np.int64)
+KNOWN_ELEMENTS = np.zeros(_SIZE, dtype=bool)
 for _sym, _val in ALLOWED_BONDS.items():
     _vals = _val if isinstance(_val, list) else [_val]
-    _VALENCES[_Z[_sym], : len(_vals)] = _vals
-    _KNOWN[_Z[_sym]] = True
+    VALENCE_TABLE[_Z[_sym], : len(_vals)] = _vals
+    KNOWN_ELEMENTS[_Z[_sym]] = True
 del _sym, _val, _vals
 
 
@@ -159,15 +159,15 @@ def element_symbol(z: int) -> str:
     return ELEMENT_SYMBOLS.get(int(z), f"Z{int(z)}")
 
 
-def _as_numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch
         x = x.detach().cpu().numpy()
     return np.asarray(x)
 
 
-def _table_index(atomic_numbers: Any) -> np.ndarray:
+def table_index(atomic_numbers: Any) -> np.ndarray:
     """Atomic numbers as int64 ``[n]`` indices into the lookup tables (out of range -> 0, no element)."""
-    z = _as_numpy(atomic_numbers)
+    z = as_numpy(atomic_numbers)
     if z.ndim != 1:
         raise ValueError(f"atomic_numbers must have shape [n], got {z.shape}")
     if z.dtype.kind == "f":
@@ -181,11 +181,11 @@ def _table_index(atomic_numbers: Any) -> np.ndarray:
 
 def is_known_element(atomic_numbers: Any) -> np.ndarray:
     """``[n]`` bool: the element has an allowed valence in EDM's table (so it can ever be stable)."""
-    return _KNOWN[_table_index(atomic_numbers)]
+    return KNOWN_ELEMENTS[table_index(atomic_numbers)]
 
 
 def _positions(positions: Any, n: int) -> np.ndarray:
-    pos = np.asarray(_as_numpy(positions), dtype=np.float64)
+    pos = np.asarray(as_numpy(positions), dtype=np.float64)
     if pos.shape != (n, 3):
         raise ValueError(f"positions must have shape [{n}, 3], got {pos.shape}")
     return pos
@@ -194,7 +194,7 @@ def _positions(positions: Any, n: int) -> np.ndarray:
 def pairwise_distances(positions: Any) -> np.ndarray:
     """``[n, n]`` float64 Euclidean distances (Å) of ``positions [n, 3]`` (Å).  Non-finite positions give
     NaN/inf distances (no warning), which never count as bonds."""
-    pos = np.asarray(_as_numpy(positions), dtype=np.float64)
+    pos = np.asarray(as_numpy(positions), dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != 3:
         raise ValueError(f"positions must have shape [n, 3], got {pos.shape}")
     with np.errstate(invalid="ignore", over="ignore"):
@@ -205,15 +205,15 @@ def pairwise_distances(positions: Any) -> np.ndarray:
 def bond_orders_from_distances(atomic_numbers: Any, distances: np.ndarray) -> np.ndarray:
     """EDM's bond orders ``[n, n]`` int64 (0 none, 1 single, 2 double, 3 triple; diagonal 0) from
     ``atomic_numbers [n]`` and a distance matrix ``[n, n]`` in Å."""
-    z = _table_index(atomic_numbers)
+    z = table_index(atomic_numbers)
     d = np.asarray(distances, dtype=np.float64)
     if d.shape != (len(z), len(z)):
         raise ValueError(f"distances must have shape [{len(z)}, {len(z)}], got {d.shape}")
-    return _orders(z, d)
+    return orders_from_table(z, d)
 
 
-def _orders(z: np.ndarray, distances: np.ndarray) -> np.ndarray:
-    """:func:`bond_orders_from_distances` on table indices ``z`` (from :func:`_table_index`)."""
+def orders_from_table(z: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """:func:`bond_orders_from_distances` on table indices ``z`` (from :func:`table_index`)."""
     d = 100.0 * distances  # Å -> pm, as EDM
     zi, zj = z[:, None], z[None, :]
     with np.errstate(invalid="ignore"):
@@ -230,27 +230,27 @@ def bond_orders(atomic_numbers: Any, positions: Any) -> np.ndarray:
     """EDM's ``get_bond_order`` for every pair: ``atomic_numbers [n]`` int, ``positions [n, 3]`` in Å ->
     ``[n, n]`` int64 symmetric bond-order matrix (0-3), diagonal 0.  Unknown elements and non-finite
     positions bond to nothing."""
-    z = _table_index(atomic_numbers)
-    return _orders(z, pairwise_distances(_positions(positions, len(z))))
+    z = table_index(atomic_numbers)
+    return orders_from_table(z, pairwise_distances(_positions(positions, len(z))))
 
 
 def stability_from_orders(atomic_numbers: Any, orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(stable [n] bool, bond_order_sum [n] int64)`` from a bond-order matrix ``[n, n]``: an atom is
     stable iff its bond-order sum is one of its element's allowed valences (unknown elements: never)."""
-    return _stability(_table_index(atomic_numbers), np.asarray(orders, dtype=np.int64))
+    return _stability(table_index(atomic_numbers), np.asarray(orders, dtype=np.int64))
 
 
 def _stability(z: np.ndarray, orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`stability_from_orders` on table indices ``z`` (from :func:`_table_index`)."""
+    """:func:`stability_from_orders` on table indices ``z`` (from :func:`table_index`)."""
     sums = orders.sum(axis=1)
-    stable = (sums[:, None] == _VALENCES[z]).any(axis=1)
+    stable = (sums[:, None] == VALENCE_TABLE[z]).any(axis=1)
     return stable, sums
 
 
 def atom_stability(atomic_numbers: Any, positions: Any) -> tuple[np.ndarray, np.ndarray]:
     """EDM's ``check_stability`` per atom: ``atomic_numbers [n]``, ``positions [n, 3]`` (Å) ->
     ``(stable_atoms [n] bool, bond_order_sum [n] int64)``."""
-    z = _table_index(atomic_numbers)
+    z = table_index(atomic_numbers)
     return _stability(z, bond_orders(z, positions))
 
 

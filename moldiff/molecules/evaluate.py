@@ -52,13 +52,14 @@ from typing import Any
 import numpy as np
 from rdkit import Chem, RDLogger, rdBase
 
+from ..metrics import text_table
 from moldiff.molecules.bonds import (
-    _KNOWN,
-    _VALENCES,
+    KNOWN_ELEMENTS,
+    VALENCE_TABLE,
     MAX_ATOMIC_NUMBER,
-    _as_numpy,
-    _orders,
-    _table_index,
+    as_numpy,
+    orders_from_table,
+    table_index,
     bond_orders,
     pairwise_distances,
 )
@@ -80,7 +81,7 @@ _BOND_TYPES = (None, Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.T
 
 #: EDM's allowed valences ``[119, k]`` by (isoelectronic) atomic number, plus valence 0 for the noble gases
 #: (reached only by charged atoms: an element outside EDM's tables is never stable).
-_ION_VALENCES = _VALENCES.copy()
+_ION_VALENCES = VALENCE_TABLE.copy()
 _ION_VALENCES[[2, 10, 18, 36, 54, 86], 0] = 0
 
 
@@ -100,11 +101,11 @@ class Molecule(tuple):
         return Molecule, (self[0], self[1], self.charges)
 
 
-def _charges(charges: Any, n: int) -> np.ndarray:
+def formal_charges(charges: Any, n: int) -> np.ndarray:
     """Formal charges as int64 ``[n]`` (zeros for None)."""
     if charges is None:
         return np.zeros(n, dtype=np.int64)
-    q = _as_numpy(charges)
+    q = as_numpy(charges)
     if q.shape != (n,) or (q.dtype.kind == "f" and not np.all(q == np.round(q))) or q.dtype.kind not in "iuf":
         raise ValueError(f"charges must be {n} integers, got {q.dtype} of shape {q.shape}")
     return q.astype(np.int64)
@@ -147,13 +148,13 @@ def build_rdkit_mol(
     ``build_molecule`` does.  With ``conformer`` the positions are attached as a 3D conformer (for writing
     SDF; SMILES ignore it).
     """
-    z = _as_numpy(atomic_numbers).astype(np.int64).reshape(-1)
+    z = as_numpy(atomic_numbers).astype(np.int64).reshape(-1)
     if len(z) and (z.min() < 0 or z.max() > 118):
         raise ValueError(f"atomic numbers must lie in [0, 118], got {z.min()}..{z.max()}")
     if orders is None:
         orders = bond_orders(z, positions)
     orders = np.asarray(orders)
-    q = _charges(charges, len(z))
+    q = formal_charges(charges, len(z))
     mol = Chem.RWMol()
     for zi, qi in zip(z.tolist(), q.tolist()):
         atom = Chem.Atom(zi)
@@ -163,7 +164,7 @@ def build_rdkit_mol(
     for i, j in zip(rows.tolist(), cols.tolist()):
         mol.AddBond(i, j, _BOND_TYPES[int(orders[i, j])])
     if conformer:
-        pos = np.asarray(_as_numpy(positions), dtype=np.float64).reshape(len(z), 3)
+        pos = np.asarray(as_numpy(positions), dtype=np.float64).reshape(len(z), 3)
         conf = Chem.Conformer(len(z))
         if len(z):
             conf.SetPositions(pos)
@@ -172,7 +173,7 @@ def build_rdkit_mol(
     return mol
 
 
-def _short_error(exc: Exception) -> str:
+def short_error(exc: Exception) -> str:
     name = type(exc).__name__
     if "Valence" in name:
         return "valence"
@@ -188,7 +189,7 @@ def _smiles_or_reason(z: np.ndarray, q: np.ndarray, orders: np.ndarray) -> tuple
     try:
         Chem.SanitizeMol(mol)
     except ValueError as exc:  # RDKit's MolSanitizeException family derives from ValueError
-        return None, 0, "sanitize:" + _short_error(exc)
+        return None, 0, "sanitize:" + short_error(exc)
     n_frags = len(Chem.GetMolFrags(mol))
     if n_frags == 1:
         # A single fragment is a copy of ``mol`` itself: EDM's re-sanitize of it changes nothing.
@@ -198,7 +199,7 @@ def _smiles_or_reason(z: np.ndarray, q: np.ndarray, orders: np.ndarray) -> tuple
     try:
         Chem.SanitizeMol(largest)
     except ValueError as exc:  # pragma: no cover - a fragment of a sanitized molecule sanitizes
-        return None, n_frags, "sanitize_fragment:" + _short_error(exc)
+        return None, n_frags, "sanitize_fragment:" + short_error(exc)
     return Chem.MolToSmiles(largest), n_frags, None
 
 
@@ -212,14 +213,14 @@ class _Scored:
     reasons: list[str]
 
 
-def _score(atomic_numbers: Any, positions: Any, charges: Any = None) -> _Scored:
-    z = _table_index(atomic_numbers)  # validated; out-of-range Z -> 0 (unknown)
-    z_raw = _as_numpy(atomic_numbers).astype(np.int64)
-    pos = np.asarray(_as_numpy(positions), dtype=np.float64)
+def score_molecule(atomic_numbers: Any, positions: Any, charges: Any = None) -> _Scored:
+    z = table_index(atomic_numbers)  # validated; out-of-range Z -> 0 (unknown)
+    z_raw = as_numpy(atomic_numbers).astype(np.int64)
+    pos = np.asarray(as_numpy(positions), dtype=np.float64)
     n = len(z)
     if pos.shape != (n, 3):
         raise ValueError(f"positions must have shape [{n}, 3], got {pos.shape}")
-    q = _charges(charges, n)
+    q = formal_charges(charges, n)
     if n == 0:
         return _Scored(0, 0, False, None, False, ["empty"])
     reasons: list[str] = []
@@ -231,14 +232,14 @@ def _score(atomic_numbers: Any, positions: Any, charges: Any = None) -> _Scored:
         return _Scored(n, 0, False, None, False, reasons)
     dist = pairwise_distances(pos)
     overlapping = (dist + np.diag(np.full(n, np.inf)) < OVERLAP_DISTANCE).any(axis=1)
-    orders = _orders(z, dist)
+    orders = orders_from_table(z, dist)
     # EDM's check_stability, with a charged atom's valences those of its isoelectronic element Z - q.
     z_iso = z - q
     z_iso = np.where((z_iso >= 0) & (z_iso <= MAX_ATOMIC_NUMBER), z_iso, 0)
-    stable_atoms = (orders.sum(axis=1)[:, None] == _ION_VALENCES[z_iso]).any(axis=1) & _KNOWN[z] & ~overlapping
+    stable_atoms = (orders.sum(axis=1)[:, None] == _ION_VALENCES[z_iso]).any(axis=1) & KNOWN_ELEMENTS[z] & ~overlapping
     n_stable = int(stable_atoms.sum())
     reasons.extend(f"unstable_atoms:{_symbol(z_raw[i], q[i])}" for i in np.flatnonzero(~stable_atoms))
-    unsupported = sorted({_symbol(zi) for zi in z_raw[~_KNOWN[z]].tolist()})
+    unsupported = sorted({_symbol(zi) for zi in z_raw[~KNOWN_ELEMENTS[z]].tolist()})
     reasons.extend(f"unsupported_element:{sym}" for sym in unsupported)
     if overlapping.any():
         reasons.append("overlapping_atoms")
@@ -257,7 +258,7 @@ def molecule_smiles(atomic_numbers: Any, positions: Any, charges: Any = None) ->
     fails, empty molecule, unsupported element, overlapping atoms, non-finite positions).  ``positions
     [n, 3]`` in Å, ``charges [n]`` formal charges (default none)."""
     with rdkit_log_silenced():
-        return _score(atomic_numbers, positions, charges).smiles
+        return score_molecule(atomic_numbers, positions, charges).smiles
 
 
 @dataclass
@@ -316,13 +317,7 @@ class MoleculeMetrics:
             ("valid and unique", f"{100 * self.valid_and_unique:.2f} %"),
             ("novelty (of unique)", "-" if self.novelty is None else f"{100 * self.novelty:.2f} %"),
         ]
-        width = max(len(k) for k, _ in rows)
-        lines = [f"{k:<{width}}  {v:>10}" for k, v in rows]
-        if self.failures:
-            lines.append("failures:")
-            fw = max(len(k) for k in self.failures)
-            lines += [f"  {k:<{fw}}  {v:>8d}" for k, v in sorted(self.failures.items())]
-        return "\n".join(lines)
+        return text_table(rows, self.failures)
 
     def __str__(self) -> str:
         return self.table()
@@ -349,7 +344,7 @@ def evaluate_molecules(
     with rdkit_log_silenced():
         for molecule in iterable:
             charges = molecule[2] if len(molecule) == 3 else getattr(molecule, "charges", None)
-            s = _score(molecule[0], molecule[1], charges)
+            s = score_molecule(molecule[0], molecule[1], charges)
             n += 1
             n_atoms += s.n_atoms
             n_stable_atoms += s.n_stable_atoms

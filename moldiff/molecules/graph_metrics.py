@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import text_table
 from .graph_mol import GraphMolecule, to_rdkit
 
 __all__ = ["ALLOWED_VALENCE", "GraphMetrics", "ReferenceStats", "evaluate_graphs", "graph_smiles",
@@ -79,12 +80,12 @@ def graph_smiles(mol: GraphMolecule) -> tuple[str | None, str | None]:
     """``(canonical SMILES, None)`` of a valid graph (hydrogens removed, no stereo) or ``(None, reason)``."""
     from rdkit import Chem
 
-    from .evaluate import _short_error
+    from .evaluate import short_error
 
     try:
         rd = to_rdkit(mol, sanitize=True)
     except ValueError as e:  # RDKit's sanitize exceptions derive from ValueError
-        return None, "sanitize:" + _short_error(e)
+        return None, "sanitize:" + short_error(e)
     try:
         return Chem.MolToSmiles(Chem.RemoveHs(rd), isomericSmiles=False), None
     except Exception as e:  # noqa: BLE001
@@ -304,13 +305,7 @@ class GraphMetrics:
         rows += [(f"geometry: {k}", _fmt(v) if "rate" in k or "ok" in k else f"{v:.3f}")
                  for k, v in self.geometry.items()]
         rows += [(f"  test split: {k}", _fmt(v)) for k, v in self.reference_geometry.items()]
-        w = max(len(k) for k, _ in rows)
-        lines = [f"{k:<{w}}  {v:>10}" for k, v in rows]
-        if self.failures:
-            lines.append("failures:")
-            fw = max(len(k) for k in self.failures)
-            lines += [f"  {k:<{fw}}  {v:>8d}" for k, v in sorted(self.failures.items())]
-        return "\n".join(lines)
+        return text_table(rows, self.failures)
 
 
 def _fmt(v) -> str:

@@ -31,8 +31,8 @@ import numpy as np
 from rdkit import Chem
 
 from moldiff.fileio import write_atomically as _write_atomically
-from moldiff.molecules.bonds import _as_numpy
-from moldiff.molecules.evaluate import Molecule, _charges, build_rdkit_mol, rdkit_log_silenced
+from moldiff.molecules.bonds import as_numpy
+from moldiff.molecules.evaluate import Molecule, formal_charges, build_rdkit_mol, rdkit_log_silenced
 
 __all__ = [
     "Molecule",
@@ -184,12 +184,12 @@ def _read_frame(path: Path, k: int, lines: list[str]) -> tuple[Molecule, dict[st
 
 def _molecule(m: Any) -> Molecule:
     """A pair, triple ``(Z, positions, charges)`` or :class:`Molecule` -> a checked :class:`Molecule`."""
-    z = np.asarray(_as_numpy(m[0])).astype(np.int64).reshape(-1)
-    pos = np.asarray(_as_numpy(m[1]), dtype=np.float64)
+    z = np.asarray(as_numpy(m[0])).astype(np.int64).reshape(-1)
+    pos = np.asarray(as_numpy(m[1]), dtype=np.float64)
     if pos.shape != (len(z), 3):
         raise ValueError(f"positions must have shape [{len(z)}, 3], got {pos.shape}")
     charges = m[2] if len(m) == 3 else getattr(m, "charges", None)
-    return Molecule(z, pos, None if charges is None else _charges(charges, len(z)))
+    return Molecule(z, pos, None if charges is None else formal_charges(charges, len(z)))
 
 
 def write_sdf(path: str | os.PathLike[str], molecules: Iterable[Any]) -> Path:

@@ -63,7 +63,7 @@ def relax_molecules(mols: list[GraphMolecule], *, force_field: str = "mmff", max
     :class:`RelaxReport`.  Never raises for a bad molecule: it is kept and counted."""
     from ..progress import progress_bar
 
-    from .evaluate import _score, rdkit_log_silenced
+    from .evaluate import score_molecule, rdkit_log_silenced
 
     if force_field not in FORCE_FIELDS:
         raise ValueError(f"unknown force field {force_field!r}; choose one of {FORCE_FIELDS}")
@@ -73,7 +73,7 @@ def relax_molecules(mols: list[GraphMolecule], *, force_field: str = "mmff", max
     out: list[GraphMolecule] = []
     with rdkit_log_silenced():
         for m in progress_bar(mols, enabled=progress, desc="relaxing", unit="mol"):
-            new, reason = _relax_one(m, force_field, max_iters, report, _score)
+            new, reason = _relax_one(m, force_field, max_iters, report, score_molecule)
             if reason is not None:
                 report.kept[reason] += 1
             out.append(new)

@@ -75,7 +75,7 @@ def _depthwise_tp(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, keep) -> tuple[o3.
     return tp, mid_sorted
 
 
-class _Interaction(nn.Module):
+class Interaction(nn.Module):
     """One message-passing layer: ``h [N, irreps_in] -> [N, irreps_out]`` (see the module docstring)."""
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, mul: int, lmax: int, parity: bool,
@@ -142,7 +142,7 @@ class E3Denoiser(nn.Module):
         irreps = o3.Irreps(f"{mul}x0e")
         blocks = []
         for _ in range(layers):
-            block = _Interaction(irreps, self.irreps_sh, mul, lmax, parity, num_basis, radial_hidden)
+            block = Interaction(irreps, self.irreps_sh, mul, lmax, parity, num_basis, radial_hidden)
             blocks.append(block)
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)

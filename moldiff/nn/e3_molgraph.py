@@ -16,7 +16,7 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from ..diffusion.spaces import graph_sizes, node_slots, remove_com
-from .e3 import _Interaction, irrep, radial_basis, spherical_irreps
+from .e3 import Interaction, irrep, radial_basis, spherical_irreps
 from .embeddings import ConditionEmbedding, SinusoidalEmbedding
 from .graphs import fully_connected_edges
 from .molgraph import dense_pairs, pair_tokens_to_dense
@@ -46,7 +46,7 @@ class E3MolGraphNet(nn.Module):
         irreps = o3.Irreps(f"{H}x0e")
         blocks = []
         for _ in range(layers):
-            blocks.append(_Interaction(irreps, self.irreps_sh, H, lmax, parity, rbf + edge, radial_hidden))
+            blocks.append(Interaction(irreps, self.irreps_sh, H, lmax, parity, rbf + edge, radial_hidden))
             irreps = blocks[-1].irreps_out
         self.blocks = nn.ModuleList(blocks)
         self.out = o3.Linear(irreps, o3.Irreps(f"1x{irrep(1, parity)}+{H}x0e"))

@@ -85,7 +85,7 @@ def _check_obs(y: Tensor, H: Tensor, dim: int, like: Tensor) -> tuple[Tensor, Te
     return y, H
 
 
-def _obs_std(obs_std: float | Tensor, num_obs: int, like: Tensor) -> Tensor:
+def observation_std(obs_std: float | Tensor, num_obs: int, like: Tensor) -> Tensor:
     """Observation-error std as a ``[P]`` tensor (a scalar is broadcast)."""
     std = torch.as_tensor(obs_std, dtype=like.dtype, device=like.device)
     if std.ndim == 0:
@@ -132,7 +132,7 @@ def enkf_analysis(
     _check_ensemble(ens)
     m, d = ens.shape[-2], ens.shape[-1]
     y, H = _check_obs(y, H, d, ens)
-    std = _obs_std(obs_std, H.shape[0], ens)
+    std = observation_std(obs_std, H.shape[0], ens)
     X = ens - ens.mean(-2, keepdim=True)  # [..., M, D]
     HX = X @ H.T  # [..., M, P]
     if localization is None:
@@ -247,7 +247,7 @@ def etkf_inputs(ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor,
     with ``obs_fn`` (nonlinear observations) the anomalies and mean of the members' observations ``g(H x_i)``."""
     _check_ensemble(ens)
     y, H = _check_obs(y, H, ens.shape[-1], ens)
-    std = _obs_std(obs_std, H.shape[0], ens)
+    std = observation_std(obs_std, H.shape[0], ens)
     mean = ens.mean(-2, keepdim=True)
     X = ens - mean
     if obs_fn is None:
@@ -324,7 +324,7 @@ def kalman_analysis(
     if cov.shape != (d, d) or mean.ndim != 1:
         raise ValueError(f"mean must be [D] and cov [D, D]; got {tuple(mean.shape)} and {tuple(cov.shape)}")
     y, H = _check_obs(y, H, d, mean)
-    std = _obs_std(obs_std, H.shape[0], mean)
+    std = observation_std(obs_std, H.shape[0], mean)
     R = torch.diag(std**2)
     S = H @ cov @ H.T + R
     K = torch.linalg.solve(S, H @ cov).T  # P H^T S^-1 (S, P symmetric)
@@ -530,7 +530,7 @@ def run_filter(
         if k > 0:
             ens = advance(ens, interval)
         f_means.append(ens.mean(-2))
-        f_spreads.append(_spread(ens))
+        f_spreads.append(member_spread(ens))
         if k in obs:
             ens = inflate(ens, infl)
             if method == "enkf":
@@ -541,7 +541,7 @@ def run_filter(
             if callback is not None:
                 callback(k, ens)
         means.append(ens.mean(-2))
-        spreads.append(_spread(ens))
+        spreads.append(member_spread(ens))
         if keep_ensemble:
             kept.append(ens)
     observed = torch.zeros(num_states, dtype=torch.bool)
@@ -556,7 +556,7 @@ def run_filter(
     )
 
 
-def _spread(ens: Tensor) -> Tensor:
+def member_spread(ens: Tensor) -> Tensor:
     """``sqrt(mean over variables of the unbiased member variance)`` of ``[..., M, D]`` -> ``[...]``."""
     return ens.var(-2, unbiased=True).mean(-1).sqrt()
 

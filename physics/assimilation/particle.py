@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from moldiff.progress import progress_bar
 
-from .enkf import Advance, FilterResult, ObsFn, Observations, _obs_std, _spread, checked_schedule, observe_members
+from .enkf import Advance, FilterResult, ObsFn, Observations, observation_std, member_spread, checked_schedule, observe_members
 
 __all__ = ["systematic_resample", "run_particle_filter"]
 
@@ -67,7 +67,7 @@ def run_particle_filter(
     m, d = ens0.shape[-2], ens0.shape[-1]
     obs = checked_schedule(ens0, observations, H, num_states)
     H = torch.as_tensor(H, dtype=ens0.dtype, device=ens0.device)
-    std = _obs_std(obs_std, H.shape[0], ens0)
+    std = observation_std(obs_std, H.shape[0], ens0)
     log_w = torch.full(ens0.shape[:-1], -math.log(m), dtype=ens0.dtype, device=ens0.device)
     ens = ens0
     means, spreads, f_means, f_spreads, kept = [], [], [], [], []
@@ -75,7 +75,7 @@ def run_particle_filter(
         if k > 0:
             ens = advance(ens, interval)
         f_means.append((torch.softmax(log_w, -1).unsqueeze(-1) * ens).sum(-2))
-        f_spreads.append(_spread(ens))
+        f_spreads.append(member_spread(ens))
         if k in obs:
             y = torch.as_tensor(obs[k], dtype=ens.dtype, device=ens.device)
             log_w = log_w - 0.5 * (((y.unsqueeze(-2) - observe_members(ens, H, obs_fn)) / std) ** 2).sum(-1)
@@ -92,7 +92,7 @@ def run_particle_filter(
         w = torch.softmax(log_w, -1)
         means.append((w.unsqueeze(-1) * ens).sum(-2))
         equal = torch.gather(ens, -2, systematic_resample(log_w, generator).unsqueeze(-1).expand(*ens.shape))
-        spreads.append(_spread(equal))
+        spreads.append(member_spread(equal))
         if keep_ensemble:
             kept.append(equal)
     observed = torch.zeros(num_states, dtype=torch.bool)

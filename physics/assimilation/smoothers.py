@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from moldiff.progress import progress_bar
 
-from .enkf import (Advance, ObsFn, Observations, _obs_std, _spread, checked_schedule, etkf_inputs, etkf_weights,
+from .enkf import (Advance, ObsFn, Observations, observation_std, member_spread, checked_schedule, etkf_inputs, etkf_weights,
                    inflate, inflation_factor, kalman_filter, observe_members)
 
 __all__ = ["SmootherResult", "etkf_transform", "rts_smoother", "run_enks", "run_ienks"]
@@ -158,7 +158,7 @@ def _result(states, analysis_means, obs, num_states, keep_ensemble, iterations: 
     observed = torch.zeros(num_states, dtype=torch.bool)
     observed[list(obs)] = True
     analysis = torch.stack(analysis_means, -2) if analysis_means else ens.mean(-2)[..., :0, :]
-    return SmootherResult(mean=ens.mean(-2), spread=_spread(ens), analysis_mean=analysis, observed=observed,
+    return SmootherResult(mean=ens.mean(-2), spread=member_spread(ens), analysis_mean=analysis, observed=observed,
                           ensemble=ens if keep_ensemble else None, iterations=iterations)
 
 
@@ -219,7 +219,7 @@ def run_ienks(
     times = sorted(obs)
     infl = inflation_factor(inflation, ens0)
     H = torch.as_tensor(H, dtype=ens0.dtype, device=ens0.device)
-    std = _obs_std(obs_std, H.shape[0], ens0)
+    std = observation_std(obs_std, H.shape[0], ens0)
     eye = torch.eye(m, dtype=ens0.dtype, device=ens0.device)
     smoothed: list[Tensor | None] = [None] * num_states
     analysis_means: list[Tensor] = []

@@ -52,13 +52,13 @@ from moldiff.diffusion import (
 )
 from moldiff.diffusion.couplings import COUPLING_KINDS
 from moldiff.diffusion.likelihood import DIVERGENCES
+from moldiff.diffusion.samplers import ODE_SAMPLERS
 from moldiff.diffusion.processes import FlowPath
 from moldiff.training import step_seed
 from moldiff.tasks import EvalResult, Task, register_task
 
 __all__ = ["ParticleConfig", "ParticleData", "ParticleModel", "ParticleEval", "ParticleTask"]
 
-ODE_SAMPLERS = ("ode_euler", "ode_heun", "ode_rk45")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from moldiff.config import ConfigError, CouplingConfig, ExperimentConfig, SamplerConfig, raise_failed
 from moldiff.diffusion import (ClassifierFreeGuidance, Denoiser, FlowPath, denoising_loss, drop_condition,
                                flow_matching_loss, log_likelihood)
+from moldiff.diffusion.samplers import ODE_SAMPLERS
 from moldiff.metrics import count_outliers, wasserstein2
 from moldiff.nn import MLPDenoiser
 from moldiff.training import step_seed
@@ -51,7 +52,6 @@ def angle_error(x: Tensor, angle: Tensor | float) -> Tensor:
     return err.abs()
 
 ALL_SAMPLERS = ["ancestral", "euler_maruyama", "pc", "ode_euler", "ode_heun", "ode_rk45"]
-ODE_SAMPLERS = ["ode_euler", "ode_heun", "ode_rk45"]
 
 
 @dataclass

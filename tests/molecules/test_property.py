@@ -17,7 +17,7 @@ from moldiff.molecules.property_protocol import atom_count_predictor, property_p
 from moldiff.molecules.qm9 import QM9
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "moldiff" / "configs"
+CONFIGS = ROOT / "configs"
 
 
 @pytest.fixture(scope="module")

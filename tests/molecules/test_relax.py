@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moldiff.molecules.evaluate import _score
+from moldiff.molecules.evaluate import score_molecule
 from moldiff.molecules.graph_metrics import graph_smiles
 from moldiff.molecules.graph_mol import GraphMolecule, from_rdkit
 from moldiff.molecules.relax import relax_molecules
@@ -24,7 +24,7 @@ def _embedded(smiles: str, noise: float = 0.0, seed: int = 0) -> GraphMolecule:
 
 
 def _edm_valid(m: GraphMolecule) -> bool:
-    return _score(m.atomic_numbers, m.positions, m.charges).smiles is not None
+    return score_molecule(m.atomic_numbers, m.positions, m.charges).smiles is not None
 
 
 def test_a_distorted_molecule_is_relaxed_by_mmff_and_keeps_its_graph():
