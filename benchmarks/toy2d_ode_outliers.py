@@ -67,8 +67,18 @@ def run(variant: str, runs_root: str, seeds: int, n: int, steps: int) -> dict:
             "rows": rows}
 
 
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write(recs: list[dict], steps: int) -> None:
-    machine = f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), torch {torch.__version__}"
+    machine = f"{_cpu()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
     OUT.with_suffix(".json").write_text(json.dumps({"machine": machine, "records": recs}, indent=1) + "\n")
     lines = ["# Probability-flow outliers on the README main job (toy2d_vp)", "",
              f"Measured by `python benchmarks/toy2d_ode_outliers.py` on this project's CPU machine ({machine}); "
