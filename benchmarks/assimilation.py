@@ -1,9 +1,9 @@
 """Train trajectory priors and compare SDA, DPS, EnKF and ETKF (Lorenz) in two observation settings each.
 
-    python benchmarks/assimilation.py --system lorenz63 --steps 6000     # train, then both settings
-    python benchmarks/assimilation.py --system lorenz63 --eval-only      # re-evaluate the checkpoint
-    python benchmarks/assimilation.py --system kolmogorov --steps 2000 --set model.channels=[16,32,64] ...
-    python benchmarks/assimilation.py --collect                          # rebuild the table
+    python -m benchmarks.assimilation --system lorenz63 --steps 6000     # train, then both settings
+    python -m benchmarks.assimilation --system lorenz63 --eval-only      # re-evaluate the checkpoint
+    python -m benchmarks.assimilation --system kolmogorov --steps 2000 --set model.channels=[16,32,64] ...
+    python -m benchmarks.assimilation --collect                          # rebuild the table
 
 One prior per system (trained from the first setting's config, an MLflow run in experiment
 ``assimilation-benchmark``); each setting -- Lorenz: ``<system>_sda.yaml`` (standard) and
@@ -26,6 +26,7 @@ import torch
 import yaml
 
 import moldiff
+from benchmarks.harness import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "results" / "assimilation"
@@ -35,8 +36,6 @@ SETTINGS = {"lorenz63": {"standard": "sda", "sparse": "sparse"}, "lorenz96": {"s
 METHODS = ("sda", "dps", "enkf", "etkf")
 
 
-def machine() -> str:
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
 def _ckpt(system: str) -> Path:
@@ -99,7 +98,7 @@ def _short(override: str) -> str:
 
 def collect() -> None:
     lines = ["# Data assimilation: SDA, DPS, EnKF, ETKF on Lorenz-63, Lorenz-96 and Kolmogorov flow", "",
-             "Written by `python benchmarks/assimilation.py --collect` from "
+             "Written by `python -m benchmarks.assimilation --collect` from "
              "`benchmarks/results/assimilation/*.json`.  RMSE of the ensemble (posterior) mean against the "
              "truth over all states and variables of the assimilated test trajectories; \"2nd half\" leaves out "
              "the first half, where the filters spin up from climatology.  Spread: ensemble std; CRPS: fair "

@@ -1,9 +1,9 @@
 """Smoothers next to smoothers: SDA against the EnKS, the iEnKS, tuned (L)ETKFs and a particle filter, on the
 same truth and observations, every method tuned on the validation split and scored on the test split.
 
-    python benchmarks/assimilation_smoothers.py --system lorenz63 [--sda CKPT ...] [--windows 32]
-    python benchmarks/assimilation_smoothers.py --system lorenz96 --setting arctan [--sda pretrained:lorenz96]
-    python benchmarks/assimilation_smoothers.py --collect      # rebuild the tables from the JSON records
+    python -m benchmarks.assimilation_smoothers --system lorenz63 [--sda CKPT ...] [--windows 32]
+    python -m benchmarks.assimilation_smoothers --system lorenz96 --setting arctan [--sda pretrained:lorenz96]
+    python -m benchmarks.assimilation_smoothers --collect      # rebuild the tables from the JSON records
 
 Protocol (the same for every method):
 
@@ -50,6 +50,7 @@ from physics.assimilation.metrics import score_windows
 from physics.assimilation.particle import run_particle_filter
 from physics.assimilation.smoothers import run_enks, run_ienks
 from physics.fields.datasets import simulator
+from benchmarks.harness import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "assimilation_smoothers"
@@ -88,8 +89,6 @@ NAMES = {"etkf": "ETKF / LETKF (filter)", "enks": "EnKS (whole window)", "ienks"
          "pf": "particle filter (SIR)", "sda": "SDA (diffusion prior)", "climatology": "climatology"}
 
 
-def machine() -> str:
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
 class Windows:
@@ -282,7 +281,7 @@ def _fmt(v) -> str:
 
 
 HARD_TABLE = ROOT / "benchmarks" / "results" / "assimilation_hard.md"
-INTRO = ("Written by `python benchmarks/assimilation_smoothers.py --collect` from "
+INTRO = ("Written by `python -m benchmarks.assimilation_smoothers --collect` from "
          "`benchmarks/results/assimilation_smoothers/*.json`; protocol in the script's docstring.  Mean over test "
          "windows ± its standard error.  RMSE: of the ensemble mean, all states / after the spin-up / at the observed "
          "states after the spin-up (a filter's analysis).  Spread/error and CRPS after the spin-up.")

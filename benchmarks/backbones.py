@@ -3,7 +3,7 @@ QM9 graph recipe, and EDM's EGNN against e3nn on LJ13 -- parameters, training mo
 AdamW on bucketed batches), sampling molecules/s and peak memory per molecule.  Quality at equal CPU-minutes is a
 separate, long run (``moldiff train qm9_flow_cpu --set model.backbone=e3nn ...``).
 
-    python benchmarks/backbones.py [--batch-size 64] [--train-steps 20] [--sample-n 64] [--sample-steps 20]
+    python -m benchmarks.backbones [--batch-size 64] [--train-steps 20] [--sample-n 64] [--sample-steps 20]
 
 Each configuration runs in its own process (peak RSS is per process); one torch thread unless ``--threads``.
 Results: ``benchmarks/results/backbones.md`` (+ ``.json``), naming the machine.
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
+from benchmarks.harness import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "backbones"

@@ -3,8 +3,8 @@
 then runs the task's own evaluation -- QM9 graph recipe:
 validity, atom and molecule stability; particles: energy W2, distance TV, NLL, ESS.
 
-    python benchmarks/backbones_quality.py --cases qm9_molgraph qm9_e3nn_l1 --minutes 20
-    python benchmarks/backbones_quality.py --collect        # rebuild the table from the saved runs
+    python -m benchmarks.backbones_quality --cases qm9_molgraph qm9_e3nn_l1 --minutes 20
+    python -m benchmarks.backbones_quality --collect        # rebuild the table from the saved runs
 
 Each run is an MLflow run (experiment ``backbones``); its record goes to
 ``benchmarks/results/backbones_quality/<case>.json`` and ``--collect`` writes ``backbones_quality.md``.  Two
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
+from benchmarks.harness import machine
 
 import moldiff
 
@@ -80,7 +80,7 @@ def run(case: str, minutes: float, extra: list[str]) -> dict:
 def collect() -> None:
     recs = {p.stem: json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))}
     lines = ["# Backbones at equal CPU-minutes (issue 15)", "",
-             "Made by `python benchmarks/backbones_quality.py`: every case trains its config from step 0 for the same "
+             "Made by `python -m benchmarks.backbones_quality`: every case trains its config from step 0 for the same "
              "CPU-time budget (`train.max_cpu_minutes`, one torch thread; two cases ran side by side on the 2 cores), "
              "then the task's own evaluation with the EMA weights (QM9: 200 molecules; DW4: 1,000 samples, ESS and NLL "
              "with standard errors; LJ13: 500 samples at 20 Heun steps, no ESS -- the exact divergence would take "

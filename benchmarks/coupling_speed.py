@@ -1,7 +1,7 @@
 """Equivariant OT coupling at training speed (issue 16): seconds per batch and the mean squared distance of the
 returned pairs (what the flow-matching loss sees) for each alignment search, beside one training step.
 
-    python benchmarks/coupling_speed.py [--reps 3]
+    python -m benchmarks.coupling_speed [--reps 3]
 
 Batches: the config's batch size of MCMC training data (``physics/particles/reference.py``) against fresh
 Gaussian source draws, both zero-CoM.  Searches: ``identity`` (the old LJ default; not rotation-invariant),
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
+from benchmarks.harness import machine
 
 import moldiff
 from moldiff.diffusion.alignment import align_pairs
@@ -61,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     lines = ["# Equivariant OT coupling at training speed (issue 16)", "",
-             f"Machine: {machine()}, one torch thread.  Command: `python benchmarks/coupling_speed.py --reps "
+             f"Machine: {machine()}, one torch thread.  Command: `python -m benchmarks.coupling_speed --reps "
              f"{args.reps}`.  Per system: the config's batch of MCMC training data against Gaussian source draws; "
              "time = median wall seconds per coupler call over the repetitions; pair cost = mean |x0 - aligned x1|^2 "
              "of the returned pairs (sum over particles and coordinates); a training step = forward, backward and "

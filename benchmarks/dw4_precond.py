@@ -3,8 +3,8 @@ interatomic-distance W2 and outlier count against NFE, before (eps prediction, u
 x0 through c_skip / c_out, log-normal noise levels, lambda = 1 / c_out^2), for the probability-flow ODE samplers
 and EDM's Heun sampler with and without churn.
 
-    python benchmarks/dw4_precond.py [--steps 3000] [--seeds 2] [--nfe 20 50 100 200] [--n 2000]
-    python benchmarks/dw4_precond.py --steps 20 --seeds 1 --nfe 4 --n 50 --runs-root /tmp/r --out /tmp/dw4  # smoke
+    python -m benchmarks.dw4_precond [--steps 3000] [--seeds 2] [--nfe 20 50 100 200] [--n 2000]
+    python -m benchmarks.dw4_precond --steps 20 --seeds 1 --nfe 4 --n 50 --runs-root /tmp/r --out /tmp/dw4  # smoke
 
 Both models train with ``configs/dw4_vp.yaml`` (EGNN 3 x 64, batch 128, VP beta 0.1..20, the project's MCMC train
 split) for ``--steps`` steps -- the same network, data, optimiser and steps; only the parameterisation and the
@@ -42,13 +42,10 @@ import moldiff
 from moldiff.tasks import get_task
 from moldiff.training.checkpoint import latest_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # physics.particles, when run as `python benchmarks/dw4_precond.py`
-    sys.path.insert(0, str(ROOT))
+from physics.particles.metrics import energy_wasserstein, interatomic_distances
 
-from physics.particles.metrics import energy_wasserstein, interatomic_distances  # noqa: E402
-
-from toy2d_precond import SAMPLERS  # noqa: E402 -- the same samplers as the toy 2D table (benchmarks/ is on sys.path)
+from benchmarks.harness import ROOT, machine
+from benchmarks.toy2d_precond import SAMPLERS  # the same samplers as the toy 2D table
 
 OUT = ROOT / "benchmarks" / "results" / "dw4_precond"
 EDM = ["precond.kind=edm", "precond.sigma_data={sigma_data}", "model.prediction=x0", "model.input_scaling=false",
@@ -149,10 +146,6 @@ def _train(cfg) -> tuple:
                  "train_seconds_complete": rec["complete"]}
 
 
-def _machine(device: str) -> str:
-    dev = torch.cuda.get_device_name() if device != "cpu" and torch.cuda.is_available() else "CPU"
-    return (f"{platform.platform()} ({platform.machine()}), {os.cpu_count()} CPU core(s), {dev}, "
-            f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}")
 
 
 def _mean_std(v: list[float], digits: int) -> str:
@@ -163,7 +156,7 @@ def _mean_std(v: list[float], digits: int) -> str:
 
 
 def _write(a, out: Path, info: dict, rows: list) -> None:
-    machine = _machine(a.device)
+    machine = machine(a.device)
     command = "python " + shlex.join(["benchmarks/dw4_precond.py", *sys.argv[1:]])
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "command": command, "args": vars(a),
                                                     **info, "rows": rows}, indent=1))

@@ -1,6 +1,6 @@
 """Twin experiments with the ensemble Kalman filters of ``physics.assimilation.enkf`` on Lorenz-63 and Lorenz-96.
 
-    python benchmarks/enkf_lorenz.py [--quick] [--out benchmarks/results/enkf_lorenz.md]
+    python -m benchmarks.enkf_lorenz [--quick] [--out benchmarks/results/enkf_lorenz.md]
 
 A truth run of our own simulators (``physics.fields.lorenz``, RK4 step 0.01 unless stated) is observed with
 Gaussian noise; each filter starts from a climatological ensemble (independent spun-up states) and cycles over all
@@ -309,7 +309,7 @@ def _fmt_radius(r: float | None) -> str:
 
 def write(args, rows: list[Row], total_seconds: float) -> None:
     """Rewrite the results file after every run, so an interrupted benchmark keeps what it measured."""
-    cmd = "python benchmarks/enkf_lorenz.py" + (" --quick" if args.quick else "")
+    cmd = "python -m benchmarks.enkf_lorenz" + (" --quick" if args.quick else "")
     if args.only:
         cmd += " --only " + " ".join(args.only)
     lines = [

@@ -1,7 +1,7 @@
 """Exact divergence of a particle model's velocity (what every ESS and NLL evaluation pays per ODE step), before
 and after issue 16, on this machine: seconds per evaluation and the largest difference from the former result.
 
-    python benchmarks/exact_divergence.py [--reps 3]
+    python -m benchmarks.exact_divergence [--reps 3]
 
 Variants: "unit vectors" -- the former implementation, one backward pass per (node slot, coordinate), kept here
 as the baseline; "Helmert loop" -- ``divergence="exact"`` now, one backward pass per basis vector of the zero-CoM
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
+from benchmarks.harness import machine
 
 import moldiff
 from moldiff.diffusion.likelihood import divergence_exact, divergence_exact_vmap
@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     lines = ["# Exact divergence for ESS / NLL (issue 16)", "",
-             f"Machine: {machine()}, one torch thread.  Command: `python benchmarks/exact_divergence.py --reps "
+             f"Machine: {machine()}, one torch thread.  Command: `python -m benchmarks.exact_divergence --reps "
              f"{args.reps}`.  One evaluation = the velocity of B configurations and its exact divergence (each "
              "config's EGNN at initialisation, float32, t = 0.5); median wall seconds over the repetitions; "
              "'max rel. diff.' against the former unit-vector loop.  'per 10k samples at 40 NFE' extrapolates the "

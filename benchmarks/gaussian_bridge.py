@@ -1,6 +1,6 @@
 """Flow matching against a closed-form answer: Gaussian to Gaussian in 2D.
 
-    python benchmarks/gaussian_bridge.py [--steps 4000] [--out benchmarks/results/gaussian_bridge.md]
+    python -m benchmarks.gaussian_bridge [--steps 4000] [--out benchmarks/results/gaussian_bridge.md]
 
 Data ``N(m0, S0)``, source ``N(m1, S1)`` (full covariances).  Two facts are known exactly
 (:mod:`moldiff.diffusion.gaussians`):
@@ -97,7 +97,7 @@ def main() -> None:
     lines = [
         "# Gaussian to Gaussian: flow matching against closed-form answers",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {machine} by `python benchmarks/gaussian_bridge.py --steps {args.steps}`.",
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine} by `python -m benchmarks.gaussian_bridge --steps {args.steps}`.",
         f"Data N(m0, S0), source N(m1, S1) in 2D (see the script); exact W2 between them {w2_exact:.4f}. MLP 128 x 3 "
         f"velocity net, batch {args.batch}, AdamW lr 1e-3 cosine, {args.steps} steps, sigma = 0; sampling: Heun, 100 steps, "
         "20,000 source points.",

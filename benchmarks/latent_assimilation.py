@@ -1,7 +1,7 @@
 """Latent against pixel-space assimilation of Kolmogorov flow (issue 17, item 3): the same test windows, the same
 observations, SDA, MMPS and DPS with each prior, against climatology; and each prior's unconditional statistics.
 
-    python benchmarks/latent_assimilation.py --latent CKPT --pixel CKPT [--settings coarse sparse]
+    python -m benchmarks.latent_assimilation --latent CKPT --pixel CKPT [--settings coarse sparse]
         [--trajectories 4] [--windows 1] [--ensemble 4] [--length 32] [--steps 32] [--methods sda dps]
         [--prior-samples 8] [--device cpu] [--batch-size N] [--out DIR]
 
@@ -29,7 +29,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import torch  # noqa: E402
-from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
+from benchmarks.harness import machine
 
 import moldiff  # noqa: E402
 from physics.assimilation.metrics import score_windows  # noqa: E402

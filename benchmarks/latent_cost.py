@@ -1,6 +1,6 @@
 """Cost of latent against pixel trajectory diffusion for fields as the grid grows (issue 17, item 4).
 
-    python benchmarks/latent_cost.py [--grids 64 128 256] [--length 32] [--repeats 3]
+    python -m benchmarks.latent_cost [--grids 64 128 256] [--length 32] [--repeats 3]
 
 For each ``n x n`` grid, with the networks of ``configs/kolmogorov_latent.yaml`` / ``configs/kolmogorov_ae.yaml``
 (latent) and the CPU pixel prior of issue 5 (U-Net 16-32-64, one block per level, the 5 states of a window as
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
+from benchmarks.harness import machine
 
 from moldiff.diffusion import Denoiser, GaussianObservation, PosteriorDenoiser
 from moldiff.diffusion.processes import VPSDE

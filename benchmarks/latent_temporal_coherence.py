@@ -1,7 +1,7 @@
 """Temporal coherence of trajectory priors (issue 17): does a prior's sample keep the data's correlation between
 consecutive states, and does its denoiser use a state's neighbours?
 
-    python benchmarks/latent_temporal_coherence.py CKPT [CKPT ...] [--samples 4] [--steps 32] [--samplers pc]
+    python -m benchmarks.latent_temporal_coherence CKPT [CKPT ...] [--samples 4] [--steps 32] [--samplers pc]
         [--neighbours] [--out benchmarks/results/latent_gpu_h200/temporal_coherence.json]
 
 For each checkpoint (``trajectory`` or ``latent_trajectory``) and sampler: ``--samples`` unconditional

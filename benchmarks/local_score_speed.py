@@ -1,7 +1,7 @@
 """Cost of one network call of the Lorenz trajectory prior on 64 trajectories x 128 states (7,936 windows of 5
 states): per-window time embedding (the old path) against one embedding per trajectory (``grouped``).
 
-    python benchmarks/local_score_speed.py          # prints a markdown row per path
+    python -m benchmarks.local_score_speed          # prints a markdown row per path
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The 2D morphing benchmark of Tong et al. (2023): flow matching from 8 Gaussians to two moons with I-CFM,
 OT-CFM and SB-CFM, and the W2 of the samples against the number of function evaluations (NFE).
 
-    python benchmarks/morph2d.py [--steps 5000] [--out benchmarks/results/morph2d.md]
+    python -m benchmarks.morph2d [--steps 5000] [--out benchmarks/results/morph2d.md]
 
 Trains ``configs/toy2d_morph_{icfm,otcfm,sbcfm}.yaml`` through the Python API (MLflow experiment
 ``toy2d-morph`` under ``runs/``), then for each model integrates 2,000 held-out source points with Euler at
@@ -73,7 +73,7 @@ def _write(args, rows) -> None:
     lines = [
         "# 8 Gaussians -> two moons: W2 against NFE",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {machine} by `python benchmarks/morph2d.py --steps {args.steps}`.",
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine} by `python -m benchmarks.morph2d --steps {args.steps}`.",
         "Configs `configs/toy2d_morph_{icfm,otcfm,sbcfm}.yaml`: MLP 128 x 3 velocity net, batch 256, AdamW lr 1e-3, "
         f"EMA 0.999, {args.steps} steps; I-CFM and OT-CFM sigma = 0.1 (constant), SB-CFM Brownian-bridge sigma = 1 "
         "with Sinkhorn reg 2 sigma^2 = 2 on the unnormalised cost (torchcfm's settings).  W2: exact (POT), 2,000 samples "

@@ -1,6 +1,6 @@
 """Kolmogorov flow solver speed and the statistically steady state at Re 1000 on 64 x 64.
 
-    python benchmarks/navier_stokes_speed.py [--threads 2] [--dtype float32] [--out benchmarks/results/navier_stokes.md]
+    python -m benchmarks.navier_stokes_speed [--threads 2] [--dtype float32] [--out benchmarks/results/navier_stokes.md]
 
 1. Spin-up: one batch of 32 random initial fields (``random_initial``, peak wavenumber 4, max|u| 3) run for
    50 time units, then a trajectory of 64 states every 0.2 time units (the SDA-style dataset layout), timed;
@@ -24,17 +24,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from physics.fields.navier_stokes import KolmogorovFlow, energy, enstrophy
 
-from physics.fields.navier_stokes import KolmogorovFlow, energy, enstrophy  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from benchmarks.harness import ROOT, cpu_name
 
 
 def max_speed(flow: KolmogorovFlow, w: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Build (or load) the MCMC reference sets of DW4, LJ13 and LJ55 with the project's recipes and tabulate them.
 
-    python benchmarks/particles_reference.py [--systems dw4 lj13 lj55] [--variants] [--threads 1]
+    python -m benchmarks.particles_reference [--systems dw4 lj13 lj55] [--variants] [--threads 1]
                                              [--out benchmarks/results/particles_reference.md]
 
 Writes the table (acceptance, mean energy +- standard error, energy std, the energy's integrated autocorrelation
@@ -87,7 +87,7 @@ def _write(args, systems, infos, extra, total_s) -> None:
     lines.append(
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} CPU "
         f"({platform.processor() or 'processor n/a'}), {os.cpu_count()} cores, {args.threads} torch thread(s), "
-        f"torch {torch.__version__}, by `python benchmarks/particles_reference.py"
+        f"torch {torch.__version__}, by `python -m benchmarks.particles_reference"
         f"{' --variants' if args.variants else ''}`. "
         "Wall seconds are the MALA time of each split as stored in the cache (initial minimisation and "
         f"file writing add a few seconds): {sum(i['wall_time'] for d in infos.values() for i in d.values()):.0f} s "

@@ -1,8 +1,8 @@
 """Train and evaluate the particle methods (I-CFM, OT-CFM, eq-OT-CFM, SB-CFM, VP and VE score-SDE) on DW4 /
 LJ13 / LJ55 and tabulate method x system: energy W1 / W2, distance TV, NLL, ESS, NFE, wall time, machine.
 
-    python benchmarks/particles_train.py --system dw4 --methods icfm otcfm --steps 3000 [--set KEY=VALUE ...]
-    python benchmarks/particles_train.py --collect          # rebuild the table from the saved runs
+    python -m benchmarks.particles_train --system dw4 --methods icfm otcfm --steps 3000 [--set KEY=VALUE ...]
+    python -m benchmarks.particles_train --collect          # rebuild the table from the saved runs
 
 Each run trains ``configs/<system>_<method>.yaml`` (with the given overrides) through the Python API, is an
 MLflow run (experiment ``particles-benchmark``), and leaves its metrics in
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import moldiff
+from benchmarks.harness import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "results" / "particles"
@@ -29,9 +30,6 @@ METHODS = {"icfm": "I-CFM", "otcfm": "OT-CFM", "eqotcfm": "eq-OT-CFM", "sbcfm": 
            "ve": "VE score-SDE"}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu} CPU, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
 def run(system: str, method: str, steps: int, overrides: list[str], tag: str = "") -> dict:
@@ -79,7 +77,7 @@ def collect() -> None:
     lines = [
         "# Particle systems: method x system",
         "",
-        "Made by `python benchmarks/particles_train.py` (each row: one training run of `configs/<system>_<method>.yaml` "
+        "Made by `python -m benchmarks.particles_train` (each row: one training run of `configs/<system>_<method>.yaml` "
         "with the overrides listed below, then the task's evaluation).  Metrics against the project's MCMC test split "
         "(`physics/particles/reference.py`): energy-histogram W1 / W2 (exact 1D, non-finite energies dropped and "
         "counted), interatomic-distance-histogram TV (100 bins), NLL = mean -log q of held-out test configurations "

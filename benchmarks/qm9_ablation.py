@@ -6,10 +6,10 @@ same run as 60 minutes straight) and is evaluated again.  Evaluation: 1,000 mole
 weights, both protocols (the generated graph and EDM's distance rule), standard errors from the binomial
 (sampling) spread; `seed1` repeats the base recipe with another training seed, for the spread between runs.
 
-    python benchmarks/qm9_ablation.py run base sc beta --minutes 15        # stage 1 of these cases
-    python benchmarks/qm9_ablation.py run base --minutes 60                # stage 2 (resumes the 15-minute run)
-    python benchmarks/qm9_ablation.py grid CHECKPOINT                      # sampling grid x NFE on one model
-    python benchmarks/qm9_ablation.py collect                              # table + figure (+ MLflow)
+    python -m benchmarks.qm9_ablation run base sc beta --minutes 15        # stage 1 of these cases
+    python -m benchmarks.qm9_ablation run base --minutes 60                # stage 2 (resumes the 15-minute run)
+    python -m benchmarks.qm9_ablation grid CHECKPOINT                      # sampling grid x NFE on one model
+    python -m benchmarks.qm9_ablation collect                              # table + figure (+ MLflow)
 
 Records: `benchmarks/results/qm9_ablation/<case>_<minutes>.json`; table `qm9_ablation.md`, figure
 `qm9_ablation.png` (also logged to MLflow, experiment `qm9_ablation`).
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
+from benchmarks.harness import machine
 
 import moldiff
 
@@ -123,7 +123,7 @@ def collect(log: bool, runs_root: str = "runs") -> None:
     order = {c: i for i, c in enumerate(CASES)}
     recs.sort(key=lambda r: (r["minutes"], order.get(r["case"], 99)))
     lines = ["# QM9 graph flow: recipe ablation at equal CPU-minutes", "",
-             "Made by `python benchmarks/qm9_ablation.py` (its docstring has the protocol and commands).  Every case "
+             "Made by `python -m benchmarks.qm9_ablation` (its docstring has the protocol and commands).  Every case "
              "is `configs/qm9_flow_cpu.yaml` with the listed change, trained from step 0 for the given process "
              "CPU-minutes on one torch thread, then scored on 1,000 fresh molecules at 50 NFE (EMA weights; sizes from "
              "the training histogram).  Percentages ± the binomial standard error of the 1,000 samples (molecule-level rates); `seed1` shows "

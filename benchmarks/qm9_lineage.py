@@ -5,8 +5,8 @@ CPU-hours and GPU-minutes) is scored on fresh molecules with the EMA weights, bo
 to ``benchmarks/results/qm9_lineage.json``; ``plot`` draws validity, molecule stability and geometry against
 cumulative CPU-hours (``qm9_lineage.png``, also logged to MLflow) and writes the table ``qm9_lineage.md``.
 
-    python benchmarks/qm9_lineage.py eval runs/qm9/lineage_a/checkpoints/step_00004000.pt -n 1000 --nfe 50
-    python benchmarks/qm9_lineage.py plot
+    python -m benchmarks.qm9_lineage eval runs/qm9/lineage_a/checkpoints/step_00004000.pt -n 1000 --nfe 50
+    python -m benchmarks.qm9_lineage plot
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
+from benchmarks.harness import machine
 
 import moldiff
 
@@ -60,7 +60,7 @@ def plot(log: bool, runs_root: str) -> None:
 
     recs = sorted(json.loads(RECORDS.read_text()), key=lambda r: (r.get("cpu_hours", 0), r["nfe"]))
     lines = ["# QM9 lineage: quality against cumulative training compute", "",
-             "Made by `python benchmarks/qm9_lineage.py` (docstring).  Each row: one checkpoint of the shipped model's "
+             "Made by `python -m benchmarks.qm9_lineage` (docstring).  Each row: one checkpoint of the shipped model's "
              "lineage scored on `n` fresh molecules (EMA weights, sizes from the training histogram); percentages "
              "± binomial standard error (molecule-level rates).  CPU-hours: process CPU time of the training loops "
              "on this project's 2-core CPU machine (one thread), cumulated over warm starts and resumes.", "",

@@ -7,9 +7,9 @@ checkpoints scored at several training minutes and NFE with both protocols.
     OMP_NUM_THREADS=1 moldiff train configs/qm9_edm_cpu.yaml --set runs_root=R --set train.steps=12000 \\
         --set train.eval_every=0 --set eval.n_samples=0 --set train.keep_checkpoints=40 &
     # score one checkpoint (several of these can run side by side):
-    python benchmarks/qm9_recipes.py eval --recipe flow --checkpoint R/qm9/qm9_flow_cpu/checkpoints/step_00001000.pt \\
+    python -m benchmarks.qm9_recipes eval --recipe flow --checkpoint R/qm9/qm9_flow_cpu/checkpoints/step_00001000.pt \\
         --start START_EPOCH --nfe 50 -n 1000
-    python benchmarks/qm9_recipes.py collect          # table, figure (and an MLflow run with the figure)
+    python -m benchmarks.qm9_recipes collect          # table, figure (and an MLflow run with the figure)
 
 Minutes are the checkpoint file's modification time minus ``--start`` (the epoch second both trainings were
 launched): wall-clock minutes of training on the shared 2-core machine.  Each record lands in
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchmarks.harness import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "qm9_recipes"
@@ -34,8 +35,6 @@ TABLE = ROOT / "benchmarks" / "results" / "qm9_recipes.md"
 FIGURE = ROOT / "benchmarks" / "results" / "qm9_recipes.png"
 
 
-def machine() -> str:
-    return f"{platform.machine()} CPU (2 cores, shared), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
 def evaluate(recipe: str, checkpoint: Path, start: float | None, nfe: int, n: int, seed: int, mmff: int,
@@ -105,7 +104,7 @@ def collect(log_mlflow: str | None) -> None:
             "graph: valid & connected | graph: unique | graph: novel | EDM rule: mol. stable | EDM rule: atom stable | "
             "EDM rule: valid | EDM rule: V x U | sampling s |")
     lines = ["# QM9: chemistry per CPU-minute, EDM's recipe vs graph flow matching", "",
-             "Made by `python benchmarks/qm9_recipes.py` (see its docstring for the exact commands).  Both recipes "
+             "Made by `python -m benchmarks.qm9_recipes` (see its docstring for the exact commands).  Both recipes "
              "were trained at the same time on this project's CPU machine, one torch thread each, sharing its two "
              "cores with each other and with development work; `minutes` is wall-clock training time.  Every row "
              "scores `n` fresh samples (sizes from the training histogram).  'graph' = the generated-graph protocol "

@@ -1,9 +1,9 @@
 """Sampling speed of a QM9 graph model (the shipped one by default): molecules per second of wall time and per core,
 at several NFE, thread counts and sampling batch sizes, plus the wall time of the fresh-install command.
 
-    python benchmarks/qm9_sampling_speed.py [--model qm9 | CHECKPOINT] [--n 300] [--nfe 10 20 50]
+    python -m benchmarks.qm9_sampling_speed [--model qm9 | CHECKPOINT] [--n 300] [--nfe 10 20 50]
         [--threads 1 2] [--batch 50 250]
-    python benchmarks/qm9_sampling_speed.py --fresh-install          # `moldiff sample --pretrained qm9 -n 100`
+    python -m benchmarks.qm9_sampling_speed --fresh-install          # `moldiff sample --pretrained qm9 -n 100`
                                                                       # with an empty HOME and cache, 3 times
 
 Nothing else may run on the machine meanwhile.  Results: ``benchmarks/results/qm9_sampling_speed.md`` (+ .json).
@@ -24,19 +24,12 @@ from pathlib import Path
 import torch
 
 import moldiff
+from benchmarks.harness import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "qm9_sampling_speed"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load(model: str):
@@ -102,7 +95,7 @@ def main() -> None:
         data["model"], data["rows"] = a.model, speed(a)
     OUT.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
     lines = ["# QM9 sampling speed", "", f"Machine: {data['machine']}, nothing else running.  Made by "
-             "`python benchmarks/qm9_sampling_speed.py` (docstring).  Euler steps on positions and jumps on tokens, one "
+             "`python -m benchmarks.qm9_sampling_speed` (docstring).  Euler steps on positions and jumps on tokens, one "
              "network evaluation per step; molecules grouped by size into batches of at most `batch`.", ""]
     if data.get("rows"):
         lines += [f"Model: `{data['model']}`.", "", "| threads | batch | NFE | molecules | wall s | molecules/s | "

@@ -1,7 +1,7 @@
 """QM9 EDM throughput: training molecules/s and sampling molecules/s at fixed settings.
 
-    python benchmarks/qm9_throughput.py                       # EDM size (9 x 256), batch 64
-    python benchmarks/qm9_throughput.py --batch-size 256 --compile --sample-n 10000 --sample-steps 50
+    python -m benchmarks.qm9_throughput                       # EDM size (9 x 256), batch 64
+    python -m benchmarks.qm9_throughput --batch-size 256 --compile --sample-n 10000 --sample-steps 50
 
 Training runs the trainer's step (the task's loss, backward, clipping, fused AdamW with the device-side
 non-finite skip, EMA update) on bucketed QM9 batches; sampling runs the shared ancestral sampler on
@@ -23,20 +23,9 @@ from moldiff.config import SamplerConfig
 from moldiff.molecules.task import QM9Config, QM9Task
 from moldiff.training.ema import EMA
 from moldiff.training.trainer import step_seed
+from benchmarks.harness import machine
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
 
 def sync(device: torch.device) -> None:

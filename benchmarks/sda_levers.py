@@ -1,7 +1,7 @@
 """One SDA lever at a time on validation windows: the shipped prior with its tuned guidance, the sampler's
 predictor-corrector budget varied (issue 13's "more predictor-corrector steps" lever).
 
-    python benchmarks/sda_levers.py --system lorenz63 [--windows 8] [--members 8]
+    python -m benchmarks.sda_levers --system lorenz63 [--windows 8] [--members 8]
 
 Same validation windows and observations as ``assimilation_smoothers.py`` (first 128 states, seed 11); RMSE after
 the 25-state spin-up, spread/error, seconds per window.  Results: ``benchmarks/results/sda_levers.md``.
@@ -46,7 +46,7 @@ def main() -> None:
         rows.append((label, s["rmse_after_spinup"], s["spread_error_ratio"], secs))
         print(label, [round(v, 3) for v in s["rmse_after_spinup"]], round(secs, 1), flush=True)
     lines = [f"# SDA levers on {a.system}: the predictor-corrector budget", "",
-             f"Measured by `python benchmarks/sda_levers.py --system {a.system} --windows {a.windows} --members "
+             f"Measured by `python -m benchmarks.sda_levers --system {a.system} --windows {a.windows} --members "
              f"{a.members}` on {torch.get_num_threads()} torch thread(s), x86_64 CPU, torch {torch.__version__}: "
              "the shipped prior and its guidance (gamma 0.03, weak-constraint std 0.2), validation windows.", "",
              "| sampler | RMSE after spin-up | spread/error | s / window |", "|---|---|---|---|"]

@@ -1,9 +1,9 @@
 """Several moldiff trainings at once on a small machine: wall time of K concurrent 60-step smoke trainings
 (``configs/smoke/toy2d_vp.yaml``) under different thread settings, against one run alone.
 
-    python benchmarks/thread_contention.py --jobs 1 2 4 --variants default one_thread passive --repeat 2 \
+    python -m benchmarks.thread_contention --jobs 1 2 4 --variants default one_thread passive --repeat 2 \
         --label before --out benchmarks/results/thread_contention.json
-    python benchmarks/thread_contention.py --table benchmarks/results/thread_contention.json
+    python -m benchmarks.thread_contention --table benchmarks/results/thread_contention.json
 
 A variant is a set of environment variables (``default`` sets none: what a user gets); every job is a separate
 ``python -m moldiff train`` process started at the same moment; the figure is the wall time until the last one

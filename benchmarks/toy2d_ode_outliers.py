@@ -7,7 +7,7 @@ preconditioning -- and is trained once (seed 0); its probability-flow ODE (Euler
 the largest radius, W2 to 2,000 held-out points with and without those samples, and the noise floor (W2 between
 two held-out sets).
 
-    python benchmarks/toy2d_ode_outliers.py [--variants base x0 ...] [--runs-root runs]
+    python -m benchmarks.toy2d_ode_outliers [--variants base x0 ...] [--runs-root runs]
 
 Results: ``benchmarks/results/toy2d_ode_outliers.md`` (+ ``.json``).
 """
@@ -25,6 +25,7 @@ import torch
 
 import moldiff
 from moldiff.metrics import wasserstein2
+from benchmarks.harness import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "toy2d_ode_outliers"
@@ -67,21 +68,13 @@ def run(variant: str, runs_root: str, seeds: int, n: int, steps: int) -> dict:
             "rows": rows}
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write(recs: list[dict], steps: int) -> None:
-    machine = f"{_cpu()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+    machine = f"{cpu_name()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
     OUT.with_suffix(".json").write_text(json.dumps({"machine": machine, "records": recs}, indent=1) + "\n")
     lines = ["# Probability-flow outliers on the README main job (toy2d_vp)", "",
-             f"Measured by `python benchmarks/toy2d_ode_outliers.py` on this project's CPU machine ({machine}); "
+             f"Measured by `python -m benchmarks.toy2d_ode_outliers` on this project's CPU machine ({machine}); "
              f"protocol in the script's docstring.  {steps} ODE steps; per cell: the 3 sampling seeds' values.", "",
              "| variant | change | sampler | beyond r = 6 | largest radius | W2 | W2 without them | worst W2 / floor |",
              "|---|---|---|---|---|---|---|---|"]

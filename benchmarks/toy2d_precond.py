@@ -2,7 +2,7 @@
 against NFE, before (eps prediction, uniform times) and after (EDM: x0 through c_skip / c_out, log-normal noise
 levels, lambda = 1 / c_out^2), for the probability-flow ODE samplers and EDM's Heun sampler with and without churn.
 
-    python benchmarks/toy2d_precond.py [--steps 6000] [--seeds 3] [--nfe 25 50 100 250 1000]
+    python -m benchmarks.toy2d_precond [--steps 6000] [--seeds 3] [--nfe 25 50 100 250 1000]
 
 Both models train with ``configs/toy2d_vp.yaml`` (MLP 128 x 4, batch 512, 6,000 steps) -- the same network, data,
 optimiser and steps; only the parameterisation and the training noise levels differ.  Each evaluation draws 2,000
@@ -81,7 +81,7 @@ def _write(a, rows) -> None:
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
     OUT.with_suffix(".json").write_text(json.dumps({"machine": machine, "args": vars(a), "rows": rows}, indent=1))
     lines = ["# EDM preconditioning and sampler on the toy 2D VP job: W2 and outliers against NFE", "",
-             f"Measured by `python benchmarks/toy2d_precond.py --steps {a.steps} --seeds {a.seeds}` on {machine}; "
+             f"Measured by `python -m benchmarks.toy2d_precond --steps {a.steps} --seeds {a.seeds}` on {machine}; "
              "protocol in the script's docstring.  W2: mean ± std over seeds (2,000 samples each); outliers: samples "
              f"farther than 1.0 from every held-out point, per seed.  Noise floor W2 {rows[0]['floor']:.3f}.", "",
              "| model | sampler | NFE | W2 | outliers per seed |", "|---|---|---|---|---|"]

@@ -1,7 +1,7 @@
 """Train score-SDEs on the three 2D targets with VP, sub-VP and VE, and tabulate the Wasserstein-2 distance
 of every sampler's output to held-out data, beside the noise floor (W2 between two data samples).
 
-    python benchmarks/toy2d_w2.py [--steps 8000] [--out benchmarks/results/toy2d_w2.md] [--set KEY=VALUE ...]
+    python -m benchmarks.toy2d_w2 [--steps 8000] [--out benchmarks/results/toy2d_w2.md] [--set KEY=VALUE ...]
 
 Each run is also an MLflow run (experiment ``toy2d-benchmark`` under ``runs/``) with its scatter plots.
 """
@@ -56,7 +56,7 @@ def _write(args, rows) -> None:
         "# Score-SDE on 2D targets: W2 to held-out data per sampler",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine}, torch {torch.__version__}, by "
-        f"`python benchmarks/toy2d_w2.py --steps {args.steps}`.",
+        f"`python -m benchmarks.toy2d_w2 --steps {args.steps}`.",
         "Model: residual MLP 128 x 4, eps-prediction, batch 512, AdamW lr 2e-3, EMA 0.999; "
         f"{args.steps} steps. Evaluation: 2,000 samples against 2,000 held-out points, exact W2 (POT `ot.emd2`); "
         "fixed-step samplers on 250 uniform steps, RK45 at rtol = atol = 1e-5. "

@@ -1,7 +1,7 @@
 """Unbiased samples from a trained Boltzmann generator (issue 16, item 4): how many energy evaluations each route
 needs for a given error in the mean energy.
 
-    python benchmarks/unbiased_routes.py CHECKPOINT [--n 10000] [--steps 10 30 100 300 1000] [--set KEY=VALUE ...]
+    python -m benchmarks.unbiased_routes CHECKPOINT [--n 10000] [--steps 10 30 100 300 1000] [--set KEY=VALUE ...]
         [--cache DIR [--chunk 500] [--samples-only]]
 
 With ``--cache`` the flow samples and their log q are made in chunks of ``--chunk`` (chunk k from seed
@@ -35,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from qm9_throughput import machine  # noqa: E402 -- benchmarks/ is on sys.path when this runs as a script
+from benchmarks.harness import machine
 
 import moldiff  # noqa: E402
 from physics.particles.metrics import (distance_histogram_tv, distance_wasserstein, energy_wasserstein,  # noqa: E402
@@ -172,7 +172,7 @@ def main() -> None:
     imp = importance_estimate((-rw.energies - log_q.double()).numpy(), n_boot=1000, generator=np.random.default_rng(0))
     tv, dw2 = distance_histogram_tv(x, ref), distance_wasserstein(x, ref)
     lines = [f"# Unbiased samples from a trained generator: {system.name} (issue 16)", "",
-             f"Machine: {machine()}, one torch thread.  Command: `python benchmarks/unbiased_routes.py {args.checkpoint} "
+             f"Machine: {machine()}, one torch thread.  Command: `python -m benchmarks.unbiased_routes {args.checkpoint} "
              f"--n {args.n} --steps {' '.join(map(str, args.steps))}"
              + "".join(f" --set {o}" for o in args.overrides)
              + (f" --cache DIR --chunk {args.chunk}" if args.cache else "") + f"`.  Flow: {task.method_label()}, "

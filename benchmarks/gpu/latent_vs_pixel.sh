@@ -68,9 +68,9 @@ EVAL_TIMEOUT=$(( DEADLINE - ($(date +%s) - t0) - 25 ))  # what is left before th
 stamp "assimilation benchmark, coarse | sparse side by side (timeout ${EVAL_TIMEOUT} s)"
 ev=(--latent "$LAT" --pixel "$PIX" --methods $METHODS --trajectories "$CASES" --windows "$WINDOWS"
     --ensemble "$ENSEMBLE" --length "$LENGTH" --steps "$STEPS" --device "$DEV" --batch-size "$BATCH")
-timeout "$EVAL_TIMEOUT" python3 benchmarks/latent_assimilation.py "${ev[@]}" --settings coarse --prior-samples 8 \
+timeout "$EVAL_TIMEOUT" python3 -m benchmarks.latent_assimilation "${ev[@]}" --settings coarse --prior-samples 8 \
   --out "$W/eval_coarse/assimilation" > "$W/eval_coarse.log" 2>&1 & p1=$!
-timeout "$EVAL_TIMEOUT" python3 benchmarks/latent_assimilation.py "${ev[@]}" --settings sparse --prior-samples 0 \
+timeout "$EVAL_TIMEOUT" python3 -m benchmarks.latent_assimilation "${ev[@]}" --settings sparse --prior-samples 0 \
   --out "$W/eval_sparse/assimilation" > "$W/eval_sparse.log" 2>&1 & p2=$!
 wait $p1 $p2
 for s in coarse sparse; do
