@@ -19,6 +19,9 @@ from .training.checkpoint import CheckpointError, ShippedModelFile, load_checkpo
 from .training.distributed import resolve_device
 from .training.trainer import TrainResult
 from .training.trainer import train as _train
+from .pretrained import load_pretrained_file, pretrained_path
+from .pretrained import load_pretrained_file
+from .diffusion.samplers import SAMPLERS
 
 __all__ = ["train", "load_model", "sample", "evaluate", "load_config"]
 
@@ -55,15 +58,12 @@ def load_model(
     if (checkpoint is None) == (pretrained is None):
         raise ValueError("give either a checkpoint or a pretrained model name, not both or neither")
     if pretrained is not None:
-        from .pretrained import load_pretrained_file, pretrained_path
-
         task, model, _ = load_pretrained_file(pretrained_path(pretrained), device, overrides)
         task.progress = progress
         return task, model
     try:
         state = load_checkpoint(checkpoint)
     except ShippedModelFile:  # a shipped model's file given by path: load it as such
-        from .pretrained import load_pretrained_file
 
         task, model, _ = load_pretrained_file(checkpoint, device, overrides)
         task.progress = progress
@@ -132,7 +132,6 @@ def sample(
         scfg = dataclasses.replace(scfg, name=sampler)
     if steps is not None:
         scfg = dataclasses.replace(scfg, steps=steps)
-    from .diffusion.samplers import SAMPLERS
 
     if scfg.name not in SAMPLERS:
         raise ConfigError(f"sampler: unknown sampler {scfg.name!r}; choose one of {sorted(SAMPLERS)}")

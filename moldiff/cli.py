@@ -6,6 +6,20 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from .commands import add_overrides as add_set
+from .commands import task_commands
+from .config import ConfigError
+from .errors import DataError, NonFiniteError
+from .training.checkpoint import CheckpointError
+from .training.interrupts import TrainingInterrupted
+from .training.tracking import TrackingError
+from .training.trainer import NonFiniteLossError
+from . import api
+from .config import load_config, to_yaml
+from .errors import NonFiniteError
+from .fileio import write_json
+from .config import read_yaml, shipped_configs
+from .metrics import text_table
 
 __all__ = ["main"]
 
@@ -14,7 +28,6 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moldiff", description="Diffusion models for molecules and physics.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    from .commands import add_overrides as add_set
 
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", help="YAML config file, or the name of a shipped config (moldiff config list)")
@@ -61,7 +74,6 @@ def _parser() -> argparse.ArgumentParser:
     add_set(show)
     csub.add_parser("list", help="list the configs that ship with moldiff (usable by name from any folder)")
 
-    from .commands import task_commands
 
     for cmd in task_commands().values():  # what tasks add (moldiff.commands entry points)
         tp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
@@ -104,12 +116,6 @@ def _apply_threads(n: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .config import ConfigError
-    from .errors import DataError, NonFiniteError
-    from .training.checkpoint import CheckpointError
-    from .training.interrupts import TrainingInterrupted
-    from .training.tracking import TrackingError
-    from .training.trainer import NonFiniteLossError
 
     _quiet_third_parties(getattr(args, "verbose", False))
     import warnings
@@ -142,16 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from . import api
-    from .config import load_config, to_yaml
-    from .errors import NonFiniteError
-    from .fileio import write_json
-
     if getattr(args, "task_command", None) is not None:
         return args.task_command.run(args)
     if args.command == "config" and args.config_command == "list":
-        from .config import read_yaml, shipped_configs
-
         for name, path in shipped_configs().items():
             print(f"{name:28s} task {read_yaml(path).get('task', '?')}")
         return 0
@@ -207,16 +206,12 @@ def _check_eval_paths(args) -> None:
         raise ValueError(f"--figures {args.figures}: is a file; give a folder")
     path = args.checkpoint
     if path is not None and Path(path).suffix.lower() not in (".pt", ".pth"):
-        from .commands import task_commands
-
         others = "; ".join(f"moldiff {c.name}: {c.help}" for c in task_commands().values())
         raise ValueError(f"{path}: unsupported file type {Path(path).suffix!r}; eval reads checkpoints (.pt)"
                          + (f". Commands that tasks add: {others}" if others else ""))
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
-    from .metrics import text_table
-
     if metrics:
         print(text_table([(k, f"{metrics[k]:.4f}") for k in sorted(metrics)], indent="  "))
 

@@ -21,6 +21,13 @@ from typing import Any, ClassVar, Union
 
 import yaml
 
+from .diffusion.couplings import Coupler
+from .diffusion.denoiser import PREDICTION_KINDS
+from .diffusion.losses import TIME_DISTRIBUTIONS, WEIGHTINGS
+from .diffusion.preconditioning import EDMPreconditioning
+from .diffusion.processes import FLOW_NOISE, PROCESS_KINDS, SPACINGS, build_process, time_grid
+from .diffusion.samplers import PREDICTORS, SAMPLERS, get_sampler
+
 __all__ = [
     "ConfigError",
     "ProcessConfig",
@@ -70,7 +77,6 @@ class ProcessConfig:
 
     def build(self):
         """The process, by :func:`~moldiff.diffusion.processes.build_process` with this kind's fields."""
-        from .diffusion.processes import PROCESS_KINDS, build_process
 
         fields = {"vp": ("beta_min", "beta_max"), "subvp": ("beta_min", "beta_max"), "ve": ("sigma_min", "sigma_max"),
                   "ddpm": ("schedule", "num_steps", "precision"), "flow": ("sigma", "noise", "prior_std")}
@@ -107,8 +113,6 @@ class SamplerConfig:
     def run(self, model, x, *, generator=None, callback=None, progress: bool = True, cond=None):
         """Run this sampler: ``model`` is a :class:`~moldiff.diffusion.Denoiser`, ``x`` a prior sample, ``cond`` an
         optional condition handed to the model."""
-        from .diffusion.processes import time_grid
-        from .diffusion.samplers import get_sampler
 
         # one policy for an impossible step count (more steps than a discrete schedule has levels): an error, here
         # from time_grid and, for configs, from validate() naming the key -- never a silent clamp
@@ -144,7 +148,6 @@ class CouplingConfig:
     refine_iterations: int = 10  #: eq_*: alternations of that second pass
 
     def build(self):
-        from .diffusion.couplings import Coupler
 
         try:
             return Coupler(kind=self.kind, reg=self.reg, normalize_cost=self.normalize_cost, starts=self.starts,
@@ -163,7 +166,6 @@ class PrecondConfig:
     sigma_data: float = 1.0  #: edm: the data's standard deviation
 
     def build(self):
-        from .diffusion.preconditioning import EDMPreconditioning
 
         if self.kind == "none":
             return None
@@ -188,7 +190,6 @@ class LossConfig:
     cond_dropout: float = 0.0  #: conditional models: probability of training a sample unconditionally (for CFG)
 
     def check(self) -> None:
-        from .diffusion.losses import TIME_DISTRIBUTIONS, WEIGHTINGS
 
         raise_failed([
             (self.time_distribution in TIME_DISTRIBUTIONS, "loss.time_distribution", f"choose one of {TIME_DISTRIBUTIONS}"),
@@ -484,7 +485,7 @@ def load_config(
 
     The run name defaults to the YAML file's stem.
     """
-    from .tasks import get_task
+    from .tasks import get_task  # lazy: moldiff.tasks imports this module (the task configs' base)
 
     data = read_yaml(source) if not isinstance(source, dict) else dict(source)
     data = apply_overrides(data, parse_overrides(overrides))
@@ -511,9 +512,6 @@ _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 def validate(cfg: ExperimentConfig) -> None:
     """Value checks that types cannot express."""
-    from .diffusion.denoiser import PREDICTION_KINDS
-    from .diffusion.processes import FLOW_NOISE, PROCESS_KINDS, SPACINGS
-    from .diffusion.samplers import PREDICTORS, SAMPLERS
 
     t = cfg.train
     checks = [

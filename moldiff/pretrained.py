@@ -20,6 +20,12 @@ import torch
 from torch import nn
 
 from .tasks import Task, get_task
+from .config import load_config, to_dict
+from .training.checkpoint import load_checkpoint, save_checkpoint
+from .config import load_config
+from .training.checkpoint import CheckpointError
+from .training.distributed import resolve_device
+from .training.resume import resume_changes
 
 __all__ = ["PRETRAINED", "ShippedModel", "Pretrained", "pretrained", "pretrained_path", "shipped_models",
            "register_pretrained", "export_pretrained", "load_pretrained_file"]
@@ -88,9 +94,6 @@ def export_pretrained(checkpoint: str | Path, out: str | Path, *, overrides: lis
                       figures: dict[str, Any] | None = None) -> Path:
     """Write a training checkpoint's EMA weights (fp16), config (with ``--set``-style ``overrides``, e.g. sampling
     settings; validated) and step as a shipped model file."""
-    from .config import load_config, to_dict
-    from .training.checkpoint import load_checkpoint, save_checkpoint
-
     state = load_checkpoint(checkpoint)
     cfg = load_config(state["config"], overrides)
     ema = {k: (v.half() if v.is_floating_point() else v) for k, v in state["ema"].items()}
@@ -107,11 +110,6 @@ def load_pretrained_file(path: str | Path, device: str = "auto",
     """``(task, model, state)`` from a shipped model file (strict keys, weights in float32).  ``overrides``
     (``--set``-style) may change the sampling-time keys of the config (its class's ``resume_mutable``: sampler,
     eval, a trajectory prior's observation operator, ...), never what the weights mean."""
-    from .config import load_config
-    from .training.checkpoint import CheckpointError
-    from .training.distributed import resolve_device
-    from .training.resume import resume_changes
-
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -28,6 +28,7 @@ from torch import Tensor
 from .preconditioning import EDMPreconditioning
 from .processes import Process
 from .spaces import EuclideanSpace, Space
+from .processes import FlowPath
 
 __all__ = ["Denoiser", "PREDICTION_KINDS"]
 
@@ -59,7 +60,6 @@ class Denoiser:
     ):
         if kind not in PREDICTION_KINDS:
             raise ValueError(f"unknown prediction kind {kind!r}; choose one of {PREDICTION_KINDS}")
-        from .processes import FlowPath
 
         if isinstance(process, FlowPath) and kind != "velocity":
             # alpha(1) = 0 makes x0 unidentifiable at the source end and f, g^2 singular there

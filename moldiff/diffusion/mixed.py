@@ -21,6 +21,7 @@ from ..progress import progress_bar
 from .categorical import CategoricalPath
 from .processes import FlowPath
 from .spaces import Space
+from .inpainting import translate_onto_known
 
 __all__ = ["MixedState", "MixedPrediction", "MixedKnown", "sample_mixed_flow", "flow_time_grid", "TIME_GRIDS"]
 
@@ -71,8 +72,6 @@ class MixedKnown:
     def restore(self, state: MixedState, space: Space) -> MixedState:
         """Translate each graph so its given atoms sit where they were given (zero-CoM spaces), and put the
         given values back exactly."""
-        from .inpainting import translate_onto_known
-
         mask = torch.as_tensor(self.x_mask, device=state.x.device).bool().expand_as(state.x)
         x = torch.where(mask, self.x.to(state.x), state.x)
         if getattr(space, "zero_com", False):

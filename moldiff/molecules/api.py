@@ -5,6 +5,17 @@ protocol on two checkpoints."""
 from __future__ import annotations
 
 from pathlib import Path
+from .relax import relax_molecules
+from ..config import load_config as _load
+from .flow_task import QM9FlowTask, check_vocabulary
+from .graph_mol import read_graph_sdf
+from .graph_metrics import evaluate_graphs
+from .qm9 import QM9
+from ..api import load_model
+from ..config import ConfigError
+from .flow_task import QM9FlowTask
+from .property_protocol import property_protocol
+from .property_task import PropertyTask
 
 __all__ = ["evaluate_molecule_file", "evaluate_graph_file", "evaluate_dataset", "evaluate_property_conditioning"]
 
@@ -28,8 +39,6 @@ def relax_graph_file(
 ):
     """:func:`evaluate_graph_file` before and after relaxing the molecules (:func:`~moldiff.molecules.relax.
     relax_molecules`): ``(before, after, report, relaxed molecules)``."""
-    from .relax import relax_molecules
-
     mols, task = _graph_file(path, reference, cache_dir)
     relaxed, report = relax_molecules(mols, force_field=method, max_iters=max_iters, progress=progress)
     before = evaluate_graphs_of(mols, task, novelty=novelty, mmff=mmff, progress=progress)
@@ -38,10 +47,6 @@ def relax_graph_file(
 
 
 def _graph_file(path, reference: int, cache_dir):
-    from ..config import load_config as _load
-    from .flow_task import QM9FlowTask, check_vocabulary
-    from .graph_mol import read_graph_sdf
-
     if Path(path).suffix.lower() != ".sdf":
         raise ValueError(f"{path}: the generated-graph protocol reads bonds and charges from an .sdf file")
     mols = _nonempty(read_graph_sdf(path), path)
@@ -52,8 +57,6 @@ def _graph_file(path, reference: int, cache_dir):
 
 
 def evaluate_graphs_of(mols, task, *, novelty: bool, mmff: int, progress: bool):
-    from .graph_metrics import evaluate_graphs
-
     return evaluate_graphs(mols, reference=task.reference(), training_smiles=task.training_smiles() if novelty else None,
                            mmff=mmff, progress=progress)
 
@@ -61,7 +64,6 @@ def evaluate_graphs_of(mols, task, *, novelty: bool, mmff: int, progress: bool):
 def _qm9_reference(novelty: bool, cache_dir, progress: bool) -> set[str] | None:
     if not novelty:
         return None
-    from .qm9 import QM9
 
     return QM9.load(cache_dir, progress=progress).pipeline_smiles("train", progress=progress)
 
@@ -71,8 +73,8 @@ def evaluate_molecule_file(
 ):
     """Score the molecules of an SDF / xyz / extxyz file with the EDM protocol
     (:class:`~moldiff.molecules.evaluate.MoleculeMetrics`); novelty is against QM9's training split."""
-    from .evaluate import evaluate_molecules
-    from .io import read_molecules
+    from .evaluate import evaluate_molecules  # lazy: RDKit loads only when molecules are read or scored
+    from .io import read_molecules  # lazy: RDKit loads only when molecules are read or scored
 
     mols = _nonempty(read_molecules(path), path)
     return evaluate_molecules(mols, reference_smiles=_qm9_reference(novelty, cache_dir, progress), progress=progress)
@@ -80,7 +82,7 @@ def evaluate_molecule_file(
 
 def _nonempty(mols: list, path) -> list:
     """``mols``, or :class:`~moldiff.molecules.io.MoleculeFileError` (exit 2) for a file without molecules."""
-    from .io import MoleculeFileError
+    from .io import MoleculeFileError  # lazy: RDKit loads only when molecules are read or scored
 
     if not mols:
         raise MoleculeFileError(f"{path}: holds no molecules; nothing to score")
@@ -97,8 +99,7 @@ def evaluate_dataset(
     progress: bool = True,
 ):
     """Score a dataset split itself (EDM's "data" row): ``limit`` takes its first molecules only."""
-    from .evaluate import evaluate_molecules
-    from .qm9 import QM9
+    from .evaluate import evaluate_molecules  # lazy: RDKit loads only when molecules are read or scored
 
     if name != "qm9":
         raise ValueError(f"unknown dataset {name!r}; available: qm9")
@@ -120,11 +121,6 @@ def evaluate_property_conditioning(generator: str | Path, regressor: str | Path,
     :class:`~moldiff.molecules.property_protocol.PropertyProtocolResult`."""
     import torch
 
-    from ..api import load_model
-    from ..config import ConfigError
-    from .flow_task import QM9FlowTask
-    from .property_protocol import property_protocol
-    from .property_task import PropertyTask
 
     gen_task, gen_model = load_model(generator, device=device)
     reg_task, reg_model = load_model(regressor, device=device)

@@ -12,6 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..commands import TaskCommand
+from ..fileio import write_json
+from ..fileio import check_output_path, write_output
+from . import api
+from .graph_mol import write_graph_sdf
+from ..fileio import atomic_path
 
 __all__ = ["EVAL_MOLECULES", "QM9_PROPERTY"]
 
@@ -20,8 +25,6 @@ MOLECULE_FILES = (".sdf", ".xyz", ".extxyz")
 
 def _write_json(path: str | None, data: dict) -> None:
     if path is not None:
-        from ..fileio import write_json
-
         write_json(path, data)
 
 
@@ -47,10 +50,6 @@ def _eval_arguments(e) -> None:
 
 
 def _relax_run(args, progress: bool, novelty: bool) -> int:
-    from ..fileio import check_output_path, write_output
-    from . import api
-    from .graph_mol import write_graph_sdf
-
     out = check_output_path(args.relaxed_out, (".sdf",), "relaxed molecules") if args.relaxed_out else None
     before, after, report, relaxed = api.relax_graph_file(args.file, method=args.relax, max_iters=args.relax_iters,
                                                           novelty=novelty, progress=progress)
@@ -71,8 +70,6 @@ def _relax_run(args, progress: bool, novelty: bool) -> int:
 
 
 def _eval_run(args) -> int:
-    from . import api
-
     _check_json(args.json)
     if (args.file is None) == (args.dataset is None):
         raise ValueError("give either a molecule file or --dataset")
@@ -125,8 +122,6 @@ def _property_arguments(p) -> None:
 
 
 def _property_run(args) -> int:
-    from . import api
-
     _check_json(args.json)
     res = api.evaluate_property_conditioning(args.generator, args.regressor, n=args.num, n_reference=args.reference,
                                              steps=args.steps, seed=args.seed, device=args.device,
@@ -134,8 +129,6 @@ def _property_run(args) -> int:
     print(res.table())
     _write_json(args.json, res.as_dict())
     if args.figure:
-        from ..fileio import atomic_path
-
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(args.figure, suffix=".png") as tmp:
             res.figure().savefig(tmp, dpi=120)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from .bonds import atom_stability, bond_orders
+from .graph_metrics import valence_stability
 
 __all__ = ["molecule_grid", "ELEMENT_COLORS"]
 
@@ -23,7 +25,6 @@ def molecule_grid(molecules, *, title: str | None = None, ncols: int = 4, panel_
     """
     import matplotlib.pyplot as plt
 
-    from .bonds import atom_stability, bond_orders
 
     n = max(len(molecules), 1)
     ncols = min(ncols, n)
@@ -47,8 +48,6 @@ def molecule_grid(molecules, *, title: str | None = None, ncols: int = 4, panel_
                 ax.scatter(*pos[charged].T, s=260, facecolors="none", edgecolors="#e0a000", linewidths=1.2,
                            depthshade=False)
             if graph:
-                from .graph_metrics import valence_stability
-
                 stable = bool(valence_stability(mol).all())
             else:
                 stable = bool(atom_stability(z, pos)[0].all())

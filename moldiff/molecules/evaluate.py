@@ -63,6 +63,7 @@ from moldiff.molecules.bonds import (
     bond_orders,
     pairwise_distances,
 )
+from ..progress import progress_bar
 
 __all__ = [
     "Molecule",
@@ -334,8 +335,6 @@ def evaluate_molecules(
     enables novelty.  ``progress`` shows a tqdm bar."""
     iterable: Iterable[tuple[Any, Any]] = molecules
     if progress:
-        from ..progress import progress_bar
-
         iterable = progress_bar(molecules, desc="evaluating molecules", unit="mol")
     start = time.perf_counter()
     n = n_atoms = n_stable_atoms = n_stable_mols = n_strict = 0

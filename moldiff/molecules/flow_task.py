@@ -49,6 +49,17 @@ from .graph_mol import GraphMolecule, from_rdkit
 from .graphs import BOND_ORDERS, CHARGES
 from .properties import CONDITIONING_PROPERTIES, HALVES, PropertyScale, property_values
 from .task import QM9Data, QM9Source
+from .graphs import QM9Graphs
+from ..training.trainer import step_seed
+from ..nn.backbones import build_graph_backbone
+from ..progress import progress_bar
+from ..fileio import cached_strings
+from .graph_metrics import SMILES_VERSION, reference_smiles
+from .graph_metrics import ReferenceStats
+from .draw import molecule_grid
+from .graph_metrics import evaluate_graphs
+from .graph_mol import write_graph_sdf
+from .relax import relax_molecules
 
 __all__ = ["QM9FlowConfig", "QM9FlowTask", "GraphBatch", "batch_from_molecules", "check_vocabulary", "pair_layout"]
 
@@ -335,8 +346,6 @@ class QM9FlowTask(QM9Source, Task):
     def graphs_for(self, rows: np.ndarray):
         """Graphs for ``rows``: the full cached table (built once, ~1.5 CPU-minutes) when it exists or many rows
         are needed, else (``data.max_train``, a few thousand test molecules) only these rows, in memory."""
-        from .graphs import QM9Graphs
-
         cached = self.qm9.path is not None and (self.qm9.path.parent / "qm9_graphs.npz").is_file()
         if self._graphs is None and (self.cfg.data.max_train or len(rows) <= 5000) and not cached:
             return QM9Graphs.build(self.qm9, rows, progress=False)
@@ -436,7 +445,6 @@ class QM9FlowTask(QM9Source, Task):
         while True:
             picked = rows[plan.rows(step, rank, world_size)]
             if f.fake_atoms:  # the fake atoms of a step are a pure function of (seed, rank, step), as the batch is
-                from ..training.trainer import step_seed
 
                 rng = np.random.default_rng(step_seed(self.cfg.seed, rank, step, stream=1))
                 b = batch_from_molecules([self.molecule(r) for r in picked],
@@ -450,8 +458,6 @@ class QM9FlowTask(QM9Source, Task):
 
     # -- model and loss --------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from ..nn.backbones import build_graph_backbone
-
         m, p = self.cfg.model, self.paths
         extra = {"e3nn": {"lmax": m.lmax, "parity": m.parity}}.get(m.backbone, {})
         if self.cfg.flow.self_condition:
@@ -534,8 +540,6 @@ class QM9FlowTask(QM9Source, Task):
         the scaffold's size.  ``resample`` and ``noise``: RePaint's repeats per step and the stochasticity of
         the position steps (:func:`~moldiff.diffusion.mixed.sample_mixed_flow`; ``steps * resample`` network
         calls)."""
-        from ..progress import progress_bar
-
         steps = (sampler or self.cfg.sampler).steps
         device = next(model.parameters()).device
         if properties is not None:
@@ -642,9 +646,6 @@ class QM9FlowTask(QM9Source, Task):
         """Canonical SMILES of the training graphs (novelty reference); for the full split cached beside the
         graph table (``graph_smiles_train.txt``, keyed by the table's checksum)."""
         if self._smiles is None:
-            from ..fileio import cached_strings
-            from .graph_metrics import SMILES_VERSION, reference_smiles
-
             rows = self.train_rows
             path = self._train_graphs.path
             if self.cfg.data.max_train or path is None:
@@ -657,8 +658,6 @@ class QM9FlowTask(QM9Source, Task):
 
     def reference(self):
         """Distribution statistics of the test split's graphs (``eval.reference`` molecules; computed once)."""
-        from .graph_metrics import ReferenceStats
-
         if self._reference is None:
             rows = self.qm9.split("test")
             k = self.cfg.eval.reference
@@ -668,10 +667,6 @@ class QM9FlowTask(QM9Source, Task):
         return self._reference
 
     def evaluate(self, model, *, generator, progress: bool = True) -> EvalResult:
-        from .draw import molecule_grid
-        from .graph_metrics import evaluate_graphs
-        from .graph_mol import write_graph_sdf
-
         ev = self.cfg.eval
         if ev.n_samples == 0:
             return EvalResult()
@@ -694,14 +689,10 @@ class QM9FlowTask(QM9Source, Task):
                       progress: bool = True) -> tuple[list[GraphMolecule], str]:
         """RDKit MMFF94 (UFF where MMFF lacks parameters; ``method="uff"`` the other way round), at most
         ``max_iters`` iterations; never lowers validity (:mod:`moldiff.molecules.relax`)."""
-        from .relax import relax_molecules
-
         mols, report = relax_molecules(samples, force_field=method or "mmff", max_iters=max_iters, progress=progress)
         return mols, report.summary()
 
     def save_samples(self, samples: list[GraphMolecule], path: Path) -> None:
-        from .graph_mol import write_graph_sdf
-
         path = Path(path)
         if path.suffix.lower() != ".sdf":
             raise ValueError(f"{path}: generated graphs are written as .sdf")

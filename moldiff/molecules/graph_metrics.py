@@ -36,6 +36,8 @@ import numpy as np
 
 from ..metrics import text_table
 from .graph_mol import GraphMolecule, to_rdkit
+from ..progress import progress_bar
+from .graph_mol import graph_molecules
 
 __all__ = ["ALLOWED_VALENCE", "GraphMetrics", "ReferenceStats", "evaluate_graphs", "graph_smiles",
            "reference_smiles", "valence_stability"]
@@ -59,7 +61,7 @@ def _sym(z: int) -> str:
 
 def overlapping_atoms(mol: GraphMolecule) -> np.ndarray:
     """``[n]`` bool: atoms closer than :data:`~moldiff.molecules.evaluate.OVERLAP_DISTANCE` to another atom."""
-    from .evaluate import OVERLAP_DISTANCE
+    from .evaluate import OVERLAP_DISTANCE  # lazy: RDKit loads only when molecules are read or scored
 
     if mol.num_atoms < 2 or not np.isfinite(mol.positions).all():
         return np.zeros(mol.num_atoms, dtype=bool)
@@ -80,7 +82,7 @@ def graph_smiles(mol: GraphMolecule) -> tuple[str | None, str | None]:
     """``(canonical SMILES, None)`` of a valid graph (hydrogens removed, no stereo) or ``(None, reason)``."""
     from rdkit import Chem
 
-    from .evaluate import short_error
+    from .evaluate import short_error  # lazy: RDKit loads only when molecules are read or scored
 
     try:
         rd = to_rdkit(mol, sanitize=True)
@@ -94,7 +96,7 @@ def graph_smiles(mol: GraphMolecule) -> tuple[str | None, str | None]:
 
 def reference_smiles(task, rows: np.ndarray) -> set[str]:
     """Canonical SMILES (:func:`graph_smiles`) of QM9 graphs ``rows`` of a :class:`QM9FlowTask`."""
-    from .evaluate import rdkit_log_silenced
+    from .evaluate import rdkit_log_silenced  # lazy: RDKit loads only when molecules are read or scored
 
     out = set()
     with rdkit_log_silenced():
@@ -319,10 +321,7 @@ def evaluate_graphs(mols: list[GraphMolecule], *, reference: ReferenceStats | No
                     mmff: int = 0, progress: bool = False) -> GraphMetrics:
     """Score generated molecules with the generated-graph protocol (module docstring) and, with ``edm``,
     EDM's distance-based protocol on their coordinates.  ``mols``: ``GraphMolecule`` s or a PyG ``Batch``."""
-    from ..progress import progress_bar
-
-    from .evaluate import evaluate_molecules, rdkit_log_silenced
-    from .graph_mol import graph_molecules
+    from .evaluate import evaluate_molecules, rdkit_log_silenced  # lazy: RDKit loads only when molecules are read or scored
 
     mols = graph_molecules(mols)
     start = time.perf_counter()

@@ -157,8 +157,8 @@ def write_graph_sdf(path: str | os.PathLike[str], molecules: Iterable[GraphMolec
     """Write molecules with their own bonds and charges to an SDF file, atomically (nothing is left behind on
     an error).  Records are named by their 0-based index and written unsanitized, so invalid graphs are kept
     as generated."""
-    from .evaluate import rdkit_log_silenced
-    from .io import write_rdkit_sdf
+    from .evaluate import rdkit_log_silenced  # lazy: RDKit loads only when molecules are read or scored
+    from .io import write_rdkit_sdf  # lazy: RDKit loads only when molecules are read or scored
 
     with rdkit_log_silenced():
         rdmols = [to_rdkit(m) for m in molecules]
@@ -170,8 +170,8 @@ def read_graph_sdf(path: str | os.PathLike[str]) -> list[GraphMolecule]:
     raises :class:`~moldiff.molecules.io.MoleculeFileError` naming it."""
     from rdkit import Chem
 
-    from .evaluate import rdkit_log_silenced
-    from .io import MoleculeFileError, read_molecules
+    from .evaluate import rdkit_log_silenced  # lazy: RDKit loads only when molecules are read or scored
+    from .io import MoleculeFileError, read_molecules  # lazy: RDKit loads only when molecules are read or scored
 
     path = Path(path)
     if not read_molecules(path):  # the strict reader: missing file, truncation, NaN -> clear errors

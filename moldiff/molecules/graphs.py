@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import array_checksum, read_npz_cache, write_npz_cache
+from ..progress import progress_bar
 
 __all__ = ["BOND_ORDERS", "CHARGES", "STATUS", "MolGraph", "QM9Graphs", "extract_graph"]
 
@@ -80,7 +81,7 @@ def extract_graph(atomic_numbers: np.ndarray, positions: np.ndarray, smiles: str
     from rdkit import Chem
     from rdkit.Chem import AllChem, rdDetermineBonds
 
-    from .evaluate import rdkit_log_silenced
+    from .evaluate import rdkit_log_silenced  # lazy: RDKit loads only when molecules are read or scored
 
     with rdkit_log_silenced():
         mol = _rdkit_from_xyz(atomic_numbers, positions)
@@ -152,8 +153,6 @@ class QM9Graphs:
     # -- construction ------------------------------------------------------------------------------------
     @classmethod
     def build(cls, qm9, rows=None, *, progress: bool = True, workers: int = 1) -> "QM9Graphs":
-        from ..progress import progress_bar
-
         rows = np.arange(len(qm9)) if rows is None else np.asarray(rows, dtype=np.int64)
         chunks = [rows[i : i + 2000] for i in range(0, len(rows), 2000)]
         jobs = [([qm9.atomic_numbers[qm9.offsets[r]:qm9.offsets[r + 1]] for r in c],

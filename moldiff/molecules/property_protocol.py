@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .properties import property_spec
+from .graph_metrics import graph_smiles, valence_stability
 
 __all__ = ["PropertyProtocolResult", "property_protocol", "atom_count_predictor"]
 
@@ -111,8 +112,7 @@ def property_protocol(generator_task, generator_model, regressor_task, regressor
         steps: the generator's NFE (default: its config's ``sampler.steps``).
         generator: the random stream (conditions, sampling, reference subset, shuffling).
     """
-    from .evaluate import rdkit_log_silenced
-    from .graph_metrics import graph_smiles, valence_stability
+    from .evaluate import rdkit_log_silenced  # lazy: RDKit loads only when molecules are read or scored
 
     prop = generator_task.cfg.condition.property
     if not prop:

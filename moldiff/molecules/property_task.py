@@ -21,6 +21,8 @@ from .batches import BatchPlan
 from .features import ELEMENTS, UnsupportedElementError
 from .properties import CONDITIONING_PROPERTIES, HALVES, PropertyScale, property_spec, property_values
 from .task import QM9Data, QM9Source
+from ..nn.regressor import EGNNRegressor
+from ..progress import progress_bar
 
 __all__ = ["PropertyConfig", "PropertyTask", "AtomBatch", "atom_batch"]
 
@@ -127,8 +129,6 @@ class PropertyTask(QM9Source, Task):
         return self._scale
 
     def build_model(self) -> nn.Module:
-        from ..nn.regressor import EGNNRegressor
-
         m = self.cfg.model
         return EGNNRegressor(len(ELEMENTS), hidden=m.hidden, layers=m.layers, coords_range=m.coords_range)
 
@@ -151,8 +151,6 @@ class PropertyTask(QM9Source, Task):
     def predict(self, model: nn.Module, molecules: list[tuple[np.ndarray, np.ndarray]], *,
                 progress: bool = False) -> np.ndarray:
         """The property (its protocol unit) of ``[(atomic_numbers, positions), ...]``, ``[len(molecules)]``."""
-        from ..progress import progress_bar
-
         device = next(model.parameters()).device
         order = np.argsort([len(z) for z, _ in molecules], kind="stable")
         out = np.empty(len(molecules))

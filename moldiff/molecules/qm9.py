@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..fileio import array_checksum, cache_dir, cached_strings, read_npz_cache, write_npz_cache
+from ..progress import progress_bar
 
 __all__ = [
     "QM9",
@@ -102,8 +103,6 @@ def _parse_floats(text: str) -> np.ndarray:
 
 
 def _read_csvs(data_dir: Path, progress: bool) -> dict[str, np.ndarray]:
-    from ..progress import progress_bar
-
     csv.field_size_limit(sys.maxsize)
     index, natoms, zs, pos, props, smiles = [], [], [], [], [], []
     bar = progress_bar(total=NUM_MOLECULES, enabled=progress, desc="QM9: parsing qm9pack CSV (once)")
@@ -208,9 +207,7 @@ class QM9:
         """Canonical SMILES of a split's valid molecules, built from the coordinates by the evaluator's
         pipeline (bonds from distances, RDKit sanitize, largest fragment) -- the reference for novelty.
         Cached beside the data (``smiles_<split>.txt``), keyed by the data checksum."""
-        from ..progress import progress_bar
-
-        from .evaluate import molecule_smiles
+        from .evaluate import molecule_smiles  # lazy: RDKit loads only when molecules are read or scored
 
         header = f"# moldiff QM9 {split} pipeline SMILES v{SMILES_PIPELINE_VERSION} data={self.checksum}"
         path = None if self.path is None else self.path.parent / f"smiles_{split}.txt"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .graph_mol import GraphMolecule, to_rdkit
+from ..progress import progress_bar
 
 __all__ = ["RelaxReport", "relax_molecules", "FORCE_FIELDS"]
 
@@ -61,9 +62,7 @@ def relax_molecules(mols: list[GraphMolecule], *, force_field: str = "mmff", max
     """Minimise each molecule's energy for at most ``max_iters`` iterations with ``force_field`` (``mmff``, falling
     back to ``uff`` where MMFF lacks parameters, or ``uff`` first); returns new molecules (same order) and a
     :class:`RelaxReport`.  Never raises for a bad molecule: it is kept and counted."""
-    from ..progress import progress_bar
-
-    from .evaluate import score_molecule, rdkit_log_silenced
+    from .evaluate import score_molecule, rdkit_log_silenced  # lazy: RDKit loads only when molecules are read or scored
 
     if force_field not in FORCE_FIELDS:
         raise ValueError(f"unknown force field {force_field!r}; choose one of {FORCE_FIELDS}")

@@ -27,6 +27,10 @@ from ..tasks import EvalResult, Task
 from .batches import BatchPlan, MoleculeBatch
 from .features import MoleculeEncoding
 from .properties import HALVES
+from .qm9 import QM9
+from .properties import train_half
+from ..nn.backbones import build_backbone
+from .draw import molecule_grid
 
 __all__ = ["QM9Config", "QM9Data", "QM9Model", "QM9Eval", "QM9Source", "QM9Task", "Molecules"]
 
@@ -114,16 +118,12 @@ class QM9Source:
     @property
     def qm9(self):
         if self._qm9 is None:
-            from .qm9 import QM9
-
             self._qm9 = QM9.load(self.cfg.data.cache_dir, progress=self.progress)
         return self._qm9
 
     def split_rows(self) -> np.ndarray:
         """The training rows the config names: EDM's train split, or one half of it (``data.half``), cut to its
         first ``data.max_train`` rows when that is set."""
-        from .properties import train_half
-
         rows = train_half(self.qm9, self.cfg.data.half)
         k = self.cfg.data.max_train
         return rows[:k] if k else rows
@@ -176,7 +176,7 @@ class QM9Task(QM9Source, Task):
         """Canonical SMILES of the training molecules, built by the evaluator's pipeline (for novelty)."""
         if self._smiles is None:
             if self.cfg.data.max_train:
-                from .evaluate import molecule_smiles
+                from .evaluate import molecule_smiles  # lazy: RDKit loads only when molecules are read or scored
 
                 smiles = (molecule_smiles(z, p) for z, p in self.qm9.molecules(self.train_rows))
                 self._smiles = {s for s in smiles if s is not None}
@@ -186,8 +186,6 @@ class QM9Task(QM9Source, Task):
 
     # -- model and loss --------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from ..nn.backbones import build_backbone
-
         m = self.cfg.model
         options = {"egnn": {"attention": m.attention, "tanh": m.tanh, "coords_range": m.coords_range,
                             "norm_constant": m.norm_constant, "inv_sublayers": m.inv_sublayers,
@@ -254,9 +252,8 @@ class QM9Task(QM9Source, Task):
 
     # -- evaluation ------------------------------------------------------------------------------------
     def evaluate(self, model, *, generator, progress: bool = True) -> EvalResult:
-        from .draw import molecule_grid
-        from .evaluate import evaluate_molecules
-        from .io import write_sdf, write_xyz
+        from .evaluate import evaluate_molecules  # lazy: RDKit loads only when molecules are read or scored
+        from .io import write_sdf, write_xyz  # lazy: RDKit loads only when molecules are read or scored
 
         ev = self.cfg.eval
         if ev.n_samples == 0:
@@ -282,7 +279,7 @@ class QM9Task(QM9Source, Task):
                           files=files)
 
     def save_samples(self, samples: Molecules, path: Path) -> None:
-        from .io import write_sdf, write_xyz
+        from .io import write_sdf, write_xyz  # lazy: RDKit loads only when molecules are read or scored
 
         path = Path(path)
         if path.suffix.lower() == ".sdf":

@@ -31,20 +31,20 @@ import importlib
 from typing import Any, Callable
 
 from torch import nn
+from .egnn import EGNNDenoiser
+from .molgraph import MolGraphNet
 
 __all__ = ["BACKBONES", "GRAPH_BACKBONES", "build_backbone", "build_graph_backbone"]
 
 
 def _egnn(num_features: int, *, hidden: int, layers: int, pos_dims: int, cond_dim: int = 0, **options) -> nn.Module:
-    from .egnn import EGNNDenoiser
-
     if cond_dim:
         raise ValueError("the egnn backbone takes no condition; use e3nn or your own backbone")
     return EGNNDenoiser(num_features, hidden_nf=hidden, n_layers=layers, pos_dims=pos_dims, **options)
 
 
 def _e3nn(num_features: int, *, hidden: int, layers: int, pos_dims: int, cond_dim: int = 0, **options) -> nn.Module:
-    from .e3 import E3Denoiser
+    from .e3 import E3Denoiser  # lazy: e3nn loads only for its backbones
 
     return E3Denoiser(num_features, mul=hidden, layers=layers, pos_dims=pos_dims, cond_dim=cond_dim, **options)
 
@@ -84,13 +84,11 @@ def build_backbone(name: str, num_features: int, *, hidden: int, layers: int, po
 
 
 def _molgraph(*args, **kwargs) -> nn.Module:
-    from .molgraph import MolGraphNet
-
     return MolGraphNet(*args, **kwargs)
 
 
 def _e3_molgraph(*args, coords_range: float = 2.0, **kwargs) -> nn.Module:
-    from .e3_molgraph import E3MolGraphNet
+    from .e3_molgraph import E3MolGraphNet  # lazy: e3nn loads only for its backbones
 
     return E3MolGraphNet(*args, **kwargs)
 

@@ -33,7 +33,7 @@ class ShippedModelFile(CheckpointError):
 
 
 def _shipped_hint(path: Path, state: dict) -> str:
-    from ..pretrained import shipped_models
+    from ..pretrained import shipped_models  # lazy: moldiff.pretrained imports this module
 
     names = [n for n, m in shipped_models().items() if m.file.resolve() == path.resolve()]
     name = names[0] if names else "NAME"

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
 from .lineage import Lineage
+from ..pretrained import pretrained_path
 
 __all__ = ["InitSource", "read_init", "load_init"]
 
@@ -39,8 +40,6 @@ class InitSource:
 
 def _resolve(source: str) -> Path:
     if source.startswith(PRETRAINED_PREFIX):
-        from ..pretrained import pretrained_path
-
         try:
             return pretrained_path(source[len(PRETRAINED_PREFIX):])
         except (ValueError, FileNotFoundError) as e:

@@ -11,6 +11,7 @@ from moldiff.api import load_model
 from moldiff.config import ConfigError
 from moldiff.errors import NonFiniteError
 from moldiff.fileio import check_output_path, write_output
+from moldiff.fileio import write_npz_cache
 
 __all__ = ["assimilate", "read_observations", "ObservationFileError"]
 
@@ -77,7 +78,6 @@ def assimilate(
     if out is not None:
         import numpy as np
 
-        from moldiff.fileio import write_npz_cache
 
         arr = samples.cpu().numpy()
         if out.suffix.lower() == ".npz":

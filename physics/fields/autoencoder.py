@@ -128,7 +128,7 @@ class AutoencoderTask(SplitData, Task):
         return torch.cat(out)
 
     def evaluate(self, model, *, generator, progress=True) -> EvalResult:
-        from .plots import reconstruction_figure, spectrum_comparison_figure
+        from .plots import reconstruction_figure, spectrum_comparison_figure  # lazy: matplotlib loads only for figures
 
         ev = self.cfg.eval
         x = self.states("test", progress=progress)

@@ -4,6 +4,7 @@ Nothing heavy is imported here: the parser is built on every ``moldiff`` call.""
 from __future__ import annotations
 
 from moldiff.commands import TaskCommand, add_overrides
+from .api import assimilate
 
 __all__ = ["ASSIMILATE"]
 
@@ -25,8 +26,6 @@ def _arguments(a) -> None:
 
 
 def _run(args) -> int:
-    from .api import assimilate
-
     x = assimilate(args.checkpoint, args.observations, n=args.num, length=args.length, method=args.method,
                    out=args.out, seed=args.seed, overrides=args.overrides, use_ema=not args.no_ema,
                    device=args.device, progress=not args.no_progress, pretrained=args.pretrained)

@@ -36,6 +36,7 @@ from torch import Tensor
 from moldiff.fileio import cache_dir, read_npz_cache, write_npz_cache
 
 from .lorenz import get_lorenz
+from .navier_stokes import KolmogorovFlow
 
 __all__ = ["DatasetSpec", "DATASETS", "SMOKE_DATASETS", "SPLITS", "get_dataset", "load_trajectories", "state_shape", "cache_path",
            "normalization", "DatasetCacheError", "SplitData"]
@@ -112,7 +113,6 @@ def simulator(spec: DatasetSpec, **params: float):
     if spec.system == "kolmogorov":
         if params:
             raise ValueError(f"the Kolmogorov simulator takes no model parameters, got {sorted(params)}")
-        from .navier_stokes import KolmogorovFlow
 
         return KolmogorovFlow(n=spec.resolution)
     system = get_lorenz(spec.system)

@@ -27,6 +27,8 @@ from moldiff.diffusion import GaussianObservation
 from moldiff.tasks import register_task
 
 from .task import TrajectoryConfig, TrajectoryTask
+from moldiff.api import load_model
+from moldiff.training.checkpoint import load_checkpoint
 
 __all__ = ["LatentSpec", "LatentTrajectoryConfig", "LatentTrajectoryTask"]
 
@@ -66,9 +68,6 @@ class LatentTrajectoryTask(TrajectoryTask):
     # -- the autoencoder -----------------------------------------------------------------------------
     def _load_autoencoder(self):
         if self._ae is None:
-            from moldiff.api import load_model
-            from moldiff.training.checkpoint import load_checkpoint
-
             path = Path(self.cfg.latent.autoencoder)
             if not path.is_file():
                 raise ConfigError(f"latent.autoencoder: no checkpoint at {path}")

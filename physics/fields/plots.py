@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
+from .navier_stokes import energy_spectrum
 
 __all__ = ["assimilation_figures", "timeseries_figure", "hovmoller_figure", "field_figure", "spectra_figure",
            "mask_figure", "write_animation", "reconstruction_figure", "spectrum_comparison_figure", "trajectory_grid"]
@@ -125,8 +126,6 @@ def field_figure(truth, y, ensembles, operator, interval: float, title: str, col
 
 def spectra_figure(truth, ensembles, title: str):
     """Isotropic energy spectra averaged over time: truth against each method's posterior samples."""
-    from .navier_stokes import energy_spectrum
-
     fig, ax = plt.subplots(figsize=(5, 4))
     k, e = energy_spectrum(torch.as_tensor(truth, dtype=torch.float64))
     ax.loglog(k[1:].numpy(), e.reshape(-1, len(k)).mean(0)[1:].numpy(), "k", lw=2, label="truth")

@@ -43,6 +43,11 @@ from physics.assimilation.observations import OBSERVATION_KINDS, ObservationOper
 
 from .datasets import DATASETS, SplitData, get_dataset, simulator, state_shape
 from .models import FlatWindow, LocalScoreNet, WindowAsChannels
+from moldiff.nn import UNet
+from moldiff.nn import SpaceTimeTransformer
+from physics.assimilation.enkf import ring_localization, run_filter
+from physics.assimilation.metrics import score_ensemble
+from .statistics import compare_statistics, field_statistics, statistics_figure
 
 __all__ = ["TrajectoryTask", "TrajectoryConfig", "TrajectoryData", "TrajectoryModel", "ObservationConfig",
            "AssimilationEval", "METHODS"]
@@ -216,15 +221,11 @@ class TrajectoryTask(SplitData, Task):
         if m.backbone == "mlp":
             backbone = FlatWindow(w * int(np.prod(shape)), width=m.width, depth=m.depth, time_dim=m.time_dim)
         elif m.backbone == "unet":
-            from moldiff.nn import UNet
-
             c = w * int(np.prod(shape[:-2]))
             backbone = UNet(c, c, channels=tuple(m.channels), blocks_per_level=m.blocks_per_level, time_dim=m.time_dim)
             if len(shape) > 2:  # states with channels (latent grids): [w, C, h, w'] stacked as w C channels
                 backbone = WindowAsChannels(backbone)
         else:
-            from moldiff.nn import SpaceTimeTransformer
-
             channels, (height, width) = int(np.prod(shape[:-2])), shape[-2:]
             try:
                 backbone = SpaceTimeTransformer(w, channels, height, width, patch=m.patch, dim=m.dim, depth=m.depth,
@@ -360,8 +361,6 @@ class TrajectoryTask(SplitData, Task):
         """An ensemble filter (``enkf`` | ``etkf``, the true dynamics) on each observed trajectory ``y [B, P]``,
         all as one batch, from ``eval.ensemble`` random training states (climatology): the analysis
         ensembles ``[B, M, length, D]``."""
-        from physics.assimilation.enkf import ring_localization, run_filter
-
         ev = self.cfg.eval
         sim = simulator(self.spec)
         train = self.trajectories("train").reshape(-1, *self.shape)
@@ -378,9 +377,6 @@ class TrajectoryTask(SplitData, Task):
         return res.ensemble.transpose(1, 2).float()  # [B, T, M, D] -> [B, M, T, D]
 
     def evaluate(self, model, *, generator, progress=True) -> EvalResult:
-        from physics.assimilation.metrics import score_ensemble
-
-        from . import plots
 
         ev = self.cfg.eval
         if ev.n_trajectories == 0:
@@ -414,6 +410,8 @@ class TrajectoryTask(SplitData, Task):
         mean = self.stats[0]
         metrics["climatology/rmse"] = float((truth - mean).square().mean().sqrt())
         metrics["observation/count"] = float(y.shape[1])
+        from . import plots  # lazy: matplotlib loads only for figures
+
         figures, files = plots.assimilation_figures(self, truth, y, ensembles, metrics, animation=ev.animation)
         if ev.prior_samples:
             prior_metrics, prior_figures = self.prior_statistics(model, test[:, : ev.length], generator=generator,
@@ -426,8 +424,7 @@ class TrajectoryTask(SplitData, Task):
         """``eval.prior_samples`` unconditional trajectories as long as ``data [N, L, H, W]`` against ``data``:
         metrics ``prior/...`` (:func:`~physics.fields.statistics.compare_statistics`) and figures (statistics, and
         two sampled trajectories under a test one)."""
-        from .plots import trajectory_grid
-        from .statistics import compare_statistics, field_statistics, statistics_figure
+        from .plots import trajectory_grid  # lazy: matplotlib loads only for figures
 
         ev, length = self.cfg.eval, data.shape[1]
         t0 = time.time()

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from moldiff.diffusion.spaces import remove_com_dense
+from moldiff.progress import progress_bar
 
 __all__ = ["MCMCResult", "mala", "energy_and_grad", "integrated_autocorr_time", "autocorrelation"]
 
@@ -117,8 +118,6 @@ def mala(
         energy_and_grad_fn: optional ``x -> (U [C], grad U [C, n, d])`` used instead of autograd through
             ``energy_fn`` (e.g. ``system.reduced_energy_and_grad``, a closed form).
     """
-    from moldiff.progress import progress_bar
-
     if x0.dim() != 3:
         raise ValueError(f"x0 must be [C, n, d], got {list(x0.shape)}")
     if n_steps < 0 or burn_in < 0 or thin < 1:

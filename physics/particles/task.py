@@ -56,6 +56,16 @@ from moldiff.diffusion.samplers import ODE_SAMPLERS
 from moldiff.diffusion.processes import FlowPath
 from moldiff.training import step_seed
 from moldiff.tasks import EvalResult, Task, register_task
+from .energies import SYSTEM_VARIANTS, SYSTEMS
+from .energies import get_system
+from .reference import reference_samples
+from .reference import RECIPES
+from moldiff.nn.backbones import build_backbone
+from .io import write_extxyz
+from .metrics import importance_estimate, importance_log_weights, particle_metrics
+from .refine import normalised_weights
+from .reference import reference_info
+from .refine import mala_refine
 
 __all__ = ["ParticleConfig", "ParticleData", "ParticleModel", "ParticleEval", "ParticleTask"]
 
@@ -127,8 +137,6 @@ class ParticleConfig(ExperimentConfig):
     eval: ParticleEval = field(default_factory=ParticleEval)
 
     def check(self) -> None:
-        from .energies import SYSTEM_VARIANTS, SYSTEMS
-
         systems = sorted({**SYSTEMS, **SYSTEM_VARIANTS})
         flow = self.process.kind == "flow"
         checks = [
@@ -171,7 +179,6 @@ class ParticleTask(Task):
     def __init__(self, cfg: ParticleConfig):
         super().__init__(cfg)
         cfg.check()
-        from .energies import get_system
 
         self.system = get_system(cfg.data.system)
         self.process = cfg.process.build()
@@ -183,15 +190,11 @@ class ParticleTask(Task):
     # -- data ------------------------------------------------------------------------------------------
     def reference(self, split: str, n: int | None = None, progress: bool = True) -> Tensor:
         """MCMC reference configurations ``[N, n, d]`` (float32, zero CoM) of the config's system."""
-        from .reference import reference_samples
-
         return reference_samples(self.system.name, split, cache_dir=self.cfg.data.cache_dir, n=n, progress=progress,
                                  recipe=self._recipe())
 
     def _recipe(self):
         """The reference recipe: ``None`` (the system's own) or the tiny one of ``data.reference: smoke``."""
-        from .reference import RECIPES
-
         if self.cfg.data.reference != "smoke":
             return None
         return dataclasses.replace(RECIPES[self.system.name], sizes=(4000, 500, 1000), samples_per_chain=(20, 20, 20),
@@ -227,8 +230,6 @@ class ParticleTask(Task):
 
     # -- model ---------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from moldiff.nn.backbones import build_backbone
-
         m = self.cfg.model
         options = {"egnn": {"attention": m.attention, "tanh": m.tanh, "coords_range": m.coords_range},
                    "e3nn": {"lmax": m.lmax, "parity": m.parity, "r_max": m.r_max, "cutoff": m.cutoff or None}}
@@ -339,10 +340,7 @@ class ParticleTask(Task):
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self, model, *, generator, progress: bool = True) -> EvalResult:
-        from .io import write_extxyz
-        from .metrics import importance_estimate, importance_log_weights, particle_metrics
-        from .plots import distance_histogram, energy_histogram, particle_grid
-        from .refine import normalised_weights
+        from .plots import distance_histogram, energy_histogram, particle_grid  # lazy: matplotlib loads only for figures
 
         ev = self.cfg.eval
         if ev.n_samples == 0:
@@ -426,9 +424,6 @@ class ParticleTask(Task):
         """``steps`` MALA steps on the system's Boltzmann density from each configuration of ``x [N, n, d]``
         (:func:`physics.particles.refine.mala_refine`; step size ``eval.mala_step_size`` or the reference chains'
         median): ``(x_refined [N, n, d] float32, RefinedSamples)``."""
-        from .reference import reference_info
-        from .refine import mala_refine
-
         h = self.cfg.eval.mala_step_size or reference_info(self.system.name, "test", cache_dir=self.cfg.data.cache_dir,
                                                            recipe=self._recipe(), progress=progress)["step_size_median"]
         g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
@@ -445,8 +440,6 @@ class ParticleTask(Task):
 
     def save_samples(self, samples: Tensor, path: Path) -> None:
         """``.extxyz`` / ``.xyz`` (with each configuration's energy) or ``.npy`` ``[n, n_particles, d]``."""
-        from .io import write_extxyz
-
         path = Path(path)
         x = samples.detach().cpu()
         if path.suffix.lower() in (".extxyz", ".xyz"):
