@@ -61,7 +61,7 @@ def test_assimilate_api_shapes_and_every_method(checkpoint):
         task.assimilate(model, y, n=2, length=20, method="enkf", generator=torch.Generator())
 
 
-def test_assimilate_cli_and_bad_inputs(checkpoint, tmp_path, capsys):
+def test_assimilate_cli_and_bad_inputs(checkpoint, tmp_path, capsys, monkeypatch):
     task, _ = moldiff.load_model(checkpoint)
     truth = task.trajectories("test")[:1, :15]
     obs = tmp_path / "obs.npz"
@@ -84,7 +84,7 @@ def test_assimilate_cli_and_bad_inputs(checkpoint, tmp_path, capsys):
     np.save(tmp_path / "plain.npy", np.zeros((1, 9)))
     cases.append((tmp_path / "plain.npy", "an .npz file"))
     (tmp_path / "junk.npz").write_text("not a zip")
-    cases.append((tmp_path / "junk.npz", "not a readable"))
+    cases.append((tmp_path / "junk.npz", "not an .npz archive"))
     np.savez(tmp_path / "veclen.npz", y=np.zeros((1, 9)), length=np.array([15, 15]))
     cases.append((tmp_path / "veclen.npz", "'length' must be one positive integer"))
     np.savez(tmp_path / "empty.npz", y=np.zeros((0, 9)))
@@ -95,10 +95,19 @@ def test_assimilate_cli_and_bad_inputs(checkpoint, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and needle in err, (needle, err)
         assert not dest.exists()
-    # observations far outside the data: the posterior is not finite -> error, exit 3, nothing written
+    # observations far outside the data: refused before sampling, naming the scale (exit 2), nothing written
     huge = tmp_path / "huge.npz"
     np.savez(huge, y=np.full((1, 9), 1e20), length=15)
     dest = tmp_path / "huge_post.npy"
+    rc = main(["assimilate", str(checkpoint), "--observations", str(huge), "--out", str(dest), "-n", "2",
+               "--no-progress", "--set", "sampler.steps=4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "standard deviations of the training data" in err, err
+    assert not dest.exists() and not list(tmp_path.glob(".huge_post*"))
+    # without that check, the posterior is not finite: the guard behind it still exits 3 and writes nothing
+    from physics.fields.task import TrajectoryTask
+
+    monkeypatch.setattr(TrajectoryTask, "OBSERVATION_SCALE_LIMITS", (float("inf"), float("inf")))
     rc = main(["assimilate", str(checkpoint), "--observations", str(huge), "--out", str(dest), "-n", "2",
                "--no-progress", "--set", "sampler.steps=4"])
     err = capsys.readouterr().err
