@@ -70,7 +70,7 @@ def test_classifier_free_guidance_is_the_affine_combination():
     for w in (0.0, 0.5, 3.0):
         guided = ClassifierFreeGuidance(model, w)
         expect = (1 + w) * model.eps(x, t, cond) - w * model.eps(x, t)
-        assert torch.allclose(guided.eps(x, t, cond), expect, atol=1e-12)
+        assert torch.allclose(guided.eps(x, t, cond), expect, atol=1e-10)  # the same sum in another order
         assert torch.allclose(guided.x0(x, t, cond), (1 + w) * model.x0(x, t, cond) - w * model.x0(x, t), atol=1e-10)
     assert torch.allclose(ClassifierFreeGuidance(model, 2.0).eps(x, t), model.eps(x, t))  # no condition: unguided
     with pytest.raises(ValueError, match="guidance scale"):

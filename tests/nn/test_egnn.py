@@ -183,7 +183,7 @@ def test_pair_linear_equals_concatenated_linear():
     h = torch.randn(B, N, H, generator=gen, dtype=torch.float64)
     e = torch.randn(B, N, N, 2, generator=gen, dtype=torch.float64)
     cat = torch.cat([h[:, :, None].expand(B, N, N, H), h[:, None, :].expand(B, N, N, H), e], dim=-1)
-    torch.testing.assert_close(pair_linear(lin, h, e), F.linear(cat, lin.weight, lin.bias), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(pair_linear(lin, h, e), F.linear(cat, lin.weight, lin.bias), atol=1e-10, rtol=1e-10)  # two sums vs one
 
 
 @pytest.mark.parametrize("sizes", [(3, 7, 12), (4, 0, 5, 1)])

@@ -61,7 +61,7 @@ def test_batched_equals_alone(attention):
     y = model(x, t)
     for i in range(3):
         alone = model(x[i : i + 1], t[i : i + 1])
-        torch.testing.assert_close(y[i : i + 1], alone, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(y[i : i + 1], alone, rtol=1e-10, atol=1e-10)  # batched vs single: sums in another order on some CPUs' kernels (~1e-12 in float64); bugs are >> 1e-10
 
 
 @pytest.mark.parametrize("attention", [False, True])
@@ -148,7 +148,7 @@ def test_compiles_without_graph_breaks():
     model = _model(2, 2, channels=(8, 16), attention=True)
     x, t = _data(gen, 2, 2, 8, 8)
     compiled = torch.compile(model, backend="eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x, t), model(x, t), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(compiled(x, t), model(x, t), rtol=1e-10, atol=1e-10)  # fused kernels reorder sums; a wrong graph is >> 1e-10
     torch._dynamo.reset()
 
 

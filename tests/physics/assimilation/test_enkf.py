@@ -72,7 +72,7 @@ def test_etkf_analysis_is_the_exact_kalman_analysis_of_the_sample_prior(seed, d,
     # deterministic, and a batch of problems gives the same answers
     shift = torch.arange(ens.shape[1], dtype=F64)
     batch = etkf_analysis(torch.stack([ens, ens + shift]), torch.stack([y, y + H @ shift]), H, std)
-    assert torch.allclose(batch[0], ana, atol=1e-12)
+    assert torch.allclose(batch[0], ana, atol=1e-10)  # batched vs single: sums in another order on some CPUs' kernels (~1e-12 in float64); bugs are >> 1e-10
     assert torch.allclose(batch[1], ana + shift, atol=1e-10)
     # the transform is Hunt et al.'s symmetric square root, written out with an eigendecomposition
     m = ens.shape[0]
@@ -244,7 +244,7 @@ def test_run_filter_shapes_schedule_and_batched_inflation():
     for b, infl in enumerate([1.0, 1.1, 1.2]):
         alone = run_filter(lambda e, dt: e @ F.T, ens0[b], {2: ys[0], 4: ys[1]}, H, std, interval=0.5,
                            num_states=6, method="etkf", inflation=infl)
-        assert torch.allclose(alone.mean, res.mean[b], atol=1e-12)
+        assert torch.allclose(alone.mean, res.mean[b], atol=1e-10)  # batched vs single: sums in another order on some CPUs' kernels (~1e-12 in float64); bugs are >> 1e-10
 
 
 def test_batched_letkf_localization_matches_single_runs():

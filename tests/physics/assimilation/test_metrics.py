@@ -68,7 +68,7 @@ def test_crps_broadcasts_the_truth_over_batch_dims_before_the_member_dim():
     got = crps_ensemble(ens, truth, member_dim=1, reduction="none")
     assert got.shape == (3, 6)
     for b in range(3):
-        assert torch.allclose(got[b], _crps_brute(ens[b], truth, fair=True), atol=1e-12)
+        assert torch.allclose(got[b], _crps_brute(ens[b], truth, fair=True), atol=1e-10)  # batched vs single: sums in another order on some CPUs' kernels (~1e-12 in float64); bugs are >> 1e-10
 
 
 def test_crps_of_single_member_is_absolute_error():

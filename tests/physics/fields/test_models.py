@@ -100,4 +100,4 @@ def test_grouped_windows_give_the_per_window_result():
     grouped = LocalScoreNet(backbone, 2)(x, t)
     backbone.grouped = False  # the instance attribute shadows the class's: the per-window path
     flat = LocalScoreNet(backbone, 2)(x, t)
-    assert torch.allclose(grouped, flat, atol=1e-12)
+    assert torch.allclose(grouped, flat, atol=1e-10)  # batched vs single: sums in another order on some CPUs' kernels (~1e-12 in float64); bugs are >> 1e-10
