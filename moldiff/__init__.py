@@ -20,7 +20,8 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .api import evaluate, load_model, sample, train  # noqa: E402
 from .pretrained import pretrained
-from .config import ConfigError, ExperimentConfig, SamplerConfig, load_config
+from .config import ConfigError, ExperimentConfig, SamplerConfig
+from .loading import load_config
 from .tasks import EvalResult, Task, get_task, register_task
 
 __version__ = "0.1.0"

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError, ExperimentConfig, SamplerConfig, load_config
+from .config import ConfigError, ExperimentConfig, SamplerConfig
+from .loading import load_config
 from .tasks import EvalResult, Task, get_task
 from .errors import check_finite
 from .fileio import check_output_path, write_output

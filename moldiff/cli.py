@@ -15,10 +15,11 @@ from .training.interrupts import TrainingInterrupted
 from .training.tracking import TrackingError
 from .training.trainer import NonFiniteLossError
 from . import api
-from .config import load_config, to_yaml
+from .config import to_yaml
+from .loading import load_config
 from .errors import NonFiniteError
 from .fileio import write_json
-from .config import read_yaml, shipped_configs
+from .loading import read_yaml, shipped_configs
 from .metrics import text_table
 
 __all__ = ["main"]

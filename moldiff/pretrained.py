@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from .tasks import Task, get_task
-from .config import load_config, to_dict
+from .config import to_dict
+from .loading import load_config
 from .training.checkpoint import load_checkpoint, save_checkpoint
-from .config import load_config
 from .training.checkpoint import CheckpointError
 from .training.distributed import resolve_device
 from .training.resume import resume_changes

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from moldiff.cli import main
-from moldiff.config import load_config, to_dict, to_yaml
+from moldiff.config import to_dict, to_yaml
+from moldiff.loading import load_config
 from moldiff.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

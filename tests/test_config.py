@@ -17,16 +17,12 @@ from moldiff.config import (
     SamplerConfig,
     TrackingConfig,
     TrainConfig,
-    apply_overrides,
     flatten,
     from_dict,
-    load_config,
-    parse_overrides,
-    read_yaml,
     to_dict,
     to_yaml,
-    validate,
 )
+from moldiff.loading import apply_overrides, load_config, parse_overrides, read_yaml, validate
 from physics.toy2d import Toy2DConfig
 
 REPO = Path(__file__).resolve().parents[1]

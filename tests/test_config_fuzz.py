@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 from hypothesis import strategies as st
 
-from moldiff.config import ConfigError, flatten, load_config, read_yaml
+from moldiff.config import ConfigError, flatten
+from moldiff.loading import load_config, read_yaml
 
 from .fuzz import fuzz_tests
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from .relax import relax_molecules
-from ..config import load_config as _load
+from ..loading import load_config as _load
 from .flow_task import QM9FlowTask, check_vocabulary
 from .graph_mol import read_graph_sdf
 from .graph_metrics import evaluate_graphs

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import moldiff
-from moldiff.config import ConfigError, load_config
+from moldiff.config import ConfigError
+from moldiff.loading import load_config
 from moldiff.tasks import get_task
 
 

@@ -9,7 +9,8 @@ import torch
 
 import moldiff
 from moldiff.cli import main
-from moldiff.config import ConfigError, load_config
+from moldiff.config import ConfigError
+from moldiff.loading import load_config
 from physics.fields.api import assimilate
 
 SMOKE = "configs/smoke/trajectory_lorenz63.yaml"
