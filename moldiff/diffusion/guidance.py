@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser
-from .samplers import Callback, denoise_end, step_bar, ancestral_update
+from .samplers import Callback, ancestral_update, sample_steps
 
 __all__ = ["GaussianObservation", "PosteriorDenoiser", "MMPSDenoiser", "sample_dps"]
 
@@ -243,15 +243,15 @@ def sample_dps(
     """Diffusion posterior sampling along ``ts``: an ancestral step, then ``x -= zeta grad_{x_t} ||r(x0_hat)||``."""
     if zeta < 0:
         raise ValueError(f"zeta must be >= 0, got {zeta}")
-    for i in step_bar(ts, progress, "dps"):
-        t, s = ts[i], ts[i + 1]
+
+    def step(model, x, t, s, generator, cond):
         tb = model.batch_time(t, x)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             x0, eps, _, _ = _x0_and_eps(model, xg, tb, cond)
             norm = observation.residual(x0).square().sum(-1).clamp(min=1e-30).sqrt()
             (grad,) = torch.autograd.grad(norm.sum(), xg)
-        x = ancestral_update(model, x.detach(), eps.detach(), t, s, generator) - zeta * grad
-        if callback is not None:
-            callback({"i": i, "t": s, "x": x})
-    return denoise_end(model, x, ts, denoise, cond)
+        return ancestral_update(model, x.detach(), eps.detach(), t, s, generator) - zeta * grad
+
+    return sample_steps(model, x, ts, step, generator=generator, callback=callback, progress=progress,
+                        denoise=denoise, cond=cond, desc="dps")

@@ -36,6 +36,8 @@ from .denoiser import Denoiser
 from .ode import integrate_ode
 
 __all__ = [
+    "sample_steps",
+    "Step",
     "sample_ancestral",
     "sample_ddim",
     "sample_euler_maruyama",
@@ -94,6 +96,33 @@ def _em_step(model: Denoiser, x: Tensor, t: Tensor, s: Tensor, generator, cond=N
     return x + drift * dt + torch.sqrt(proc.g2(t) * -dt) * model.space.randn_like(x, generator)
 
 
+#: ``step(model, x, t, s, generator, cond) -> x_s``: one move of the reverse process from grid time ``t`` to ``s < t``
+Step = Callable[..., Tensor]
+
+
+def sample_steps(
+    model: Denoiser,
+    x: Tensor,
+    ts: Tensor,
+    step: Step,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = True,
+    denoise: bool = True,
+    cond=None,
+    desc: str = "sampling",
+) -> Tensor:
+    """The one sampler loop: ``step`` from each grid time to the next along ``ts``, ``callback`` after each, and
+    the model's ``x0`` at the end (``denoise``).  Ancestral, DDIM, Euler-Maruyama, predictor-corrector and DPS are
+    this loop with their own step."""
+    for i in step_bar(ts, progress, desc):
+        x = step(model, x, ts[i], ts[i + 1], generator, cond)
+        if callback is not None:
+            callback({"i": i, "t": ts[i + 1], "x": x})
+    return denoise_end(model, x, ts, denoise, cond)
+
+
 def sample_ancestral(
     model: Denoiser,
     x: Tensor,
@@ -106,11 +135,8 @@ def sample_ancestral(
     cond=None,
 ) -> Tensor:
     """Ancestral sampling along ``ts`` (see module docstring)."""
-    for i in step_bar(ts, progress, "ancestral"):
-        x = _ancestral_step(model, x, ts[i], ts[i + 1], generator, cond)
-        if callback is not None:
-            callback({"i": i, "t": ts[i + 1], "x": x})
-    return denoise_end(model, x, ts, denoise, cond)
+    return sample_steps(model, x, ts, _ancestral_step, generator=generator, callback=callback, progress=progress,
+                        denoise=denoise, cond=cond, desc="ancestral")
 
 
 def sample_ddim(
@@ -125,11 +151,8 @@ def sample_ddim(
     cond=None,
 ) -> Tensor:
     """Deterministic DDIM along ``ts`` (``generator`` is accepted for a uniform signature)."""
-    for i in step_bar(ts, progress, "ddim"):
-        x = _ddim_step(model, x, ts[i], ts[i + 1], cond=cond)
-        if callback is not None:
-            callback({"i": i, "t": ts[i + 1], "x": x})
-    return denoise_end(model, x, ts, denoise, cond)
+    return sample_steps(model, x, ts, _ddim_step, generator=generator, callback=callback, progress=progress,
+                        denoise=denoise, cond=cond, desc="ddim")
 
 
 def sample_euler_maruyama(
@@ -144,11 +167,8 @@ def sample_euler_maruyama(
     cond=None,
 ) -> Tensor:
     """Euler-Maruyama on the reverse-time SDE along ``ts``."""
-    for i in step_bar(ts, progress, "euler-maruyama"):
-        x = _em_step(model, x, ts[i], ts[i + 1], generator, cond)
-        if callback is not None:
-            callback({"i": i, "t": ts[i + 1], "x": x})
-    return denoise_end(model, x, ts, denoise, cond)
+    return sample_steps(model, x, ts, _em_step, generator=generator, callback=callback, progress=progress,
+                        denoise=denoise, cond=cond, desc="euler-maruyama")
 
 
 def langevin_correct(
@@ -190,15 +210,14 @@ def sample_pc(
     (``euler_maruyama``, ``ancestral``, ``ddim`` or ``none`` for corrector-only annealed Langevin)."""
     if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
-    step = PREDICTORS[predictor]
-    for i in step_bar(ts, progress, "predictor-corrector"):
-        t, s = ts[i], ts[i + 1]
+    predict = PREDICTORS[predictor]
+
+    def step(model, x, t, s, generator, cond):
         x = langevin_correct(model, x, t, s, snr=snr, steps=corrector_steps, generator=generator, cond=cond)
-        if step is not None:
-            x = step(model, x, t, s, generator, cond)
-        if callback is not None:
-            callback({"i": i, "t": s, "x": x})
-    return denoise_end(model, x, ts, denoise, cond)
+        return x if predict is None else predict(model, x, t, s, generator, cond)
+
+    return sample_steps(model, x, ts, step, generator=generator, callback=callback, progress=progress,
+                        denoise=denoise, cond=cond, desc="predictor-corrector")
 
 
 def sample_ode(
