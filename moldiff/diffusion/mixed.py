@@ -112,6 +112,7 @@ def sample_mixed_flow(
     known: MixedKnown | None = None,
     resample: int = 1,
     self_condition: bool = False,
+    cond=None,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
@@ -125,7 +126,8 @@ def sample_mixed_flow(
     the Gaussian posterior ``q(x_s | x_t, x0_hat)`` of the path's forward transition, at ``0`` the ODE.
     Tokens: :meth:`CategoricalPath.step` with ``softmax(logits)`` (``eta``: its re-masking stochasticity).
     ``self_condition``: the model is called as ``model(state, t, prev)`` with its previous prediction (``None`` at
-    the first call), as self-conditioned networks are trained.  ``callback`` receives ``{"i", "t", "state",
+    the first call), as self-conditioned networks are trained.  ``cond``: a condition handed to every model call
+    (``model(..., cond=cond)``), as the other samplers do.  ``callback`` receives ``{"i", "t", "state",
     "prediction"}`` after each step.
 
     Inpainting (``known``): RePaint's replacement on the flow -- after every step the given part is replaced by
@@ -163,7 +165,9 @@ def sample_mixed_flow(
         c = noise * s_s * max(0.0, 1 - (a_t * s_s / (a_s * s_t)) ** 2) ** 0.5 if noise and s_t > 0 else 0.0
         for u in range(resample):
             t_vec = torch.full((space.num_samples(x),), t, device=x.device)
-            pred = model(MixedState(x, tokens), t_vec, pred) if self_condition else model(MixedState(x, tokens), t_vec)
+            extra = {} if cond is None else {"cond": cond}  # the condition, as every sampler hands it over
+            pred = (model(MixedState(x, tokens), t_vec, pred, **extra) if self_condition
+                    else model(MixedState(x, tokens), t_vec, **extra))
             eps = (x - a_t * pred.x0) / max(s_t, 1e-12)
             x = a_s * pred.x0 + (s_s**2 - c**2) ** 0.5 * eps
             if c:

@@ -474,15 +474,17 @@ class QM9FlowTask(QM9Source, Task):
     def predictor(self, model: nn.Module, batch: GraphBatch):
         """The network as a :data:`~moldiff.diffusion.mixed.MixedModel` on this batch's layout; ``prev`` (a
         self-conditioned network) is its previous :class:`MixedPrediction`, handed over as positions and class
-        probabilities."""
+        probabilities; ``cond`` the molecules' condition ``[G, 1]`` (a conditional model), as every sampler passes
+        one."""
 
-        def predict(state: MixedState, t: torch.Tensor, prev: MixedPrediction | None = None) -> MixedPrediction:
+        def predict(state: MixedState, t: torch.Tensor, prev: MixedPrediction | None = None,
+                    cond: torch.Tensor | None = None) -> MixedPrediction:
             tok = state.tokens
             sc = None
             if prev is not None:
                 sc = (prev.x0, *(torch.softmax(prev.logits[k].float(), -1) for k in ("atoms", "charges", "bonds")))
             pos0, a, c, b = model(state.x, tok["atoms"], tok["charges"], tok["bonds"], t, batch.batch,
-                                  batch.pair_index, batch.num_graphs, batch.max_nodes, cond=batch.cond,
+                                  batch.pair_index, batch.num_graphs, batch.max_nodes, cond=cond,
                                   **({"prev": sc} if sc is not None else {}))
             return MixedPrediction(pos0, {"atoms": a, "charges": c, "bonds": b})
 
@@ -506,8 +508,8 @@ class QM9FlowTask(QM9Source, Task):
         prev = None
         if f.self_condition and float(torch.rand((), generator=generator, device=dev)) < 0.5:
             with torch.no_grad():  # half the batches see their own first estimate, without a gradient through it
-                prev = predict(state, t)
-        pred = predict(state, t, prev)
+                prev = predict(state, t, cond=batch.cond)
+        pred = predict(state, t, prev, cond=batch.cond)
         counts = space.counts.float()
         pairs = (counts * (counts - 1) / 2).clamp(min=1)
 
@@ -595,7 +597,7 @@ class QM9FlowTask(QM9Source, Task):
                 final = sample_mixed_flow(self.predictor(model, layout), MixedState(x, tokens), ts, path=self.path,
                                           categorical=self.paths, space=space, eta=self.cfg.flow.eta, noise=noise,
                                           known=known, resample=resample, self_condition=self.cfg.flow.self_condition,
-                                          generator=generator,
+                                          cond=layout.cond, generator=generator,
                                           progress=progress and len(chunks) < 2)
             for k, mol in zip(idx, self.decode(final, layout, sz)):
                 out[k] = mol
