@@ -2,7 +2,7 @@
 
     python -m benchmarks.assimilation --system lorenz63 --steps 6000     # train, then both settings
     python -m benchmarks.assimilation --system lorenz63 --eval-only      # re-evaluate the checkpoint
-    python -m benchmarks.assimilation --system kolmogorov --steps 2000 --set model.channels=[16,32,64] ...
+    python -m benchmarks.assimilation --system kolmogorov --steps 2000 --set model.options.channels=[16,32,64] ...
     python -m benchmarks.assimilation --collect                          # rebuild the table
 
 One prior per system (trained from the first setting's config, an MLflow run in experiment

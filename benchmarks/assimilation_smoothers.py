@@ -255,7 +255,7 @@ def main() -> None:
                             test_params={"members": a.sda_members})
         ptask = priors[rec["params"]["prior"]][0]
         rec["prior"] = {"checkpoint": rec["params"].pop("prior"), "window": ptask.cfg.model.window,
-                        "width": ptask.cfg.model.width, "depth": ptask.cfg.model.depth,
+                        "backbone": ptask.cfg.model.backbone, "options": ptask.cfg.model.options,
                         "sampler": moldiff.config.to_dict(ptask.cfg.sampler), "overrides": overrides}
         records.append(rec)
     stem = a.system if a.setting == "standard" else f"{a.system}_{a.setting}"

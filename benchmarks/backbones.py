@@ -29,14 +29,14 @@ OUT = ROOT / "benchmarks" / "results" / "backbones"
 CASES = [
     ("QM9 graph: MolGraphNet 6 x 128", "qm9_flow_cpu", ["model.backbone=molgraph"]),
     ("QM9 graph: e3nn lmax 1, 5 x 128", "qm9_flow_cpu", ["model.backbone=e3nn", "model.hidden=128", "model.layers=5",
-                                                         "model.lmax=1"]),
+                                                         "model.options.lmax=1"]),
     ("QM9 graph: e3nn lmax 2, 5 x 80", "qm9_flow_cpu", ["model.backbone=e3nn", "model.hidden=80", "model.layers=5",
-                                                        "model.lmax=2"]),
+                                                        "model.options.lmax=2"]),
     ("LJ13: EGNN 4 x 64", "lj13_eqotcfm", ["model.backbone=egnn", "model.hidden=64", "model.layers=4"]),
     ("LJ13: e3nn lmax 1, 4 x 48", "lj13_eqotcfm", ["model.backbone=e3nn", "model.hidden=48", "model.layers=4",
-                                                   "model.lmax=1"]),
+                                                   "model.options.lmax=1"]),
     ("LJ13: e3nn lmax 2, 4 x 32", "lj13_eqotcfm", ["model.backbone=e3nn", "model.hidden=32", "model.layers=4",
-                                                   "model.lmax=2"]),
+                                                   "model.options.lmax=2"]),
 ]
 
 

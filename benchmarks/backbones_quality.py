@@ -31,19 +31,19 @@ TABLE = ROOT / "benchmarks" / "results" / "backbones_quality.md"
 CASES = {
     "qm9_molgraph": ("MolGraphNet 6 x 128", "qm9_flow_cpu", ["model.backbone=molgraph"]),
     "qm9_e3nn_l1": ("e3nn lmax 1, 5 x 128", "qm9_flow_cpu",
-                    ["model.backbone=e3nn", "model.hidden=128", "model.layers=5", "model.lmax=1"]),
+                    ["model.backbone=e3nn", "model.hidden=128", "model.layers=5", "model.options.lmax=1"]),
     "qm9_e3nn_l2": ("e3nn lmax 2, 5 x 80", "qm9_flow_cpu",
-                    ["model.backbone=e3nn", "model.hidden=80", "model.layers=5", "model.lmax=2"]),
+                    ["model.backbone=e3nn", "model.hidden=80", "model.layers=5", "model.options.lmax=2"]),
     "dw4_egnn": ("EGNN 3 x 64", "dw4_otcfm", ["model.backbone=egnn"]),
     "dw4_e3nn_l1": ("e3nn lmax 1, 3 x 56", "dw4_otcfm",
-                    ["model.backbone=e3nn", "model.hidden=56", "model.layers=3", "model.lmax=1"]),
+                    ["model.backbone=e3nn", "model.hidden=56", "model.layers=3", "model.options.lmax=1"]),
     "dw4_e3nn_l2": ("e3nn lmax 2, 3 x 32", "dw4_otcfm",
-                    ["model.backbone=e3nn", "model.hidden=32", "model.layers=3", "model.lmax=2"]),
+                    ["model.backbone=e3nn", "model.hidden=32", "model.layers=3", "model.options.lmax=2"]),
     "lj13_egnn": ("EGNN 4 x 64", "lj13_eqotcfm", ["model.backbone=egnn"]),
     "lj13_e3nn_l1": ("e3nn lmax 1, 4 x 48", "lj13_eqotcfm",
-                     ["model.backbone=e3nn", "model.hidden=48", "model.layers=4", "model.lmax=1"]),
+                     ["model.backbone=e3nn", "model.hidden=48", "model.layers=4", "model.options.lmax=1"]),
     "lj13_e3nn_l2": ("e3nn lmax 2, 4 x 32", "lj13_eqotcfm",
-                     ["model.backbone=e3nn", "model.hidden=32", "model.layers=4", "model.lmax=2"]),
+                     ["model.backbone=e3nn", "model.hidden=32", "model.layers=4", "model.options.lmax=2"]),
 }
 
 #: metric columns per family: (metric key, header, format)

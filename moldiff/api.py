@@ -22,7 +22,7 @@ from .training.trainer import TrainResult
 from .training.trainer import train as _train
 from .pretrained import load_pretrained_file, pretrained_path
 from .pretrained import load_pretrained_file
-from .diffusion.samplers import SAMPLERS
+from .diffusion.registry import check_sampler_options, get_sampler, sampler_names
 
 __all__ = ["train", "load_model", "sample", "evaluate", "load_config"]
 
@@ -69,7 +69,7 @@ def load_model(
         task, model, _ = load_pretrained_file(checkpoint, device, overrides)
         task.progress = progress
         return task, model
-    cfg = load_config(state["config"], overrides)
+    cfg = load_config(state["config"], overrides, stored=True)
     task = get_task(cfg.task)(cfg)
     task.progress = progress
     try:
@@ -129,13 +129,20 @@ def sample(
     scfg = task.cfg.sampler
     if isinstance(sampler, SamplerConfig):
         scfg = sampler
-    elif sampler is not None:
-        scfg = dataclasses.replace(scfg, name=sampler)
+    elif sampler is not None and sampler != scfg.name:
+        if sampler not in sampler_names(standalone=True):
+            raise ConfigError(f"sampler: unknown sampler {sampler!r}; choose one of {sampler_names(standalone=True)}")
+        own = get_sampler(sampler).options()  # the config's options that the newly named sampler also takes
+        scfg = dataclasses.replace(scfg, name=sampler, options={k: v for k, v in scfg.options.items() if k in own})
     if steps is not None:
         scfg = dataclasses.replace(scfg, steps=steps)
 
-    if scfg.name not in SAMPLERS:
-        raise ConfigError(f"sampler: unknown sampler {scfg.name!r}; choose one of {sorted(SAMPLERS)}")
+    if scfg.name not in sampler_names(standalone=True):
+        raise ConfigError(f"sampler: unknown sampler {scfg.name!r}; choose one of {sampler_names(standalone=True)}")
+    try:
+        scfg = dataclasses.replace(scfg, options=check_sampler_options(scfg.name, scfg.options))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     samples = task.sample(model, n, generator=gen, sampler=scfg, progress=progress)

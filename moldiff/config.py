@@ -16,6 +16,8 @@ import dataclasses
 import re
 import types
 import typing
+import warnings
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -25,8 +27,8 @@ import yaml
 from .diffusion.couplings import Coupler
 from .diffusion.losses import TIME_DISTRIBUTIONS, WEIGHTINGS
 from .diffusion.preconditioning import EDMPreconditioning
-from .diffusion.processes import PROCESS_KINDS, build_process, time_grid
-from .diffusion.samplers import get_sampler
+from .diffusion.processes import PROCESS_KINDS, build_process
+from .diffusion.registry import get_sampler, run_sampler
 
 __all__ = [
     "ConfigError",
@@ -85,48 +87,102 @@ class ProcessConfig:
             raise ConfigError(f"process: {e}") from e
 
 
+def moved_to_options(selector: str, owners: dict[str, str | tuple[str, ...] | None]):
+    """Class decorator (after ``@dataclass``) for a section whose flat keys of earlier versions now live in its
+    ``options`` dict (passed through to a sampler or backbone).  ``owners`` maps each such key to the value(s) of
+    the ``selector`` field (the sampler's ``name``, the model's ``backbone``) it applied to, ``None`` for all.  A
+    config or checkpoint with the flat key still reads, with a deprecation message naming the new key: the value
+    moves into ``options`` where it applied, and is dropped where it never had an effect (a flat union kept every
+    key); the constructor takes the keys as keyword arguments the same way."""
+
+    def wrap(cls):
+        cls.MOVED_TO_OPTIONS, cls.OPTIONS_SELECTOR = dict(owners), selector
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kwargs):
+            flat = {k: kwargs.pop(k) for k in list(kwargs) if k in owners}
+            init(self, *args, **kwargs)
+            if flat:
+                self.options = fold_moved_options(type(self), {selector: getattr(self, selector), **flat,
+                                                               "options": self.options}, type(self).__name__)["options"]
+
+        cls.__init__ = __init__
+        return cls
+
+    return wrap
+
+
+def fold_moved_options(cls: type, data: dict, prefix: str) -> dict:
+    """``data`` (a section's dict) with the flat keys that ``cls`` moved to ``options`` folded in (see
+    :func:`moved_to_options`)."""
+    owners = getattr(cls, "MOVED_TO_OPTIONS", {})
+    flat = [k for k in data if k in owners]
+    if not flat:
+        return data
+    selector = cls.OPTIONS_SELECTOR
+    chosen = data.get(selector, next(f.default for f in dataclasses.fields(cls) if f.name == selector))
+    data, options = dict(data), dict(data.get("options") or {})
+    for k in flat:
+        value, applies = data.pop(k), owners[k]
+        applies = (applies,) if isinstance(applies, str) else applies
+        if applies is None or chosen in applies:
+            options[k] = value  # the flat key is the newer word (an override on a config that has options)
+    warnings.warn(f"{prefix}: {', '.join(flat)} are now {prefix}.options.KEY (set for the {selector} they apply to)",
+                  DeprecationWarning, stacklevel=4)
+    data["options"] = options
+    return data
+
+
+def fold_moved_sections(cls: type, data: dict, quiet: bool = True) -> dict:
+    """A whole config dict (for config class ``cls``) with every section's flat keys of earlier versions folded
+    into its ``options``, nothing else filled in: what a file of an earlier version reads as today, before
+    ``--set`` overrides land on it.  ``quiet``: without the deprecation message (a stored config, which the
+    reader cannot change)."""
+    out = dict(data)
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore", DeprecationWarning)
+        for name, tp in typing.get_type_hints(cls).items():
+            if isinstance(out.get(name), dict) and hasattr(tp, "MOVED_TO_OPTIONS"):
+                out[name] = fold_moved_options(tp, out[name], name)
+    return out
+
+
+_PC, _RK45, _CHURN = "pc", "ode_rk45", "heun_churn"
+
+
+@moved_to_options("name", {"snr": _PC, "corrector_steps": _PC, "predictor": _PC, "rtol": _RK45, "atol": _RK45,
+                           "s_churn": _CHURN, "s_tmin": _CHURN, "s_tmax": _CHURN, "s_noise": _CHURN})
 @dataclass
 class SamplerConfig:
-    """A sampler and its settings (see :mod:`moldiff.diffusion.samplers`)."""
+    """A sampler, its grid and its own options (see :mod:`moldiff.diffusion.registry`).
+
+    ``options`` pass through to the sampler function unchanged (EDM's ``**sampler_kwargs``): ``pc`` takes
+    ``snr``, ``corrector_steps``, ``predictor``; ``ode_rk45`` ``rtol``, ``atol``; ``heun_churn`` ``s_churn``,
+    ``s_tmin``, ``s_tmax``, ``s_noise``.  ``moldiff.diffusion.SAMPLERS[name].options()`` lists them with their
+    defaults; validation checks them against the function, in one place."""
 
     name: str = "ode_heun"  #: ancestral | ddim | euler_maruyama | pc | ode_euler | ode_heun | ode_rk45 | heun_churn
     steps: int = 500  #: grid steps (ignored by ode_rk45, which picks its own)
     spacing: str = "uniform"  #: time grid: uniform (in t) | karras (EDM's rho-spaced noise levels)
     rho: float = 7.0  #: karras spacing exponent
-    s_churn: float = 0.0  #: heun_churn: total churn (0: EDM's deterministic Heun)
-    s_tmin: float = 0.0  #: heun_churn: churn only at noise levels sigma/alpha in [s_tmin, s_tmax]
-    s_tmax: float = 1e9  #: heun_churn
-    s_noise: float = 1.0  #: heun_churn: scale of the churn noise
-    snr: float = 0.16  #: pc: Langevin signal-to-noise ratio
-    corrector_steps: int = 1  #: pc
-    predictor: str = "euler_maruyama"  #: pc: euler_maruyama | ancestral | ddim | none
-    rtol: float = 1e-5  #: ode_rk45
-    atol: float = 1e-5  #: ode_rk45
     denoise: bool = True  #: replace the last state by the model's x0 prediction
+    options: dict[str, Any] = field(default_factory=dict)  #: the sampler's own options, passed through
+
+    def arguments(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`~moldiff.diffusion.registry.run_sampler` (besides the name, the model, the
+        prior sample and the caller's own arguments)."""
+        kw: dict[str, Any] = {"steps": self.steps, "spacing": self.spacing, "rho": self.rho, **self.options}
+        if "denoise" in get_sampler(self.name).options():
+            kw.setdefault("denoise", self.denoise)
+        return kw
 
     def run(self, model, x, *, generator=None, callback=None, progress: bool = True, cond=None):
-        """Run this sampler: ``model`` is a :class:`~moldiff.diffusion.Denoiser`, ``x`` a prior sample, ``cond`` an
-        optional condition handed to the model."""
-
-        # one policy for an impossible step count (more steps than a discrete schedule has levels): an error, here
-        # from time_grid and, for configs, from validate() naming the key -- never a silent clamp
-        steps = 1 if self.name == "ode_rk45" else self.steps  # the adaptive solver uses only the grid's two ends
-        ts = time_grid(model.process, steps, spacing=self.spacing, rho=self.rho, device=x.device, dtype=x.dtype)
-        fn = get_sampler(self.name)
-        extra = {} if cond is None else {"cond": cond}
-        return fn(model, x, ts, generator=generator, callback=callback, progress=progress, **extra, **self.kwargs())
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the sampler function."""
-        if self.name == "pc":
-            return {"snr": self.snr, "corrector_steps": self.corrector_steps, "predictor": self.predictor,
-                    "denoise": self.denoise}
-        if self.name == "ode_rk45":
-            return {"rtol": self.rtol, "atol": self.atol, "denoise": self.denoise}
-        if self.name == "heun_churn":
-            return {"s_churn": self.s_churn, "s_tmin": self.s_tmin, "s_tmax": self.s_tmax, "s_noise": self.s_noise,
-                    "denoise": self.denoise}
-        return {"denoise": self.denoise}
+        """Run this sampler through :func:`~moldiff.diffusion.registry.run_sampler` (kept for callers of earlier
+        versions; tasks call ``run_sampler(cfg.name, model, x, **cfg.arguments(), ...)``)."""
+        return run_sampler(self.name, model, x, generator=generator, callback=callback, progress=progress, cond=cond,
+                           **self.arguments())
 
 
 @dataclass
@@ -331,6 +387,7 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
+    data = fold_moved_options(cls, data, prefix or cls.__name__)
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
@@ -353,15 +410,26 @@ def to_yaml(cfg: Any) -> str:
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}`` (lists kept as values)."""
+    """``{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}`` (lists kept as values; an ``options`` dict, passed through
+    to a sampler or backbone, is one value: it compares, logs and resumes as a whole)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
+        if isinstance(v, dict) and k != "options":
             out.update(flatten(v, key))
         else:
             out[key] = v
     return out
+
+
+def as_config_error(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with a ``ValueError`` (whose message names the key) raised as :class:`ConfigError`."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def raise_failed(checks: list[tuple[bool, str, str]]) -> None:

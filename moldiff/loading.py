@@ -5,15 +5,16 @@ sits above it and above :mod:`moldiff.tasks`, so no import goes in a circle."""
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import ConfigError, ExperimentConfig, from_dict, raise_failed
+from .config import ConfigError, ExperimentConfig, fold_moved_sections, from_dict, raise_failed
 from .diffusion.denoiser import PREDICTION_KINDS
 from .diffusion.processes import FLOW_NOISE, PROCESS_KINDS, SPACINGS
-from .diffusion.samplers import PREDICTORS, SAMPLERS
+from .diffusion.registry import check_sampler_options, sampler_names
 from .tasks import get_task
 
 __all__ = ["config_folders", "shipped_configs", "resolve_config", "read_yaml", "parse_overrides", "apply_overrides",
@@ -128,19 +129,27 @@ def apply_overrides(data: dict, overrides: list[tuple[str, Any]]) -> dict:
 
 
 def load_config(
-    source: str | Path | dict, overrides: list[str] | None = None, *, name_from_file: bool = True
+    source: str | Path | dict, overrides: list[str] | None = None, *, name_from_file: bool = True,
+    stored: bool = False,
 ) -> ExperimentConfig:
     """Load a task config from a YAML path (or a dict), apply ``--set`` overrides and validate.
 
-    The run name defaults to the YAML file's stem.
+    The run name defaults to the YAML file's stem.  ``stored``: the dict comes from a checkpoint or a shipped file,
+    whose keys of earlier versions are read without a deprecation message (the reader cannot change the file).
     """
     data = read_yaml(source) if not isinstance(source, dict) else dict(source)
-    data = apply_overrides(data, parse_overrides(overrides))
-    task_name = data.get("task")
+    pairs = parse_overrides(overrides)
+    task_name = dict(pairs).get("task", data.get("task"))
     if not task_name or not isinstance(task_name, str):
         raise ConfigError("task: every config needs a 'task' key naming its task (e.g. task: toy2d)")
     task_cls = get_task(task_name)
-    cfg = from_dict(task_cls.config_class, data)
+    # keys of earlier versions in the file take their place first, so that an override lands on them
+    data = fold_moved_sections(task_cls.config_class, data, quiet=stored)
+    data = apply_overrides(data, pairs)
+    with warnings.catch_warnings():
+        if stored:
+            warnings.simplefilter("ignore", DeprecationWarning)
+        cfg = from_dict(task_cls.config_class, data)
     if not cfg.name and name_from_file and not isinstance(source, dict):
         cfg.name = Path(str(source).removesuffix(".yaml")).name
     validate(cfg)
@@ -174,16 +183,17 @@ def validate(cfg: ExperimentConfig) -> None:
         (cfg.process.kind in PROCESS_KINDS, "process.kind", f"must be one of {sorted(PROCESS_KINDS)}"),
         (cfg.process.noise in FLOW_NOISE, "process.noise", f"must be one of {FLOW_NOISE}"),
         (cfg.process.sigma >= 0 and cfg.process.prior_std > 0, "process.sigma", "needs sigma >= 0 and prior_std > 0"),
-        (cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {sorted(SAMPLERS)}"),
+        (cfg.sampler.name in sampler_names(standalone=True), "sampler.name",
+         f"must be one of {sampler_names(standalone=True)}"),
         (cfg.sampler.steps >= 1, "sampler.steps", "must be >= 1"),
-        (cfg.sampler.predictor in PREDICTORS, "sampler.predictor", f"must be one of {sorted(PREDICTORS)}"),
         (_DEVICE_RE.fullmatch(t.device) is not None, "train.device", "must be auto, cpu, cuda or cuda:N"),
         (cfg.process.sigma_max > cfg.process.sigma_min > 0, "process.sigma_min", "needs 0 < sigma_min < sigma_max"),
         (cfg.process.beta_max > cfg.process.beta_min > 0, "process.beta_min", "needs 0 < beta_min < beta_max"),
     ]
     ev = getattr(cfg, "eval", None)
     for i, name in enumerate(getattr(ev, "samplers", []) or []):
-        checks.append((name in SAMPLERS, f"eval.samplers[{i}]", f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}"))
+        checks.append((name in sampler_names(standalone=True), f"eval.samplers[{i}]",
+                       f"unknown sampler {name!r}; choose from {sampler_names(standalone=True)}"))
     pred = getattr(getattr(cfg, "model", None), "prediction", None)
     if pred is not None:
         checks.append((pred in PREDICTION_KINDS, "model.prediction", f"must be one of {PREDICTION_KINDS}"))
@@ -191,7 +201,6 @@ def validate(cfg: ExperimentConfig) -> None:
     checks += [
         (cfg.sampler.spacing in SPACINGS, "sampler.spacing", f"must be one of {SPACINGS}"),
         (cfg.sampler.rho > 0, "sampler.rho", "must be > 0"),
-        (cfg.sampler.s_churn >= 0 and cfg.sampler.s_noise >= 0, "sampler.s_churn", "needs s_churn >= 0, s_noise >= 0"),
         (not flow or (cfg.sampler.spacing == "uniform" and cfg.sampler.name != "heun_churn"), "sampler.name",
          "heun_churn and the karras spacing need noise levels: a diffusion process, not a flow path"),
         (cfg.precond.kind == "none" or not flow, "precond.kind", "EDM's preconditioning is for diffusion processes"),
@@ -206,6 +215,10 @@ def validate(cfg: ExperimentConfig) -> None:
     ]
     cfg.precond.build()  # an unknown kind or a bad sigma_data, named, before the checks that assume a known kind
     raise_failed(checks)
+    try:  # the sampler's own options: names, types and values, checked against the sampler itself
+        cfg.sampler.options = check_sampler_options(cfg.sampler.name, cfg.sampler.options)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cfg.loss.check()
     task_checks = getattr(cfg, "check", None)  # a task config's own value checks
     if callable(task_checks):

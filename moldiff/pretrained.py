@@ -95,7 +95,7 @@ def export_pretrained(checkpoint: str | Path, out: str | Path, *, overrides: lis
     """Write a training checkpoint's EMA weights (fp16), config (with ``--set``-style ``overrides``, e.g. sampling
     settings; validated) and step as a shipped model file."""
     state = load_checkpoint(checkpoint)
-    cfg = load_config(state["config"], overrides)
+    cfg = load_config(state["config"], overrides, stored=True)
     ema = {k: (v.half() if v.is_floating_point() else v) for k, v in state["ema"].items()}
     sampling = state.get("sampling")
     if sampling is None:  # a checkpoint written before sampling states: fit it now (reads the dataset once)
@@ -117,7 +117,7 @@ def load_pretrained_file(path: str | Path, device: str = "auto",
         raise CheckpointError(f"{path}: not a readable moldiff pretrained model ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a moldiff pretrained model file (format {FORMAT})")
-    cfg = load_config(state["config"], overrides)
+    cfg = load_config(state["config"], overrides, stored=True)
     if overrides:
         resume_changes(state["config"], cfg)  # ConfigError naming any key that would change the model
     task = get_task(cfg.task)(cfg)

@@ -84,7 +84,7 @@ def test_config_show_fills_defaults(work, capsys):
     assert shown["name"] == "toy2d_vp"
     assert shown["train"]["warmup_steps"] == 0
     assert shown["train"]["betas"] == [0.9, 0.999]
-    assert shown["sampler"]["snr"] == 0.16
+    assert shown["sampler"]["denoise"] is True and shown["sampler"]["options"] == {}  # the sampler's own: its defaults
     assert shown["tracking"]["enabled"] is True
     assert shown["model"]["time_dim"] == 64
     # and those present keep the YAML's values

@@ -94,7 +94,9 @@ def test_smoke_configs_are_small(path):
     if cfg.task in ("trajectory", "latent_trajectory"):
         assert cfg.data.size == "smoke"
         m = cfg.model
-        assert {"mlp": m.width, "unet": max(m.channels), "transformer": m.dim}[m.backbone] <= 128
+        o = m.options  # the backbone's own, over its defaults (FlatWindow 256 wide, UNet up to 128, transformer 128)
+        assert {"mlp": o.get("width", 256), "unet": max(o.get("channels", [128])),
+                "transformer": o.get("dim", 128)}[m.backbone] <= 128
         assert cfg.eval.n_trajectories * cfg.eval.ensemble <= 16 and cfg.sampler.steps <= 50
         assert cfg.eval.prior_samples <= 4
         return
@@ -119,7 +121,7 @@ def test_defaults_are_filled_in():
     cfg = load_config(VP_SMOKE)
     assert cfg.train.warmup_steps == TrainConfig().warmup_steps == 0
     assert cfg.train.betas == [0.9, 0.999]
-    assert cfg.sampler.snr == SamplerConfig().snr
+    assert cfg.sampler.options == {} and cfg.sampler.denoise == SamplerConfig().denoise
     assert cfg.tracking.enabled is True
     assert cfg.process.beta_max == ProcessConfig().beta_max
     assert cfg.model.time_dim == 64  # toy2d default, not in the smoke YAML
@@ -408,7 +410,8 @@ def test_task_by_module_path(tmp_path):
     (["sampler.steps=0"], "sampler.steps"),
     (["sampler.spacing=log"], "sampler.spacing"),
     (["sampler.rho=0"], "sampler.rho"),
-    (["sampler.s_churn=-1"], "sampler.s_churn"),
+    (["sampler.name=heun_churn", "sampler.options.s_churn=-1"], "sampler.options"),
+    (["sampler.name=pc", "sampler.s_churn=-1", "sampler.options.snr=-1"], "sampler.options"),
     (["precond.kind=karras"], "precond.kind"),
     (["precond.kind=edm"], "model.prediction"),  # the smoke model predicts eps
     (["loss.weighting=edm"], "loss.weighting"),  # EDM's weight needs the preconditioning
@@ -454,10 +457,13 @@ def test_validate_called_directly():
         validate(bad)
 
 
-@pytest.mark.parametrize("override", ["sampler.predictor=bogus", "eval.samplers=[bogus]"])
-def test_validate_catches_sampler_typos_before_training(override):
-    msg = _error(VP_SMOKE, [override])
-    assert override.split("=")[0] in msg
+@pytest.mark.parametrize("overrides,key", [(["sampler.name=pc", "sampler.options.predictor=bogus"], "sampler.options"),
+                                           (["sampler.name=pc", "sampler.predictor=bogus"], "sampler.options"),
+                                           (["sampler.options.predictor=ddim"], "sampler.options.predictor"),
+                                           (["eval.samplers=[bogus]"], "eval.samplers")])
+def test_validate_catches_sampler_typos_before_training(overrides, key):
+    msg = _error(VP_SMOKE, overrides)
+    assert msg.startswith(key)
 
 
 def test_validate_catches_bad_device():
@@ -484,7 +490,8 @@ def test_flatten_of_a_config():
     assert flat["tracking.experiment"] == "smoke"
     assert flat["eval.samplers"] == cfg.eval.samplers
     assert flat["name"] == "toy2d_vp"
-    assert not any(isinstance(v, dict) for v in flat.values())
+    assert not any(isinstance(v, dict) for k, v in flat.items() if not k.endswith(".options"))
+    assert flat["sampler.options"] == {}  # passed through whole: one value
     # one entry per leaf field
     n_leaves = sum(
         len(dataclasses.fields(getattr(cfg, f.name))) if dataclasses.is_dataclass(getattr(cfg, f.name)) else 1
@@ -515,9 +522,15 @@ def test_duplicate_yaml_keys_are_an_error(tmp_path):
 
 def test_width_checks_of_every_task_at_dry_run():
     for path, override, key in [
-        ("configs/smoke/trajectory_lorenz63.yaml", "model.width=-1", "model.width"),
-        ("configs/smoke/trajectory_kolmogorov.yaml", "model.channels=[8, -8]", "model.channels"),
-        ("configs/smoke/trajectory_kolmogorov.yaml", "model.depth=0", "model.depth"),
+        ("configs/smoke/trajectory_lorenz63.yaml", "model.options.width=-1", "model.options"),
+        ("configs/smoke/trajectory_lorenz63.yaml", "model.width=-1", "model.options"),  # the key of earlier versions
+        ("configs/smoke/trajectory_kolmogorov.yaml", "model.options.channels=[8, -8]", "model.options"),
+        ("configs/smoke/trajectory_kolmogorov.yaml", "model.options.blocks_per_level=0", "model.options"),
+        ("configs/smoke/trajectory_kolmogorov.yaml", "model.options.depth=2", "model.options.depth"),  # not a UNet's
+        ("configs/smoke/kolmogorov_latent.yaml", "model.options.heads=3", "model.options"),  # 16 % 3
+        ("configs/smoke/particles_lj13_vp.yaml", "model.options.coords_range=0", "model.options"),
+        ("configs/smoke/particles_lj13_vp.yaml", "model.options.lmax=2", "model.options.lmax"),  # not an EGNN's
+        ("configs/smoke/qm9_flow.yaml", "model.options.lmax=2", "model.options.lmax"),  # not MolGraphNet's
         ("configs/smoke/qm9_flow.yaml", "model.layers=0", "model.layers"),
         ("configs/smoke/qm9_flow.yaml", "model.hidden=-3", "model.hidden"),
         ("configs/smoke/qm9_edm.yaml", "model.hidden=0", "model.hidden"),
@@ -538,6 +551,6 @@ def test_edm_recipe_validates_and_builds():
     with torch.random.fork_rng():
         den = task.denoiser(task.build_model())
     assert den.precond is not None and den.precond.sigma_data == 2.0 and den.kind == "x0"
-    assert cfg.sampler.kwargs()["s_churn"] == 10.0
+    assert cfg.sampler.arguments()["s_churn"] == 10.0
     msg = _error(VP_SMOKE, ["process.kind=flow", "model.prediction=velocity", "sampler.name=heun_churn"])
     assert msg.startswith("sampler.name:")

@@ -27,9 +27,8 @@ from .processes import (
     ddpm_alphas_cumprod,
     time_grid,
 )
+from .registry import SAMPLERS, SamplerSpec, check_sampler_options, get_sampler, run_sampler, sampler_names
 from .samplers import (
-    SAMPLERS,
-    get_sampler,
     ancestral_update,
     langevin_correct,
     sample_ancestral,

@@ -46,10 +46,10 @@ __all__ = [
     "sample_heun_churn",
     "ancestral_update",
     "langevin_correct",
-    "SAMPLERS",
     "ODE_SAMPLERS",
     "PREDICTORS",
-    "get_sampler",
+    "check_pc_options",
+    "check_heun_churn_options",
 ]
 
 Callback = Callable[[dict], None]
@@ -192,6 +192,14 @@ def langevin_correct(
     return x
 
 
+def check_pc_options(snr: float, corrector_steps: int, predictor: str) -> None:
+    """The predictor-corrector's value checks (one place: :func:`sample_pc` and config validation call it)."""
+    if predictor not in PREDICTORS:
+        raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
+    if snr < 0 or corrector_steps < 0:
+        raise ValueError(f"need snr >= 0 and corrector_steps >= 0, got {snr}, {corrector_steps}")
+
+
 def sample_pc(
     model: Denoiser,
     x: Tensor,
@@ -208,8 +216,7 @@ def sample_pc(
 ) -> Tensor:
     """Predictor-corrector: at each grid time, ``corrector_steps`` Langevin steps, then one predictor step
     (``euler_maruyama``, ``ancestral``, ``ddim`` or ``none`` for corrector-only annealed Langevin)."""
-    if predictor not in PREDICTORS:
-        raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
+    check_pc_options(snr, corrector_steps, predictor)
     predict = PREDICTORS[predictor]
 
     def step(model, x, t, s, generator, cond):
@@ -244,6 +251,12 @@ def sample_ode(
     return denoise_end(model, sol.x, ts, denoise, cond)
 
 
+def check_heun_churn_options(s_churn: float, s_noise: float) -> None:
+    """EDM's churn checks (one place: :func:`sample_heun_churn` and config validation call it)."""
+    if s_churn < 0 or s_noise < 0:
+        raise ValueError(f"need s_churn >= 0 and s_noise >= 0, got {s_churn}, {s_noise}")
+
+
 def sample_heun_churn(
     model: Denoiser,
     x: Tensor,
@@ -267,8 +280,7 @@ def sample_heun_churn(
     sqrt(2) - 1)`` (``N`` steps), adding ``sqrt(s_hat^2 - s_i^2) s_noise`` fresh noise (capped at the process's
     level at ``t = 1``); then an Euler step to ``s_{i+1}`` and Heun's correction.  Two model evaluations per step
     (NFE ``2 N``).  ``s_churn = 0``: EDM's deterministic Heun sampler.  Not for a flow path (no noise levels)."""
-    if s_churn < 0 or s_noise < 0:
-        raise ValueError(f"need s_churn >= 0 and s_noise >= 0, got {s_churn}, {s_noise}")
+    check_heun_churn_options(s_churn, s_noise)
     proc, space = model.process, model.space
     n = len(ts) - 1
     gamma_max = min(s_churn / n, math.sqrt(2) - 1) if n > 0 else 0.0
@@ -305,20 +317,15 @@ PREDICTORS = {"euler_maruyama": _em_step, "ancestral": _ancestral_step, "ddim": 
 #: the probability-flow ODE samplers (the deterministic ones a flow model or a likelihood uses)
 ODE_SAMPLERS = ("ode_euler", "ode_heun", "ode_rk45")
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "ancestral": sample_ancestral,
-    "ddim": sample_ddim,
-    "euler_maruyama": sample_euler_maruyama,
-    "pc": sample_pc,
-    "ode_euler": lambda *a, **k: sample_ode(*a, method="euler", **k),
-    "ode_heun": lambda *a, **k: sample_ode(*a, method="heun", **k),
-    "ode_rk45": lambda *a, **k: sample_ode(*a, method="rk45", **k),
-    "heun_churn": sample_heun_churn,
-}
+def __getattr__(name: str):
+    # SAMPLERS and get_sampler live in moldiff.diffusion.registry, which imports this module (and DPS, RePaint and
+    # the mixed flow); the lazy import keeps ``from moldiff.diffusion.samplers import SAMPLERS`` working
+    if name in ("SAMPLERS", "get_sampler"):
+        import warnings
 
+        from . import registry
 
-def get_sampler(name: str) -> Callable[..., Tensor]:
-    """Sampler by name: ancestral, ddim, euler_maruyama, pc, ode_euler, ode_heun, ode_rk45, heun_churn."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name]
+        warnings.warn(f"moldiff.diffusion.samplers.{name} moved to moldiff.diffusion.registry.{name} (also "
+                      f"moldiff.diffusion.{name})", DeprecationWarning, stacklevel=2)
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,13 +22,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError, ExperimentConfig, ProcessConfig, SamplerConfig, raise_failed
+from ..config import (ConfigError, ExperimentConfig, ProcessConfig, SamplerConfig, as_config_error, moved_to_options,
+                      raise_failed)
 from ..diffusion import (
     CategoricalPath,
     MixedKnown,
@@ -51,7 +52,7 @@ from .properties import CONDITIONING_PROPERTIES, HALVES, PropertyScale, property
 from .task import QM9Data, QM9Source
 from .graphs import QM9Graphs
 from ..training.trainer import step_seed
-from ..nn.backbones import build_graph_backbone
+from ..nn.backbones import build_graph_backbone, check_backbone_options
 from ..progress import progress_bar
 from ..fileio import cached_strings
 from .graph_metrics import SMILES_VERSION, reference_smiles
@@ -64,9 +65,12 @@ from .relax import relax_molecules
 __all__ = ["QM9FlowConfig", "QM9FlowTask", "GraphBatch", "batch_from_molecules", "check_vocabulary", "pair_layout"]
 
 
+@moved_to_options("backbone", {"coords_range": "molgraph", "lmax": "e3nn", "parity": "e3nn"})
 @dataclass
 class FlowModel:
-    """The backbone (:func:`moldiff.nn.backbones.build_graph_backbone`) and its sizes."""
+    """The backbone (:func:`moldiff.nn.backbones.build_graph_backbone`), the sizes both built-in backbones take, and
+    the backbone's own ``options``, passed through (molgraph: ``coords_range``; e3nn: ``lmax``, ``parity``,
+    ``radial_hidden``)."""
 
     backbone: str = "molgraph"  #: molgraph (MolGraphNet) | e3nn (E3MolGraphNet) | package.module:Class
     hidden: int = 128  #: molgraph: width; e3nn: channels per irrep order
@@ -74,9 +78,7 @@ class FlowModel:
     layers: int = 6
     rbf: int = 16
     cutoff: float = 6.0  #: Å, range of the radial basis
-    coords_range: float = 2.0  #: Å, bound of one layer's pairwise coordinate update (molgraph)
-    lmax: int = 1  #: e3nn: highest order of features and spherical harmonics (1 or 2)
-    parity: bool = True  #: e3nn: E(3) (true) or SE(3) (false) equivariance
+    options: dict[str, Any] = field(default_factory=dict)  #: the backbone's own keyword arguments
 
 
 @dataclass
@@ -166,6 +168,8 @@ class QM9FlowConfig(ExperimentConfig):
             (self.eval.n_samples >= 0, "eval.n_samples", "must be >= 0"),
             (self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1"),
         ])
+        self.model.options = as_config_error(check_backbone_options, self.model.backbone, self.model.options,
+                                             graph=True)
 
 
 @dataclass
@@ -459,15 +463,14 @@ class QM9FlowTask(QM9Source, Task):
     # -- model and loss --------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         m, p = self.cfg.model, self.paths
-        extra = {"e3nn": {"lmax": m.lmax, "parity": m.parity}}.get(m.backbone, {})
+        extra = dict(m.options)
         if self.cfg.flow.self_condition:
             extra["self_condition"] = True
         try:
             return build_graph_backbone(
                 m.backbone, self.atom_classes, len(CHARGES), len(BOND_ORDERS), atom_states=p["atoms"].num_states,
                 charge_states=p["charges"].num_states, bond_states=p["bonds"].num_states, hidden=m.hidden,
-                edge=m.edge, layers=m.layers, rbf=m.rbf, cutoff=m.cutoff, coords_range=m.coords_range,
-                cond_dim=1 if self.conditional else 0, **extra)
+                edge=m.edge, layers=m.layers, rbf=m.rbf, cutoff=m.cutoff, cond_dim=1 if self.conditional else 0, **extra)
         except ValueError as e:
             raise ConfigError(f"model.backbone: {e}") from e
 

@@ -15,21 +15,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError, ExperimentConfig, ProcessConfig, SamplerConfig, raise_failed
-from ..diffusion import Denoiser, PointCloudSpace, denoising_loss
+from ..config import (ConfigError, ExperimentConfig, ProcessConfig, SamplerConfig, as_config_error, moved_to_options,
+                      raise_failed)
+from ..diffusion import Denoiser, PointCloudSpace, denoising_loss, run_sampler
 from ..tasks import EvalResult, Task
 from .batches import BatchPlan, MoleculeBatch
 from .features import MoleculeEncoding
 from .properties import HALVES
 from .qm9 import QM9
 from .properties import train_half
-from ..nn.backbones import build_backbone
+from ..nn.backbones import build_backbone, check_backbone_options
 from .draw import molecule_grid
 
 __all__ = ["QM9Config", "QM9Data", "QM9Model", "QM9Eval", "QM9Source", "QM9Task", "Molecules"]
@@ -46,25 +47,29 @@ class QM9Data:
     half: str = ""  #: train on the first or second half of the train split (property protocol), "" for all of it
 
 
+_EGNN, _E3NN = "egnn", "e3nn"
+
+
+@moved_to_options("backbone", {"attention": _EGNN, "tanh": _EGNN, "coords_range": _EGNN, "norm_constant": _EGNN,
+                               "inv_sublayers": _EGNN, "normalization_factor": _EGNN, "lmax": _E3NN, "parity": _E3NN,
+                               "r_max": _E3NN})
 @dataclass
 class QM9Model:
-    """The backbone (:mod:`moldiff.nn.backbones`); defaults: EDM's EGNN (9 layers x 256, attention, tanh-bounded
-    coordinate updates)."""
+    """The backbone (:mod:`moldiff.nn.backbones`) and its own ``options``, passed through; defaults: EDM's EGNN (9
+    layers x 256, attention, tanh-bounded coordinate updates).  egnn's options: ``attention``, ``tanh``,
+    ``coords_range``, ``norm_constant``, ``inv_sublayers``, ``normalization_factor``; e3nn's: ``lmax``, ``parity``,
+    ``r_max`` (here 3.0 unless set), ``cutoff``, ``num_basis``, ``radial_hidden``, ``time_dim``."""
 
     backbone: str = "egnn"  #: egnn | e3nn | package.module:Class
     hidden: int = 256  #: egnn: hidden width; e3nn: channels per irrep order
     layers: int = 9
-    attention: bool = True
-    tanh: bool = True
-    coords_range: float = 15.0
-    norm_constant: float = 1.0
-    inv_sublayers: int = 1
-    normalization_factor: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)  #: the backbone's own keyword arguments
     scale: list[float] = field(default_factory=lambda: [1.0, 4.0, 10.0])  #: positions, one-hot, atomic number
     include_charges: bool = True  #: the atomic-number channel
-    lmax: int = 1  #: e3nn: highest order of features and spherical harmonics (1 or 2)
-    parity: bool = True  #: e3nn: E(3) (true) or SE(3) (false) equivariance
-    r_max: float = 3.0  #: e3nn: range of the radial basis, in the model's position unit
+
+
+#: this task's defaults for a backbone's options, under the config's own (QM9 positions are in Å / scale)
+BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {_E3NN: {"r_max": 3.0}}
 
 
 @dataclass
@@ -106,6 +111,7 @@ class QM9Config(ExperimentConfig):
             (self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1"),
         ]
         raise_failed(checks)
+        self.model.options = as_config_error(check_backbone_options, self.model.backbone, self.model.options)
 
 
 class QM9Source:
@@ -187,13 +193,9 @@ class QM9Task(QM9Source, Task):
     # -- model and loss --------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         m = self.cfg.model
-        options = {"egnn": {"attention": m.attention, "tanh": m.tanh, "coords_range": m.coords_range,
-                            "norm_constant": m.norm_constant, "inv_sublayers": m.inv_sublayers,
-                            "normalization_factor": m.normalization_factor},
-                   "e3nn": {"lmax": m.lmax, "parity": m.parity, "r_max": m.r_max}}
         try:
             return build_backbone(m.backbone, self.encoding.num_features, hidden=m.hidden, layers=m.layers, pos_dims=3,
-                                  options=options.get(m.backbone, {}))
+                                  options={**BACKBONE_DEFAULTS.get(m.backbone, {}), **m.options})
         except ValueError as e:
             raise ConfigError(f"model.backbone: {e}") from e
 
@@ -233,7 +235,8 @@ class QM9Task(QM9Source, Task):
                                           den.space, generator)
             callback = self._trajectory_callback(trajectory, graph, sampler) if (trajectory is not None and b == 0) else None
             with torch.no_grad():
-                x = sampler.run(den, x, generator=generator, progress=progress, callback=callback)
+                x = run_sampler(sampler.name, den, x, generator=generator, progress=progress, callback=callback,
+                                **sampler.arguments())
             for i, mol in zip(idx, self.encoding.decode_batch(x, graph, len(idx))):
                 out[i] = mol
             if callback is not None:

@@ -19,7 +19,8 @@ backbone here), and ``examples/custom_backbone.py`` trains a 30-line user networ
 
 Molecular *graphs* (the ``qm9_flow`` recipe: bond tokens in, bond logits out) have the contract of
 :class:`~moldiff.nn.molgraph.MolGraphNet` -- built as ``Class(num_atoms, num_charges, num_bonds, *, atom_states,
-charge_states, bond_states, hidden, edge, layers, rbf, cutoff, coords_range, cond_dim, **options)``, called as
+charge_states, bond_states, hidden, edge, layers, rbf, cutoff, cond_dim, **options)`` (``options``: the
+backbone's own, from ``model.options``), called as
 ``forward(pos [N, 3], atoms [N], charges [N], bonds [P], t [G], batch [N], pair_index [2, P], num_graphs,
 max_nodes, cond=None) -> (pos0, atom_logits, charge_logits, bond_logits)``; :func:`build_graph_backbone` picks
 ``molgraph``, ``e3nn`` or ``module:Class``.
@@ -31,10 +32,12 @@ import importlib
 from typing import Any, Callable
 
 from torch import nn
+
+from ..options import check_options
 from .egnn import EGNNDenoiser
 from .molgraph import MolGraphNet
 
-__all__ = ["BACKBONES", "GRAPH_BACKBONES", "build_backbone", "build_graph_backbone"]
+__all__ = ["BACKBONES", "GRAPH_BACKBONES", "build_backbone", "build_graph_backbone", "check_backbone_options"]
 
 
 def _egnn(num_features: int, *, hidden: int, layers: int, pos_dims: int, cond_dim: int = 0, **options) -> nn.Module:
@@ -87,7 +90,7 @@ def _molgraph(*args, **kwargs) -> nn.Module:
     return MolGraphNet(*args, **kwargs)
 
 
-def _e3_molgraph(*args, coords_range: float = 2.0, **kwargs) -> nn.Module:
+def _e3_molgraph(*args, **kwargs) -> nn.Module:
     from .e3_molgraph import E3MolGraphNet  # lazy: e3nn loads only for its backbones
 
     return E3MolGraphNet(*args, **kwargs)
@@ -101,3 +104,30 @@ def build_graph_backbone(name: str, num_atoms: int, num_charges: int, num_bonds:
     """A molecular-graph backbone by name (:data:`GRAPH_BACKBONES`) or ``"package.module:Class"`` (module
     docstring); ``kwargs`` as :class:`~moldiff.nn.molgraph.MolGraphNet` takes them, plus the backbone's own."""
     return _build(name, _resolve(name, GRAPH_BACKBONES), num_atoms, num_charges, num_bonds, **kwargs)
+
+
+#: the network class behind each built-in name, and the arguments its builder passes itself (not options)
+_CLASSES = {
+    ("point", "egnn"): ("moldiff.nn.egnn:EGNNDenoiser", ("num_features", "hidden_nf", "n_layers", "pos_dims")),
+    ("point", "e3nn"): ("moldiff.nn.e3:E3Denoiser", ("num_features", "mul", "layers", "pos_dims", "cond_dim")),
+    ("graph", "molgraph"): ("moldiff.nn.molgraph:MolGraphNet", ()),
+    ("graph", "e3nn"): ("moldiff.nn.e3_molgraph:E3MolGraphNet", ()),
+}
+_POINT_ARGS = ("num_features", "hidden", "layers", "pos_dims", "cond_dim")
+_GRAPH_ARGS = ("num_atoms", "num_charges", "num_bonds", "atom_states", "charge_states", "bond_states", "hidden", "edge",
+               "layers", "rbf", "cutoff", "cond_dim", "self_condition")
+
+
+def check_backbone_options(name: str, options: dict[str, Any], prefix: str = "model.options", *,
+                           graph: bool = False) -> dict[str, Any]:
+    """A backbone's ``options`` checked against its class (names, types, and the class's own ``check_options``),
+    before anything is built; ``ValueError`` naming ``prefix.KEY``.  ``graph``: a molecular-graph backbone."""
+    kind = "graph" if graph else "point"
+    path, passed = _CLASSES.get((kind, name), (name, ()))
+    try:
+        _resolve(name, GRAPH_BACKBONES if graph else BACKBONES)  # a known name, or an importable module:Class
+        cls = _resolve(path, {})  # the built-in's class, or the user's
+    except ValueError as e:
+        raise ValueError(f"{prefix.rsplit('.', 1)[0]}.backbone: {e}") from None
+    exclude = tuple(passed) + (_GRAPH_ARGS if graph else _POINT_ARGS)
+    return check_options(cls, options, prefix, exclude=exclude, owner=f"backbone {name!r}")

@@ -129,8 +129,8 @@ class E3Denoiser(nn.Module):
         super().__init__()
         if pos_dims not in (2, 3):
             raise ValueError(f"E3Denoiser works on 2D or 3D positions, got pos_dims={pos_dims}")
-        if lmax < 1:
-            raise ValueError(f"lmax must be >= 1, got {lmax}")
+        self.check_options(lmax, r_max, cutoff)
+        cutoff = cutoff or None  # 0, as configs of earlier versions wrote it: fully connected
         self.num_features, self.pos_dims = num_features, pos_dims
         self.r_max, self.cutoff, self.num_basis = float(r_max), cutoff, num_basis
         self.time = SinusoidalEmbedding(time_dim, scale=100.0)
@@ -148,6 +148,14 @@ class E3Denoiser(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.out = o3.Linear(irreps, o3.Irreps(f"1x{vec}" + (f"+{num_features}x0e" if num_features else "")))
         self.irreps_hidden = irreps
+
+    @staticmethod
+    def check_options(lmax: int = 1, r_max: float = 5.0, cutoff: float | None = None) -> None:
+        """The value checks of this network's options (its constructor and config validation call them)."""
+        if lmax < 1:
+            raise ValueError(f"lmax must be >= 1, got {lmax}")
+        if r_max <= 0 or (cutoff is not None and cutoff < 0):
+            raise ValueError(f"need r_max > 0 and cutoff none or >= 0 (0: fully connected), got {r_max}, {cutoff}")
 
     def edges(self, pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         """The message graph: fully connected within each graph, or within ``cutoff``."""

@@ -182,9 +182,16 @@ class EGNNDenoiser(nn.Module):
                  tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0, inv_sublayers: int = 1,
                  normalization_factor: float = 1.0, pos_dims: int = 3):
         super().__init__()
+        self.check_options(coords_range, inv_sublayers)
         self.num_features, self.pos_dims = num_features, pos_dims
         self.egnn = EGNN(num_features + 1, num_features + 1, hidden_nf, n_layers, inv_sublayers, attention, tanh,
                          coords_range, norm_constant, normalization_factor)
+
+    @staticmethod
+    def check_options(coords_range: float = 15.0, inv_sublayers: int = 1) -> None:
+        """The value checks of this network's options (its constructor and config validation call them)."""
+        if coords_range <= 0 or inv_sublayers < 1:
+            raise ValueError(f"need coords_range > 0 and inv_sublayers >= 1, got {coords_range}, {inv_sublayers}")
 
     def forward(self, x: Tensor, t: Tensor, batch: Tensor, num_graphs: int, max_nodes: int | None = None) -> Tensor:
         """``max_nodes`` (the padded graph size) is computed from ``batch`` when omitted (a host sync)."""

@@ -57,15 +57,22 @@ class SpaceTimeTransformer(nn.Module):
         time_dim: sinusoidal embedding width of the diffusion time ``t`` in ``[0, 1]``.
     """
 
+    @staticmethod
+    def check_options(patch: int = 2, dim: int = 128, depth: int = 4, heads: int = 4) -> None:
+        """The value checks of this network's options (its constructor and config validation call them)."""
+        if min(patch, dim, depth, heads) < 1:
+            raise ValueError(f"patch, dim, depth and heads must all be >= 1, got {patch}, {dim}, {depth}, {heads}")
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+
     def __init__(self, window: int, channels: int, height: int, width: int, *, patch: int = 2, dim: int = 128,
                  depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, time_dim: int = 64):
         super().__init__()
-        if min(window, channels, height, width, patch, dim, depth, heads) < 1:
-            raise ValueError("window, channels, height, width, patch, dim, depth and heads must all be >= 1")
+        self.check_options(patch, dim, depth, heads)
+        if min(window, channels, height, width) < 1:
+            raise ValueError("window, channels, height and width must all be >= 1")
         if height % patch or width % patch:
             raise ValueError(f"the grid {height} x {width} must be divisible by the patch size {patch}")
-        if dim % heads:
-            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
         self.window, self.channels, self.height, self.width, self.patch = window, channels, height, width, patch
         self.grid = (height // patch, width // patch)
         token = channels * patch * patch

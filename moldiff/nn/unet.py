@@ -96,6 +96,20 @@ class UNet(nn.Module):
     ``channels`` must be divisible by ``groups`` (GroupNorm).
     """
 
+    @staticmethod
+    def check_options(channels: Sequence[int] = (32, 64, 128), blocks_per_level: int = 2, groups: int = 8,
+                      dropout: float = 0.0) -> None:
+        """The value checks of this network's options (its constructor and config validation call them)."""
+        channels = tuple(channels)
+        if not channels or not all(isinstance(c, int) and c >= 1 for c in channels):
+            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
+        if groups < 1 or any(c % groups for c in channels):
+            raise ValueError(f"every entry of channels {channels} must be divisible by groups={groups}")
+        if blocks_per_level < 1:
+            raise ValueError(f"blocks_per_level must be >= 1, got {blocks_per_level}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
     def __init__(self, in_channels: int, out_channels: int | None = None, channels: Sequence[int] = (32, 64, 128),
                  blocks_per_level: int = 2, time_dim: int = 64, padding_mode: str = "circular", groups: int = 8,
                  attention: bool = False, dropout: float = 0.0):
@@ -106,14 +120,7 @@ class UNet(nn.Module):
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
-        if not channels or min(channels) < 1:
-            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
-        if groups < 1 or any(c % groups for c in channels):
-            raise ValueError(f"every entry of channels {channels} must be divisible by groups={groups}")
-        if blocks_per_level < 1:
-            raise ValueError(f"blocks_per_level must be >= 1, got {blocks_per_level}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.check_options(channels, blocks_per_level, groups, dropout)
         self.in_channels, self.out_channels, self.channels = in_channels, out_channels, channels
         self.factor = 2 ** (len(channels) - 1)
         emb_dim = 4 * channels[0]

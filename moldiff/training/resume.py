@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, ExperimentConfig, flatten, to_dict
+from ..config import ConfigError, ExperimentConfig, flatten, fold_moved_sections, to_dict
 
 __all__ = ["resume_changes", "apply_optimizer_settings"]
 
@@ -21,10 +21,16 @@ def _allowed(key: str, mutable: tuple[str, ...]) -> bool:
     return any(key == m or key.startswith(m + ".") for m in mutable)
 
 
+def _current_form(saved: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The checkpoint's config with the keys of earlier versions in their current place (flat backbone and sampler
+    keys in ``options``), so that they compare with the new config key by key; nothing else filled in."""
+    return fold_moved_sections(cls, saved)
+
+
 def resume_changes(saved: dict[str, Any], cfg: ExperimentConfig) -> dict[str, tuple[Any, Any]]:
     """``{key: (checkpoint value, new value)}`` for every allowed difference between the checkpoint's config
     ``saved`` and ``cfg``; :class:`ConfigError` naming each key that may not change on resume."""
-    old, new = flatten(saved), flatten(to_dict(cfg))
+    old, new = flatten(_current_form(saved, type(cfg))), flatten(to_dict(cfg))
     # keys only one side has (an option added or removed since the checkpoint was written) are not changes
     diff = {k: (old[k], new[k]) for k in sorted(set(old) & set(new)) if old[k] != new[k]}
     refused = {k: v for k, v in diff.items() if not _allowed(k, type(cfg).resume_mutable)}

@@ -30,8 +30,15 @@ class FlatWindow(nn.Module):
 
     grouped = True
 
+    @staticmethod
+    def check_options(width: int = 256, depth: int = 4) -> None:
+        """The value checks of this network's options (its constructor and config validation call them)."""
+        if width < 1 or depth < 1:
+            raise ValueError(f"width and depth must be >= 1, got {width}, {depth}")
+
     def __init__(self, window_numel: int, width: int = 256, depth: int = 4, time_dim: int = 64):
         super().__init__()
+        self.check_options(width, depth)
         self.window_numel = window_numel
         self.mlp = MLPDenoiser(window_numel, width=width, depth=depth, time_dim=time_dim)
 

@@ -28,13 +28,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from moldiff.config import ConfigError, ExperimentConfig, SamplerConfig, raise_failed
+from moldiff.config import (ConfigError, ExperimentConfig, SamplerConfig, as_config_error, moved_to_options,
+                            raise_failed)
+from moldiff.options import check_options
+from moldiff.diffusion.registry import run_sampler
 from moldiff.diffusion import (Denoiser, GaussianObservation, MMPSDenoiser, PosteriorDenoiser, denoising_loss,
                                sample_dps, time_grid)
 from moldiff.training import step_seed
@@ -63,18 +66,25 @@ class TrajectoryData:
     n_train: int = 0  #: use the first n training trajectories (0: all)
 
 
+#: the network behind each backbone name, and the arguments the task passes itself (not options)
+FIELD_BACKBONES = {"mlp": (FlatWindow, ("window_numel", "time_dim")),
+                   "unet": (UNet, ("in_channels", "out_channels", "time_dim")),
+                   "transformer": (SpaceTimeTransformer, ("window", "channels", "height", "width", "time_dim"))}
+
+
+@moved_to_options("backbone", {"width": "mlp", "depth": ("mlp", "transformer"), "channels": "unet",
+                               "blocks_per_level": "unet", "patch": "transformer", "dim": "transformer",
+                               "heads": "transformer"})
 @dataclass
 class TrajectoryModel:
+    """The local score network: a window of ``2 window + 1`` states through a backbone with its own ``options``,
+    passed through -- mlp (:class:`~physics.fields.models.FlatWindow`: ``width`` 256, ``depth`` 4), unet
+    (:class:`~moldiff.nn.unet.UNet`: ``channels`` [32, 64, 128], ``blocks_per_level`` 2, ...) or transformer
+    (:class:`~moldiff.nn.transformer.SpaceTimeTransformer`: ``patch`` 2, ``dim`` 128, ``depth`` 4, ``heads`` 4)."""
+
     window: int = 2  #: k: the local score sees 2k + 1 consecutive states
     backbone: str = "mlp"  #: mlp (Lorenz) | unet | transformer (fields: space-time patches)
-    width: int = 256  #: mlp
-    depth: int = 4  #: mlp
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])  #: unet, per level
-    blocks_per_level: int = 2  #: unet
-    patch: int = 2  #: transformer: patch side on the (latent) grid
-    dim: int = 128  #: transformer: token width
-    depth: int = 4  #: transformer: blocks
-    heads: int = 4  #: transformer: attention heads
+    options: dict[str, Any] = field(default_factory=dict)  #: the backbone's own keyword arguments
     time_dim: int = 64
     prediction: str = "eps"  #: eps | x0 | score
 
@@ -128,8 +138,8 @@ class TrajectoryConfig(ExperimentConfig):
     model: TrajectoryModel = field(default_factory=TrajectoryModel)
     observation: ObservationConfig = field(default_factory=ObservationConfig)
     eval: AssimilationEval = field(default_factory=AssimilationEval)
-    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(name="pc", predictor="ddim", steps=256,
-                                                                         snr=0.1, corrector_steps=1))
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(
+        name="pc", steps=256, options={"predictor": "ddim", "snr": 0.1, "corrector_steps": 1}))
     resume_mutable: ClassVar[tuple[str, ...]] = (*ExperimentConfig.resume_mutable, "observation")
 
     def check(self) -> None:
@@ -140,15 +150,9 @@ class TrajectoryConfig(ExperimentConfig):
             (self.data.size in ("full", "smoke"), "data.size", "must be full or smoke"),
             (self.data.n_train >= 0, "data.n_train", "must be >= 0 (0: all)"),
             (m.window >= 0, "model.window", "must be >= 0"),
-            (m.width >= 1, "model.width", "must be >= 1"),
-            (m.depth >= 1, "model.depth", "must be >= 1"),
-            (m.blocks_per_level >= 1, "model.blocks_per_level", "must be >= 1"),
-            (len(m.channels) >= 1 and min(m.channels) >= 1, "model.channels", "needs at least one entry, each >= 1"),
             (m.backbone in ("mlp", "unet", "transformer"), "model.backbone", "must be mlp, unet or transformer"),
             (m.backbone == "mlp" or not lorenz, "model.backbone", "Lorenz states are vectors: use mlp"),
             (m.backbone != "mlp" or lorenz, "model.backbone", "fields need the unet or transformer backbone"),
-            (min(m.patch, m.dim, m.depth, m.heads) >= 1 and m.dim % m.heads == 0, "model.dim",
-             "patch, dim, depth and heads must be >= 1, dim divisible by heads"),
             (ev.prior_samples >= 0 and (ev.prior_samples == 0 or not lorenz), "eval.prior_samples",
              "must be >= 0; the prior statistics are for fields"),
             (m.prediction in ("eps", "x0", "score"), "model.prediction", "must be eps, x0 or score"),
@@ -169,6 +173,10 @@ class TrajectoryConfig(ExperimentConfig):
             (ob.transform == "identity" or not {"enkf"} & set(ev.methods), "eval.methods",
              "the stochastic EnKF takes linear observations only; use etkf with observation.transform"),
         ])
+        if m.backbone in FIELD_BACKBONES:
+            cls, passed = FIELD_BACKBONES[m.backbone]
+            m.options = as_config_error(check_options, cls, m.options, "model.options", exclude=passed,
+                                        owner=f"backbone {m.backbone!r}")
         self.observation.build(state_shape(get_dataset(self.data.system, self.data.size)))
 
 
@@ -217,21 +225,22 @@ class TrajectoryTask(SplitData, Task):
 
     def build_model(self) -> nn.Module:
         m, shape = self.cfg.model, self.model_shape
-        w = 2 * m.window + 1
-        if m.backbone == "mlp":
-            backbone = FlatWindow(w * int(np.prod(shape)), width=m.width, depth=m.depth, time_dim=m.time_dim)
-        elif m.backbone == "unet":
-            c = w * int(np.prod(shape[:-2]))
-            backbone = UNet(c, c, channels=tuple(m.channels), blocks_per_level=m.blocks_per_level, time_dim=m.time_dim)
-            if len(shape) > 2:  # states with channels (latent grids): [w, C, h, w'] stacked as w C channels
-                backbone = WindowAsChannels(backbone)
-        else:
-            channels, (height, width) = int(np.prod(shape[:-2])), shape[-2:]
-            try:
-                backbone = SpaceTimeTransformer(w, channels, height, width, patch=m.patch, dim=m.dim, depth=m.depth,
-                                                heads=m.heads, time_dim=m.time_dim)
-            except ValueError as e:
-                raise ConfigError(f"model: {e}") from e
+        w, kw = 2 * m.window + 1, dict(m.options)
+        if "channels" in kw:
+            kw["channels"] = tuple(kw["channels"])
+        try:
+            if m.backbone == "mlp":
+                backbone = FlatWindow(w * int(np.prod(shape)), time_dim=m.time_dim, **kw)
+            elif m.backbone == "unet":
+                c = w * int(np.prod(shape[:-2]))
+                backbone = UNet(c, c, time_dim=m.time_dim, **kw)
+                if len(shape) > 2:  # states with channels (latent grids): [w, C, h, w'] stacked as w C channels
+                    backbone = WindowAsChannels(backbone)
+            else:
+                channels, (height, width) = int(np.prod(shape[:-2])), shape[-2:]
+                backbone = SpaceTimeTransformer(w, channels, height, width, time_dim=m.time_dim, **kw)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.options: {e}") from e
         return LocalScoreNet(backbone, m.window)
 
     def denoiser(self, model: nn.Module) -> Denoiser:
@@ -251,7 +260,8 @@ class TrajectoryTask(SplitData, Task):
         device = next(model.parameters()).device
         x = self._prior(n, length or self.cfg.eval.length, device, generator)
         with torch.no_grad():
-            z = (sampler or self.cfg.sampler).run(self.denoiser(model), x, generator=generator, progress=progress)
+            scfg = sampler or self.cfg.sampler
+            z = run_sampler(scfg.name, self.denoiser(model), x, generator=generator, progress=progress, **scfg.arguments())
         return self.denormalize(z)
 
     def dynamics_model(self):
@@ -316,7 +326,8 @@ class TrajectoryTask(SplitData, Task):
             if method in ("sda", "mmps"):
                 guided = (PosteriorDenoiser(prior, obs, gamma=ev.gamma) if method == "sda"
                           else MMPSDenoiser(prior, obs, cg_iterations=ev.cg_iterations))
-                z = self.cfg.sampler.run(guided, x, generator=generator, progress=progress)
+                z = run_sampler(self.cfg.sampler.name, guided, x, generator=generator, progress=progress,
+                                **self.cfg.sampler.arguments())
             else:
                 steps = ev.dps_steps or self.cfg.sampler.steps
                 z = sample_dps(prior, x, time_grid(self.process, steps, device=device), observation=obs, zeta=ev.zeta,

@@ -35,13 +35,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from moldiff.config import ConfigError, CouplingConfig, ExperimentConfig, ProcessConfig, SamplerConfig, raise_failed
+from moldiff.config import (ConfigError, CouplingConfig, ExperimentConfig, ProcessConfig, SamplerConfig,
+                            as_config_error, moved_to_options, raise_failed)
 from moldiff.diffusion import (
     Denoiser,
     PointCloudSpace,
@@ -50,6 +51,7 @@ from moldiff.diffusion import (
     log_likelihood,
     sample_with_log_likelihood,
 )
+from moldiff.diffusion.registry import run_sampler
 from moldiff.diffusion.couplings import COUPLING_KINDS
 from moldiff.diffusion.likelihood import DIVERGENCES
 from moldiff.diffusion.samplers import ODE_SAMPLERS
@@ -60,7 +62,7 @@ from .energies import SYSTEM_VARIANTS, SYSTEMS
 from .energies import get_system
 from .reference import reference_samples
 from .reference import RECIPES
-from moldiff.nn.backbones import build_backbone
+from moldiff.nn.backbones import build_backbone, check_backbone_options
 from .io import write_extxyz
 from .metrics import importance_estimate, importance_log_weights, particle_metrics
 from .refine import normalised_weights
@@ -81,21 +83,20 @@ class ParticleData:
     reference: str = "full"
 
 
+@moved_to_options("backbone", {"attention": "egnn", "tanh": "egnn", "coords_range": "egnn", "lmax": "e3nn",
+                               "parity": "e3nn", "r_max": "e3nn", "cutoff": "e3nn"})
 @dataclass
 class ParticleModel:
     """The backbone (:mod:`moldiff.nn.backbones`): ``egnn`` (EDM's EGNN; Klein et al. use 3 layers x 32 for DW4 /
-    LJ13, iDEM 5 x 128 for LJ13 / LJ55), ``e3nn`` (tensor products, 3D systems) or a user's ``module:Class``."""
+    LJ13, iDEM 5 x 128 for LJ13 / LJ55), ``e3nn`` (tensor products, 3D systems) or a user's ``module:Class``, with
+    its own ``options`` passed through: egnn's ``attention``, ``tanh``, ``coords_range``, ...; e3nn's ``lmax``,
+    ``parity``, ``r_max`` (range of the radial basis, data units), ``cutoff`` (message radius; none or 0: fully
+    connected), ..."""
 
     backbone: str = "egnn"  #: egnn | e3nn | package.module:Class
     hidden: int = 64  #: egnn: hidden width; e3nn: channels per irrep order
     layers: int = 4
-    attention: bool = True  #: egnn
-    tanh: bool = True  #: egnn
-    coords_range: float = 15.0  #: egnn
-    lmax: int = 1  #: e3nn: highest order of features and spherical harmonics (1 or 2)
-    parity: bool = True  #: e3nn: E(3) (true) or SE(3) (false) equivariance
-    r_max: float = 5.0  #: e3nn: range of the radial basis (data units)
-    cutoff: float = 0.0  #: e3nn: message radius (a radius graph); 0: fully connected
+    options: dict[str, Any] = field(default_factory=dict)  #: the backbone's own keyword arguments
     prediction: str = "velocity"  #: velocity (flow processes) | eps (score-SDE processes)
     input_scaling: bool = True  #: feed x / sqrt(alpha^2 sigma_data^2 + sigma_t^2) to the network
 
@@ -154,9 +155,6 @@ class ParticleConfig(ExperimentConfig):
              f"flow-matching models are sampled with an ODE sampler ({', '.join(ODE_SAMPLERS)}), not {self.sampler.name!r}"),
             (self.model.hidden >= 1, "model.hidden", "must be >= 1"),
             (self.model.layers >= 1, "model.layers", "must be >= 1"),
-            (self.model.coords_range > 0, "model.coords_range", "must be > 0"),
-            (self.model.lmax in (1, 2), "model.lmax", "must be 1 or 2"),
-            (self.model.cutoff >= 0 and self.model.r_max > 0, "model.cutoff", "cutoff must be >= 0 and r_max > 0"),
             (self.precond.kind == "none" or not self.model.input_scaling, "model.input_scaling",
              "precond.kind: edm scales the network's input itself (c_in); set model.input_scaling: false"),
             (self.eval.n_samples >= 0 and self.eval.nll_points >= 0, "eval.n_samples", "must be >= 0"),
@@ -168,6 +166,7 @@ class ParticleConfig(ExperimentConfig):
             (self.eval.likelihood_method in ("euler", "heun", "rk45"), "eval.likelihood_method", "euler | heun | rk45"),
         ]
         raise_failed(checks)
+        self.model.options = as_config_error(check_backbone_options, self.model.backbone, self.model.options)
 
 
 @register_task
@@ -231,11 +230,9 @@ class ParticleTask(Task):
     # -- model ---------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         m = self.cfg.model
-        options = {"egnn": {"attention": m.attention, "tanh": m.tanh, "coords_range": m.coords_range},
-                   "e3nn": {"lmax": m.lmax, "parity": m.parity, "r_max": m.r_max, "cutoff": m.cutoff or None}}
         try:
             return build_backbone(m.backbone, 0, hidden=m.hidden, layers=m.layers, pos_dims=self.system.dim,
-                                  options=options.get(m.backbone, {}))
+                                  options=m.options)
         except ValueError as e:
             raise ConfigError(f"model.backbone: {e}") from e
 
@@ -296,7 +293,7 @@ class ParticleTask(Task):
             den = self.denoiser(model, num, device)
             x = self._prior(num, den.space, model, generator)
             with torch.no_grad():
-                x = sampler.run(den, x, generator=generator, progress=progress)
+                x = run_sampler(sampler.name, den, x, generator=generator, progress=progress, **sampler.arguments())
             out.append(x.reshape(num, *self.system.event_shape))
             nfe = den.nfe
         self.last_nfe = nfe

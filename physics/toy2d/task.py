@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from moldiff.config import ConfigError, CouplingConfig, ExperimentConfig, SamplerConfig, raise_failed
 from moldiff.diffusion import (ClassifierFreeGuidance, Denoiser, FlowPath, denoising_loss, drop_condition,
                                flow_matching_loss, log_likelihood)
+from moldiff.diffusion.registry import run_sampler
 from moldiff.diffusion.samplers import ODE_SAMPLERS
 from moldiff.metrics import count_outliers, wasserstein2
 from moldiff.nn import MLPDenoiser
@@ -203,8 +204,8 @@ class Toy2DTask(Task):
             perm = torch.randperm(len(pool), generator=generator, device=generator.device)[:n].cpu()
             x = pool[perm].to(device)
         with torch.no_grad():
-            out = sampler.run(den, x, generator=generator, progress=progress,
-                              cond=None if cond is None else cond.to(device))
+            out = run_sampler(sampler.name, den, x, generator=generator, progress=progress,
+                              cond=None if cond is None else cond.to(device), **sampler.arguments())
         self.last_nfe = getattr(den, "model", den).nfe  # with guidance: the network's evaluations, not the wrapper's
         return out
 

@@ -74,7 +74,8 @@ def test_config_errors_name_the_key(checkpoints, tmp_path):
              (f"latent.autoencoder={tmp_path / 'none.pt'}", "no checkpoint at"),
              (f"latent.autoencoder={ckpt}", "not a field_autoencoder"),
              ("model.backbone=mlp", "model.backbone"),
-             ("model.dim=31", "model.dim")]
+             ("model.options.dim=31", "model.options: dim 31 must be divisible by heads"),
+             ("model.dim=31", "model.options: dim 31")]  # the key of earlier versions
     cases.append(("data.size=full", "trained on kolmogorov \\(32, 32\\)"))  # an autoencoder of another grid
     for override, needle in cases:
         with pytest.raises(ConfigError, match=needle), torch.random.fork_rng(devices=[]):

@@ -25,8 +25,9 @@ def test_a_shipped_prior_assimilates_a_short_window(name, dim, tmp_path, capsys)
         assert z["samples"].shape == (1, 2, 16, dim) and np.isfinite(z["samples"]).all()
     # what the weights mean cannot be overridden; the operator and the sampler can
     rc = main(["assimilate", "--pretrained", name, "--observations", str(obs), "--out", str(tmp_path / "x.npz"),
-               "--set", "model.width=8"])
-    assert rc == 2 and "model.width" in capsys.readouterr().err
+               "--set", "model.options.width=8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot resume with a different model.options" in err and "'width': 8" in err
 
 
 def _obs(tmp_path, value, length=20, P=12, name="obs.npz"):

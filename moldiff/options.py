@@ -1,0 +1,72 @@
+"""Options passed through to a function or class (a sampler's ``**sampler_kwargs``, a backbone's own arguments),
+checked in one place against the callee itself.
+
+:func:`check_options` takes the callee's keyword arguments with defaults as its options: a name it does not take
+is an error listing the ones it does; a value is typed by the default's type (so YAML's ``1e-4``, read as a string,
+becomes a float); the values go through the callee's own ``check_options`` where it has one -- the same check it
+runs when called, so that a config fails when it is read, not when the work starts, and the rule lives once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Any, Callable
+
+__all__ = ["option_defaults", "check_options"]
+
+_NO_DEFAULT = inspect.Parameter.empty
+
+
+def option_defaults(fn: Callable[..., Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``fn``'s options: its keyword arguments with a default, less ``exclude`` and any a ``partial`` binds."""
+    bound = fn.keywords if isinstance(fn, partial) else {}
+    sig = inspect.signature(fn)
+    return {n: p.default for n, p in sig.parameters.items()
+            if p.default is not _NO_DEFAULT and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            and n not in exclude and n not in bound}
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected a bool (true/false), got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an int, got {value!r}")
+        return value
+    if isinstance(default, float):
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected a float, got {value!r}") from None
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    if isinstance(default, (tuple, list)) and not isinstance(value, (tuple, list)):
+        raise ValueError(f"{key}: expected a list, got {value!r}")
+    return value
+
+
+def check_options(fn: Callable[..., Any], options: dict[str, Any], prefix: str, *, exclude: tuple[str, ...] = (),
+                  check: Callable[..., None] | None = None, owner: str = "") -> dict[str, Any]:
+    """``options`` for ``fn`` checked and typed (module docstring); ``ValueError`` naming ``prefix.KEY``.  ``check``
+    (default: ``fn.check_options`` where it exists) is called with the options it names, defaults filled in."""
+    known = option_defaults(fn, exclude)
+    out = {}
+    for k, v in options.items():
+        if k not in known:
+            have = ", ".join(sorted(known)) or "none"
+            raise ValueError(f"{prefix}.{k}: {owner or getattr(fn, '__name__', 'this')} has no option {k!r} "
+                             f"(its options: {have})")
+        out[k] = _coerce(v, known[k], f"{prefix}.{k}")
+    check = check if check is not None else getattr(fn, "check_options", None)
+    if check is not None:
+        names = [n for n in inspect.signature(check).parameters if n in known]
+        try:
+            check(**{n: out.get(n, known[n]) for n in names})
+        except ValueError as e:
+            raise ValueError(f"{prefix}: {e}") from None
+    return out
