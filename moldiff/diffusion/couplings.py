@@ -234,7 +234,8 @@ def ot_plan(
 
     Args:
         cost: transport cost ``C[i, j]`` of moving source ``i`` to target ``j`` (squared distances).
-        a, b: source / target weights ``[B0]``, ``[B1]``; uniform when omitted (normalised to sum 1).
+        a: source weights ``[B0]``; uniform when omitted (normalised to sum 1).
+        b: target weights ``[B1]``; likewise.
         method: ``"exact"`` -- network simplex ``ot.emd`` (no regularisation); ``"sinkhorn"`` --
             entropic OT ``ot.sinkhorn``, minimising ``<P, C'> - reg H(P)``.
         reg: entropic regularisation (Sinkhorn only), in the units of the cost actually passed to POT:

@@ -180,7 +180,7 @@ def log_likelihood(
     t_min: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
-    cond=None,
+    cond: Tensor | None = None,
 ) -> LikelihoodResult:
     """``log p_{t_min}(x)`` per sample under the model's probability-flow ODE.
 

@@ -346,10 +346,12 @@ def kalman_filter(
     """Exact Kalman filter of ``x_{k+1} = F x_k + w_k``, ``w_k ~ N(0, process_cov)``, on :func:`run_filter`'s schedule.
 
     Args:
-        mean0, cov0: prior at state 0, ``[D]`` and ``[D, D]``.
+        mean0: prior mean at state 0, ``[D]``.
+        cov0: prior covariance at state 0, ``[D, D]``.
         F: transition matrix ``[D, D]`` between consecutive states.
         observations: as in :func:`run_filter`.
-        H, obs_std: observation operator ``[P, D]`` and noise std (scalar or ``[P]``).
+        H: observation operator ``[P, D]``.
+        obs_std: observation noise std (scalar or ``[P]``).
         num_states: number of states ``T``.
         process_cov: ``[D, D]`` process-noise covariance (``None``: no noise).
 
