@@ -227,6 +227,9 @@ def test_the_shipped_model_loads_strictly_and_samples(tmp_path):
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert state["task"] == "qm9_flow" and all(v.dtype != torch.float32 for v in state["ema"].values()
                                                if v.is_floating_point())
+    # what sampling needs travels with the file, and the file says what went into it
+    assert set(state["sampling"]) >= {"size_support", "size_probs", "vocabulary"}
+    assert state["lineage"]["cpu_hours"] > 0 and state["lineage"]["steps"] >= state["step"]
     model = moldiff.pretrained("qm9", device="cpu")
     mols = model.sample(4, steps=10, seed=1)
     assert len(mols) == 4 and all(m.num_atoms >= 1 for m in mols)
