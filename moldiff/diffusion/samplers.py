@@ -317,13 +317,14 @@ PREDICTORS = {"euler_maruyama": _em_step, "ancestral": _ancestral_step, "ddim": 
 #: the probability-flow ODE samplers (the deterministic ones a flow model or a likelihood uses)
 ODE_SAMPLERS = ("ode_euler", "ode_heun", "ode_rk45")
 
+
 def __getattr__(name: str):
     # SAMPLERS and get_sampler live in moldiff.diffusion.registry, which imports this module (and DPS, RePaint and
     # the mixed flow); the lazy import keeps ``from moldiff.diffusion.samplers import SAMPLERS`` working
     if name in ("SAMPLERS", "get_sampler"):
         import warnings
 
-        from . import registry
+        from . import registry  # lazy: a real cycle (the registry imports this module); a deprecation shim
 
         warnings.warn(f"moldiff.diffusion.samplers.{name} moved to moldiff.diffusion.registry.{name} (also "
                       f"moldiff.diffusion.{name})", DeprecationWarning, stacklevel=2)
