@@ -68,10 +68,10 @@ def _overrides(case: str, runs_root: str, extra: list[str]) -> list[str]:
             "train.steps=10000000", "train.ckpt_every=250", "train.keep_checkpoints=2", *EVAL, *extra]
 
 
-def _count(key: str) -> int | None:
-    """Denominator of a molecule-level rate (1,000 molecules); None for atom-level rates, whose atoms are not
+def _count(key: str, n: int = 1000) -> int | None:
+    """Denominator of a molecule-level rate (``n`` molecules); None for atom-level rates, whose atoms are not
     independent draws (no binomial error)."""
-    return None if "atom_stability" in key else 1000
+    return None if "atom_stability" in key else n
 
 
 def run(case: str, minutes: float, runs_root: str, extra: list[str]) -> dict:
@@ -110,10 +110,10 @@ def grid(checkpoint: str, nfes: list[int], grids: list[str], n: int) -> None:
             print(g, nfe, {k: round(rec["metrics"][k], 4) for k, _ in RATES if k in rec["metrics"]}, flush=True)
 
 
-def _cell(m: dict, key: str) -> str:
+def _cell(m: dict, key: str, n: int = 1000) -> str:
     if key not in m:
         return "-"
-    p, n = m[key], _count(key)
+    p, n = m[key], _count(key, n)
     return f"{100 * p:.1f}" if n is None else f"{100 * p:.1f} ± {100 * math.sqrt(max(p * (1 - p), 0) / n):.1f}"
 
 
@@ -144,7 +144,7 @@ def collect(log: bool, runs_root: str = "runs") -> None:
                   "|---|---|" + "---|" * len(RATES) + "---|"]
         for g in sorted(grids, key=lambda g: (g["grid"], g["nfe"])):
             m = g["metrics"]
-            lines.append(f"| {g['grid']} | {g['nfe']} | " + " | ".join(_cell(m, k) for k, _ in RATES)
+            lines.append(f"| {g['grid']} | {g['nfe']} | " + " | ".join(_cell(m, k, g["n"]) for k, _ in RATES)
                          + f" | {m.get('molecules_per_second', float('nan')):.2f} |")
     lines += ["", "Overrides per case:", ""] + [f"- `{c}`: `{' '.join(o) or '(none)'}`" for c, (_, o) in CASES.items()]
     TABLE.write_text("\n".join(lines) + "\n")
