@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from benchmarks.harness import RESULTS, machine
@@ -182,17 +183,10 @@ def measure(root: Path) -> dict:
             "circles_with_function_imports": len(circles_all),
             "modules_in_circles_with_function_imports": sum(len(c) for c in circles_all),
             "circle_examples_with_function_imports": [c[:6] for c in circles_all[:3]],
-            "upward_arrows": len(uniq_up), "upward_by_contract": _count(b for _, _, b in uniq_up),
+            "upward_arrows": len(uniq_up), "upward_by_contract": dict(Counter(b for _, _, b in uniq_up)),
             "upward_examples": [f"{s} -> {d}" for s, d, _ in uniq_up[:5]],
             "function_level_own_imports": func_statements, "duplicate_pairs": _duplicates(root),
             "largest_files": [{"file": f, "lines": n} for n, f in sizes]}
-
-
-def _count(items) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for i in items:
-        out[i] = out.get(i, 0) + 1
-    return out
 
 
 def _checkout(rev: str) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError, ExperimentConfig, SamplerConfig
+from .config import ConfigError, ExperimentConfig, SamplerConfig, as_config_error
 from .loading import load_config
 from .tasks import EvalResult, Task, get_task
 from .errors import check_finite
@@ -139,10 +139,7 @@ def sample(
 
     if scfg.name not in sampler_names(standalone=True):
         raise ConfigError(f"sampler: unknown sampler {scfg.name!r}; choose one of {sampler_names(standalone=True)}")
-    try:
-        scfg = dataclasses.replace(scfg, options=check_sampler_options(scfg.name, scfg.options))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    scfg = dataclasses.replace(scfg, options=as_config_error(check_sampler_options, scfg.name, scfg.options))
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     samples = task.sample(model, n, generator=gen, sampler=scfg, progress=progress)

@@ -13,11 +13,10 @@ Each task defines its config as a subclass of :class:`ExperimentConfig` whose ``
 from __future__ import annotations
 
 import dataclasses
-import re
+import functools
 import types
 import typing
 import warnings
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -29,6 +28,7 @@ from .diffusion.losses import TIME_DISTRIBUTIONS, WEIGHTINGS
 from .diffusion.preconditioning import EDMPreconditioning
 from .diffusion.processes import PROCESS_KINDS, build_process
 from .diffusion.registry import get_sampler, run_sampler
+from .options import convert_scalar
 
 __all__ = [
     "ConfigError",
@@ -327,9 +327,6 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
 def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -361,24 +358,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a bool (true/false), got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an int, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a float, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
+    if tp in (bool, int, float, str):
+        return as_config_error(convert_scalar, value, tp, key)
     raise ConfigError(f"{key}: unsupported config type {_type_name(tp)}")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, ExperimentConfig, fold_moved_sections, from_dict, raise_failed
+from .config import ConfigError, ExperimentConfig, as_config_error, fold_moved_sections, from_dict, raise_failed
 from .diffusion.denoiser import PREDICTION_KINDS
 from .diffusion.processes import FLOW_NOISE, PROCESS_KINDS, SPACINGS
 from .diffusion.registry import check_sampler_options, sampler_names
@@ -215,10 +215,8 @@ def validate(cfg: ExperimentConfig) -> None:
     ]
     cfg.precond.build()  # an unknown kind or a bad sigma_data, named, before the checks that assume a known kind
     raise_failed(checks)
-    try:  # the sampler's own options: names, types and values, checked against the sampler itself
-        cfg.sampler.options = check_sampler_options(cfg.sampler.name, cfg.sampler.options)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    # the sampler's own options: names, types and values, checked against the sampler itself
+    cfg.sampler.options = as_config_error(check_sampler_options, cfg.sampler.name, cfg.sampler.options)
     cfg.loss.check()
     task_checks = getattr(cfg, "check", None)  # a task config's own value checks
     if callable(task_checks):

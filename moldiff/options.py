@@ -10,10 +10,11 @@ runs when called, so that a config fails when it is read, not when the work star
 from __future__ import annotations
 
 import inspect
+import re
 from functools import partial
 from typing import Any, Callable
 
-__all__ = ["option_defaults", "check_options"]
+__all__ = ["option_defaults", "check_options", "convert_scalar"]
 
 _NO_DEFAULT = inspect.Parameter.empty
 
@@ -27,34 +28,50 @@ def option_defaults(fn: Callable[..., Any], exclude: tuple[str, ...] = ()) -> di
             and n not in exclude and n not in bound}
 
 
-def _coerce(value: Any, default: Any, key: str) -> Any:
-    if isinstance(default, bool):
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def convert_scalar(value: Any, tp: type, key: str) -> Any:
+    """``value`` as a ``bool``, ``int``, ``float`` or ``str`` (``tp``), or ``ValueError`` naming ``key``; a float may
+    come as a string, as YAML 1.1 reads ``1e-4`` (no dot).  Configs and options use this one conversion."""
+    if tp is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{key}: expected a bool (true/false), got {value!r}")
         return value
-    if isinstance(default, int):
+    if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{key}: expected an int, got {value!r}")
         return value
-    if isinstance(default, float):
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}: expected a float, got {value!r}") from None
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ValueError(f"{key}: expected a string, got {value!r}")
+    if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a float, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: not a scalar type: {tp!r}")
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    """``value`` typed like an option's ``default`` (a scalar's type, or a list); other defaults (``None``) take it
+    as it is."""
+    if isinstance(default, (bool, int, float, str)):
+        return convert_scalar(value, type(default), key)
     if isinstance(default, (tuple, list)) and not isinstance(value, (tuple, list)):
         raise ValueError(f"{key}: expected a list, got {value!r}")
     return value
 
 
 def check_options(fn: Callable[..., Any], options: dict[str, Any], prefix: str, *, exclude: tuple[str, ...] = (),
-                  check: Callable[..., None] | None = None, owner: str = "") -> dict[str, Any]:
-    """``options`` for ``fn`` checked and typed (module docstring); ``ValueError`` naming ``prefix.KEY``.  ``check``
+                  known: dict[str, Any] | None = None, check: Callable[..., None] | None = None,
+                  owner: str = "") -> dict[str, Any]:
+    """``options`` for ``fn`` checked and typed (module docstring); ``ValueError`` naming ``prefix.KEY``.  ``known``:
+    the options and their defaults (default: :func:`option_defaults` of ``fn`` less ``exclude``).  ``check``
     (default: ``fn.check_options`` where it exists) is called with the options it names, defaults filled in."""
-    known = option_defaults(fn, exclude)
+    known = option_defaults(fn, exclude) if known is None else known
     out = {}
     for k, v in options.items():
         if k not in known:

@@ -11,7 +11,7 @@ sampler's own check) and the one place that builds the grid and calls the functi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -37,7 +37,6 @@ class SamplerSpec:
     needs: tuple[str, ...] = ()  #: keyword arguments only the caller can supply
     check: Callable[..., None] | None = None  #: the sampler's own value checks, called with its options
     only: tuple[str, ...] | None = None  #: its options, where not every keyword argument of ``fn`` is one
-    doc: str = field(default="", compare=False)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -49,18 +48,17 @@ class SamplerSpec:
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
-    "ancestral": SamplerSpec(smp.sample_ancestral, doc="ancestral steps from q(x_s | x_t, x0_hat)"),
-    "ddim": SamplerSpec(smp.sample_ddim, doc="deterministic DDIM"),
-    "euler_maruyama": SamplerSpec(smp.sample_euler_maruyama, doc="reverse-time SDE, Euler-Maruyama"),
-    "pc": SamplerSpec(smp.sample_pc, check=smp.check_pc_options, doc="predictor-corrector (Langevin corrector)"),
-    "ode_euler": SamplerSpec(partial(smp.sample_ode, method="euler"), only=("denoise",), doc="probability-flow ODE, Euler"),
-    "ode_heun": SamplerSpec(partial(smp.sample_ode, method="heun"), only=("denoise",), doc="probability-flow ODE, Heun"),
-    "ode_rk45": SamplerSpec(partial(smp.sample_ode, method="rk45"), doc="probability-flow ODE, adaptive RK45"),
-    "heun_churn": SamplerSpec(smp.sample_heun_churn, check=smp.check_heun_churn_options, doc="EDM's stochastic Heun"),
-    "dps": SamplerSpec(sample_dps, needs=("observation",), doc="diffusion posterior sampling"),
-    "repaint": SamplerSpec(sample_repaint, needs=("known", "mask"), doc="RePaint inpainting"),
-    "mixed_flow": SamplerSpec(sample_mixed_flow, grid="flow", needs=("path", "categorical", "space"),
-                              doc="joint continuous and categorical flow"),
+    "ancestral": SamplerSpec(smp.sample_ancestral),
+    "ddim": SamplerSpec(smp.sample_ddim),
+    "euler_maruyama": SamplerSpec(smp.sample_euler_maruyama),
+    "pc": SamplerSpec(smp.sample_pc, check=smp.check_pc_options),
+    "ode_euler": SamplerSpec(partial(smp.sample_ode, method="euler"), only=("denoise",)),
+    "ode_heun": SamplerSpec(partial(smp.sample_ode, method="heun"), only=("denoise",)),
+    "ode_rk45": SamplerSpec(partial(smp.sample_ode, method="rk45")),
+    "heun_churn": SamplerSpec(smp.sample_heun_churn, check=smp.check_heun_churn_options),
+    "dps": SamplerSpec(sample_dps, needs=("observation",)),
+    "repaint": SamplerSpec(sample_repaint, needs=("known", "mask")),
+    "mixed_flow": SamplerSpec(sample_mixed_flow, grid="flow", needs=("path", "categorical", "space")),
 }
 
 
@@ -80,8 +78,7 @@ def check_sampler_options(name: str, options: dict[str, Any], prefix: str = "sam
     """The options of sampler ``name``, checked and typed: unknown names, wrong types and bad values raise
     ``ValueError`` naming ``prefix.KEY`` (see :func:`moldiff.options.check_options`)."""
     spec = get_sampler(name)
-    exclude = COMMON + spec.needs + tuple(set(option_defaults(spec.fn, COMMON + spec.needs)) - set(spec.options()))
-    return check_options(spec.fn, options, prefix, exclude=exclude, check=spec.check, owner=f"sampler {name!r}")
+    return check_options(spec.fn, options, prefix, known=spec.options(), check=spec.check, owner=f"sampler {name!r}")
 
 
 def run_sampler(

@@ -225,9 +225,7 @@ class TrajectoryTask(SplitData, Task):
 
     def build_model(self) -> nn.Module:
         m, shape = self.cfg.model, self.model_shape
-        w, kw = 2 * m.window + 1, dict(m.options)
-        if "channels" in kw:
-            kw["channels"] = tuple(kw["channels"])
+        w, kw = 2 * m.window + 1, m.options  # UNet takes channels as any sequence
         try:
             if m.backbone == "mlp":
                 backbone = FlatWindow(w * int(np.prod(shape)), time_dim=m.time_dim, **kw)
