@@ -122,6 +122,8 @@ def fold_moved_options(cls: type, data: dict, prefix: str) -> dict:
         return data
     selector = cls.OPTIONS_SELECTOR
     chosen = data.get(selector, next(f.default for f in dataclasses.fields(cls) if f.name == selector))
+    if not isinstance(data.get("options") or {}, dict):
+        raise ConfigError(f"{prefix}.options: expected a mapping, got {data['options']!r}")
     data, options = dict(data), dict(data.get("options") or {})
     for k in flat:
         value, applies = data.pop(k), owners[k]

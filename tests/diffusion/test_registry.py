@@ -139,3 +139,11 @@ def test_config_options_pass_through_and_flat_keys_of_earlier_versions_still_rea
     bad.write_text("task: toy2d\nsampler: {name: dps}\n")
     with pytest.raises(ConfigError, match="sampler.name: must be one of"):
         load_config(bad)
+
+
+def test_options_that_are_not_a_mapping_beside_a_flat_key_are_a_config_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    for options in ("true", "[a, b]"):
+        bad.write_text(f"task: toy2d\nsampler: {{name: pc, snr: 0.1, options: {options}}}\n")
+        with pytest.raises(ConfigError, match="sampler.options: expected a mapping"):
+            load_config(bad)
