@@ -67,7 +67,7 @@ class ObservationOperator:
             (self.every >= 1 and self.offset >= 0, "needs every >= 1 and offset >= 0"),
             (self.stride >= 1 and self.factor >= 1, "needs stride >= 1 and factor >= 1"),
             (0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}"),
-            (self.kind != "coarsen" or all(s % self.factor == 0 for s in self.state_shape),
+            (self.kind != "coarsen" or self.factor < 1 or all(s % self.factor == 0 for s in self.state_shape),
              f"coarsen factor {self.factor} must divide the state shape {self.state_shape}"),
         ]
         for ok, msg in checks:
