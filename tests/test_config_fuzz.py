@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from moldiff.config import ConfigError, flatten
 from moldiff.loading import load_config, read_yaml
 
-from .fuzz import fuzz_tests
+from .fuzz import fuzz_tests, not_from_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 BASES = sorted((ROOT / "configs" / "smoke").glob("*.yaml"))  # every task's smoke config
@@ -62,7 +62,8 @@ def _check_file(text: str) -> None:
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
         try:
             load_config(path)
-        except ConfigError:
+        except ConfigError as error:
+            not_from_memory(error)
             pass
         assert [p.name for p in Path(tmp).iterdir()] == ["cfg.yaml"]
 
@@ -75,7 +76,8 @@ def _check_overrides(case) -> None:
     base, overrides = case
     try:
         load_config(base, overrides)
-    except ConfigError:
+    except ConfigError as error:
+        not_from_memory(error)
         pass
 
 

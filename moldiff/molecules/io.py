@@ -161,6 +161,7 @@ def _read_frame(path: Path, k: int, lines: list[str]) -> tuple[Molecule, dict[st
     symbols that are no element (ASE raises ``KeyError(symbol)``; they are re-read as ``X``, Z = 0)."""
     from ase.io.extxyz import read_xyz
 
+    _check_declared_columns(path, k, lines)
     unknown: dict[str, list[int]] = {}
     while True:
         try:
@@ -180,6 +181,29 @@ def _read_frame(path: Path, k: int, lines: list[str]) -> tuple[Molecule, dict[st
             ) from exc
     z = np.asarray(atoms.numbers, dtype=np.int64).copy()
     return Molecule(z, np.asarray(atoms.positions, dtype=np.float64).copy()), unknown
+
+
+_PROPERTIES = re.compile(r"""(?<![^\s])Properties\s*=\s*["']?([^\s"']+)""", re.IGNORECASE)
+
+
+def _check_declared_columns(path: Path, k: int, lines: list[str]) -> None:
+    """A ``Properties=`` spec that declares more columns per atom than the frame's atom lines hold is a
+    :class:`MoleculeFileError` before ASE sees it: ASE sizes its per-atom arrays from the declared counts, so a
+    count such as ``pos:R:3999999999`` in a 100-byte file would allocate tens of gigabytes."""
+    match = _PROPERTIES.search(lines[1]) if len(lines) > 1 else None
+    if match is None:
+        return
+    fields = match.group(1).split(":")
+    counts = fields[2::3]
+    if len(fields) % 3 or not all(c.isdigit() for c in counts):
+        return  # not a spec ASE can read: it raises its own error, wrapped by the caller
+    declared = sum(int(c) for c in counts)
+    available = max((len(line.split()) for line in lines[2:]), default=0)
+    if declared > available:
+        raise MoleculeFileError(
+            f"{path}: frame {k} (0-based): its Properties= declares {declared} columns per atom, but its atom lines "
+            f"have at most {available}"
+        )
 
 
 def _molecule(m: Any) -> Molecule:

@@ -140,6 +140,17 @@ def test_bad_xyz_files(tmp_path):
             read_molecules(bad)
 
 
+@pytest.mark.parametrize("spec", ["species:S:1:pos:R:1000000", "species:S:1000000:pos:R:3", "pos:R:3:species:S:2"])
+def test_extxyz_properties_declaring_more_columns_than_the_atom_lines_hold(tmp_path, spec):
+    # ASE sizes its per-atom arrays from the declared counts: a count of 4e9 in a 100-byte file once took 22 GB
+    path = tmp_path / "cols.extxyz"
+    path.write_text(f"3\nwater Properties={spec}\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    declared = sum(int(c) for c in spec.split(":")[2::3])
+    with pytest.raises(MoleculeFileError, match=rf"cols\.extxyz: frame 0 .*declares {declared} columns per atom, but "
+                                                rf"its atom lines have at most 4"):
+        read_molecules(path)
+
+
 def test_xyz_frame_with_a_symbol_that_is_no_element(tmp_path):
     # frame 1 of 4 has an 'Xx' atom: that molecule is read (Z = 0) and scored invalid, the others normally
     good = write_xyz(tmp_path / "good.xyz", [water(), methane()]).read_text()
