@@ -39,6 +39,7 @@ __all__ = [
     "kalman_filter",
     "gaspari_cohn",
     "ring_localization",
+    "grid_localization",
     "obs_localization",
     "FilterResult",
     "run_filter",
@@ -301,16 +302,30 @@ def _etkf_transform(
         w = YV @ ((V.transpose(-1, -2) @ innov.unsqueeze(-1)) / lam.unsqueeze(-1))  # [..., M, 1]
         anomalies = X + YV @ (g.unsqueeze(-1) * (YV.transpose(-1, -2) @ X))
         return mean + w.transpose(-1, -2) @ X + anomalies
-    eye = torch.eye(m, dtype=ens.dtype, device=ens.device)
     rho = _check_taper(localization, (d, p), ens)  # [..., D, P]
-    Yl = Y.unsqueeze(-3) * rho.unsqueeze(-2)  # [..., D, M, P]: Y R_loc^-1 R^1/2 for every variable
-    A = (m - 1) * eye + Yl @ Y.unsqueeze(-3).transpose(-1, -2)  # [..., D, M, M]
+    batch = math.prod(torch.broadcast_shapes(rho.shape[:-2], Y.shape[:-2]))
+    chunk = max(1, LETKF_CHUNK_ELEMENTS // max(1, batch * m * max(m, p)))  # variables analysed at once
+    out = [_letkf_columns(X[..., j : j + chunk], Y, innov, rho[..., j : j + chunk, :]) for j in range(0, d, chunk)]
+    return mean + torch.cat(out, -1)
+
+
+#: the LETKF analyses variables in chunks whose ``[..., chunk, M, P]`` work tensors hold at most this many numbers
+LETKF_CHUNK_ELEMENTS = 1 << 24
+
+
+def _letkf_columns(X: Tensor, Y: Tensor, innov: Tensor, rho: Tensor) -> Tensor:
+    """The LETKF's analysis anomalies-plus-increment ``[..., M, C]`` of ``C`` variables, each with its own
+    R-localised ensemble-space analysis: ``X [..., M, C]`` their anomalies, ``rho [..., C, P]`` their weights."""
+    m = X.shape[-2]
+    eye = torch.eye(m, dtype=X.dtype, device=X.device)
+    Yl = Y.unsqueeze(-3) * rho.unsqueeze(-2)  # [..., C, M, P]: Y R_loc^-1 R^1/2 for every variable
+    A = (m - 1) * eye + Yl @ Y.unsqueeze(-3).transpose(-1, -2)  # [..., C, M, M]
     evals, Q = torch.linalg.eigh(A)
-    rhs = Yl @ innov.unsqueeze(-2).unsqueeze(-1)  # [..., D, M, 1]
-    w = Q @ ((Q.transpose(-1, -2) @ rhs) / evals.unsqueeze(-1))  # [..., D, M, 1]
-    W = (Q * (math.sqrt(m - 1) / evals.sqrt()).unsqueeze(-2)) @ Q.transpose(-1, -2)  # [..., D, M, M]
-    T = w + W  # [..., D, j, i]: member i of variable d's analysis is mean_d + sum_j X[j, d] T[d, j, i]
-    return mean + torch.einsum("...jd,...dji->...id", X, T)
+    rhs = Yl @ innov.unsqueeze(-2).unsqueeze(-1)  # [..., C, M, 1]
+    w = Q @ ((Q.transpose(-1, -2) @ rhs) / evals.unsqueeze(-1))  # [..., C, M, 1]
+    W = (Q * (math.sqrt(m - 1) / evals.sqrt()).unsqueeze(-2)) @ Q.transpose(-1, -2)  # [..., C, M, M]
+    T = w + W  # [..., C, j, i]: member i of variable c's analysis is mean_c + sum_j X[j, c] T[c, j, i]
+    return torch.einsum("...jc,...cji->...ic", X, T)
 
 
 def kalman_analysis(
@@ -404,9 +419,27 @@ def ring_localization(dim: int, radius: float, dtype: torch.dtype = torch.float6
     Distance between variables ``i`` and ``j`` is ``min(|i - j|, D - |i - j|)`` grid steps; ``radius`` is the
     Gaspari-Cohn ``c`` in grid steps (zero correlation from ``2 c`` on).
     """
-    idx = torch.arange(dim)
-    gap = (idx[:, None] - idx[None, :]).abs()
-    return gaspari_cohn(torch.minimum(gap, dim - gap).to(dtype), radius)
+    return grid_localization((dim,), radius, dtype)
+
+
+def grid_localization(shape: Sequence[int], radius: float, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Gaspari-Cohn taper ``[D, D]``, ``D = prod(shape)``, for the points of a periodic grid (a torus; e.g. a
+    64 x 64 vorticity field, variables in row-major order).
+
+    The distance between two points is the Euclidean norm of their per-axis periodic gaps
+    ``min(|i - j|, n - |i - j|)``, in grid steps; ``radius`` is the Gaspari-Cohn ``c`` in grid steps.  A radius
+    beyond the grid's diameter tapers nothing away; ``math.inf`` gives all ones (the global ETKF).
+    """
+    shape = tuple(int(n) for n in shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape}")
+    if math.isinf(radius):
+        n = math.prod(shape)
+        return torch.ones(n, n, dtype=dtype)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, len(shape))
+    gap = (coords[:, None, :] - coords[None, :, :]).abs()
+    gap = torch.minimum(gap, torch.tensor(shape) - gap).to(dtype)
+    return gaspari_cohn(gap.square().sum(-1).sqrt(), radius)
 
 
 def obs_localization(state_taper: Tensor, H: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ from .datasets import DATASETS, SplitData, get_dataset, simulator, state_shape
 from .models import FlatWindow, LocalScoreNet, WindowAsChannels
 from moldiff.nn import UNet
 from moldiff.nn import SpaceTimeTransformer
-from physics.assimilation.enkf import ring_localization, run_filter
+from physics.assimilation.enkf import grid_localization, run_filter
 from physics.assimilation.metrics import score_ensemble
 from .statistics import compare_statistics, field_statistics, statistics_figure
 
@@ -125,7 +125,7 @@ class AssimilationEval:
     dynamics_std: float = 0.0  #: sda / mmps: weak-constraint std of the one-step model residual (physical units; 0: off)
     dynamics_forcing: float = 0.0  #: Lorenz-96 forcing F of that model term (0: the data's; another: model error)
     inflation: float = 1.0  #: enkf / etkf: multiplicative inflation of the forecast anomalies
-    localization: float = 0.0  #: enkf / etkf on lorenz96: Gaspari-Cohn radius in grid points (0: none)
+    localization: float = 0.0  #: enkf / etkf on lorenz96, etkf on fields (the LETKF): Gaspari-Cohn radius in grid points (0: none)
     batch_size: int = 0  #: posterior samples drawn at once (0: all)
     animation: bool = True  #: write an animated GIF of the first assimilated trajectory
     prior_samples: int = 0  #: fields: unconditional trajectories sampled and compared with the test split (0: none)
@@ -160,7 +160,8 @@ class TrajectoryConfig(ExperimentConfig):
             (ob.kind in OBSERVATION_KINDS, "observation.kind", f"must be one of {OBSERVATION_KINDS}"),
             (ob.noise_std > 0, "observation.noise_std", "must be > 0"),
             (all(x in METHODS for x in ev.methods), "eval.methods", f"choose from {METHODS}"),
-            (lorenz or not {"enkf", "etkf"} & set(ev.methods), "eval.methods", "the ensemble filters run on the Lorenz systems"),
+            (lorenz or "enkf" not in ev.methods, "eval.methods",
+             "the stochastic EnKF runs on the Lorenz systems; fields take etkf (the LETKF with eval.localization)"),
             (ev.n_trajectories >= 0 and ev.ensemble >= 2, "eval.ensemble", "needs n_trajectories >= 0 and ensemble >= 2"),
             (ev.length >= 2 * m.window + 1, "eval.length", f"must be at least 2 * model.window + 1 = {2 * m.window + 1}"),
             (ev.gamma >= 0 and ev.zeta >= 0 and ev.inflation >= 1.0, "eval.gamma", "needs gamma >= 0, zeta >= 0, inflation >= 1"),
@@ -369,7 +370,9 @@ class TrajectoryTask(SplitData, Task):
                    progress: bool = False) -> Tensor:
         """An ensemble filter (``enkf`` | ``etkf``, the true dynamics) on each observed trajectory ``y [B, P]``,
         all as one batch, from ``eval.ensemble`` random training states (climatology): the analysis
-        ensembles ``[B, M, length, D]``."""
+        ensembles ``[B, M, length, *S]``.  With ``eval.localization > 0`` the filter is localised with a
+        Gaspari-Cohn taper of that radius in grid points: on the Lorenz-96 ring, or on the periodic grid of a field
+        (the LETKF, R-localisation; :func:`~physics.assimilation.enkf.grid_localization`)."""
         ev = self.cfg.eval
         sim = simulator(self.spec)
         train = self.trajectories("train").reshape(-1, *self.shape)
@@ -377,13 +380,20 @@ class TrajectoryTask(SplitData, Task):
         ys = self.operator.split(y.double())  # [B, K, p]
         obs = {t: ys[:, i] for i, t in enumerate(self.operator.times(length))}
         loc = None
-        if ev.localization > 0 and self.cfg.data.system == "lorenz96":
-            loc = ring_localization(self.shape[0], ev.localization)
-        res = run_filter(sim.advance, train[pick].double(), obs, self.operator.matrix(torch.float64),
-                         self.cfg.observation.noise_std, interval=self.spec.interval, num_states=length,
-                         method=method, inflation=ev.inflation, localization=loc, generator=generator,
-                         keep_ensemble=True, progress=progress, obs_fn=self.operator.obs_fn)
-        return res.ensemble.transpose(1, 2).float()  # [B, T, M, D] -> [B, M, T, D]
+        if ev.localization > 0 and self.cfg.data.system != "lorenz63":
+            loc = grid_localization(self.shape, ev.localization)
+        shape = self.shape
+
+        def advance(ens: Tensor, duration: float) -> Tensor:  # flat [..., M, D] states through the simulator
+            return sim.advance(ens.reshape(*ens.shape[:-1], *shape), duration).reshape(ens.shape)
+
+        H = self.operator.matrix(torch.float64)  # [p, D] of one state
+        res = run_filter(advance, train[pick].double().flatten(2), obs, H, self.cfg.observation.noise_std,
+                         interval=self.spec.interval, num_states=length, method=method, inflation=ev.inflation,
+                         localization=loc, generator=generator, keep_ensemble=True, progress=progress,
+                         obs_fn=self.operator.obs_fn)
+        ens = res.ensemble.transpose(1, 2).float()  # [B, T, M, D] -> [B, M, T, D]
+        return ens.reshape(*ens.shape[:3], *shape)
 
     def evaluate(self, model, *, generator, progress=True) -> EvalResult:
 

@@ -8,6 +8,7 @@ from physics.assimilation.enkf import (
     enkf_analysis,
     etkf_analysis,
     gaspari_cohn,
+    grid_localization,
     kalman_analysis,
     kalman_filter,
     obs_localization,
@@ -15,6 +16,7 @@ from physics.assimilation.enkf import (
     ring_localization,
     run_filter,
 )
+from physics.assimilation import enkf
 from physics.fields.lorenz import get_lorenz
 
 F64 = torch.float64
@@ -298,6 +300,74 @@ def test_ring_localization_is_a_periodic_correlation_matrix():
     assert torch.allclose(rho[0, 1], rho[0, 39]) and rho[0, 20] == 0
     assert torch.equal(rho[5], torch.roll(rho[0], 5))
     assert torch.linalg.eigvalsh(rho).min() > -1e-10
+
+
+def test_grid_localization_uses_periodic_euclidean_distances():
+    rho = grid_localization((6, 8), 2.0)
+    assert rho.shape == (48, 48) and torch.equal(rho, rho.T) and (rho.diagonal() == 1).all()
+    at = lambda i, j: 8 * i + j  # noqa: E731 -- row-major index of grid point (i, j)
+    d = lambda *r: gaspari_cohn(torch.tensor(math.hypot(*r), dtype=F64), 2.0)  # noqa: E731
+    assert rho[at(0, 0), at(0, 7)] == d(1) and rho[at(0, 0), at(5, 0)] == d(1)  # wrapped neighbours
+    assert torch.allclose(rho[at(0, 0), at(1, 1)], d(1, 1)) and torch.allclose(rho[at(2, 3), at(5, 7)], d(3, 4))
+    assert rho[at(0, 0), at(3, 4)] == 0  # distance 5 > 2c
+    assert torch.linalg.eigvalsh(rho).min() > -1e-10  # a correlation matrix on the torus
+    assert torch.equal(grid_localization((40,), 3.0), ring_localization(40, 3.0))
+    assert torch.equal(grid_localization((3, 4), math.inf), torch.ones(12, 12, dtype=F64))
+    with pytest.raises(ValueError, match="shape"):
+        grid_localization((0, 4), 1.0)
+
+
+def _grid_model(n: int = 4):
+    """A linear model on an n x n periodic grid: x <- 0.9 x + 0.05 * (sum of the 4 neighbours), observed as 2 x 2
+    block means (the coarse setting's operator in miniature) with noise std 0.3."""
+    idx = torch.arange(n * n).reshape(n, n)
+    F = 0.9 * torch.eye(n * n, dtype=F64)
+    for shift, dim in ((1, 0), (-1, 0), (1, 1), (-1, 1)):
+        F[idx.flatten(), torch.roll(idx, shift, dim).flatten()] += 0.05
+    H = torch.zeros((n // 2) ** 2, n * n, dtype=F64)
+    for b, (i, j) in enumerate((i, j) for i in range(0, n, 2) for j in range(0, n, 2)):
+        H[b, idx[i : i + 2, j : j + 2].flatten()] = 0.25
+    return F, H, 0.3
+
+
+def test_letkf_with_infinite_radius_cycles_exactly_like_the_kalman_filter():
+    F, H, std = _grid_model()
+    g = _gen(3)
+    truth = torch.randn(16, generator=g, dtype=F64)
+    obs = {}
+    for k in range(10):
+        if k % 2 == 0:
+            obs[k] = H @ truth + std * torch.randn(H.shape[0], generator=g, dtype=F64)
+        truth = F @ truth
+    ens0 = torch.randn(24, 16, generator=g, dtype=F64) @ torch.randn(16, 16, generator=g, dtype=F64) / 4
+    res = run_filter(lambda e, dt: e @ F.T, ens0, obs, H, std, interval=1.0, num_states=10, method="etkf",
+                     localization=grid_localization((4, 4), math.inf), keep_ensemble=True)
+    km, kc = kalman_filter(ens0.mean(0), torch.cov(ens0.T), F, obs, H, std, num_states=10)
+    assert torch.allclose(res.mean, km, atol=1e-10, rtol=0)
+    assert torch.allclose(torch.stack([torch.cov(e.T) for e in res.ensemble]), kc, atol=1e-10, rtol=0)
+
+
+def test_letkf_tends_to_the_etkf_as_the_radius_grows():
+    F, H, std = _grid_model(6)
+    g = _gen(4)
+    ens = torch.randn(8, 36, generator=g, dtype=F64)
+    y = torch.randn(H.shape[0], generator=g, dtype=F64)
+    global_ = etkf_analysis(ens, y, H, std)
+    gaps = [float((etkf_analysis(ens, y, H, std, localization=obs_localization(grid_localization((6, 6), r), H))
+                   - global_).abs().max()) for r in (1.0, 3.0, 10.0, 1e3, 1e6)]
+    assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
+    assert gaps[0] > 0.1 and gaps[-1] < 1e-8  # 1 - taper(d) ~ (5/3) (d / c)^2 ~ 1e-10 at c = 1e6
+
+
+def test_letkf_in_chunks_of_variables_is_the_same_analysis(monkeypatch):
+    F, H, std = _grid_model(6)
+    g = _gen(5)
+    ens = torch.randn(2, 8, 36, generator=g, dtype=F64)  # two independent filters
+    y = torch.randn(2, H.shape[0], generator=g, dtype=F64)
+    rho = obs_localization(grid_localization((6, 6), 2.0), H)
+    whole = etkf_analysis(ens, y, H, std, localization=rho)
+    monkeypatch.setattr(enkf, "LETKF_CHUNK_ELEMENTS", 2 * 8 * 9 * 5)  # 5 variables at a time, a ragged last chunk
+    assert torch.allclose(etkf_analysis(ens, y, H, std, localization=rho), whole, atol=1e-12, rtol=0)
 
 
 def test_obs_localization_selects_columns_and_averages_blocks():

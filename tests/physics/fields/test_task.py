@@ -143,9 +143,30 @@ def test_config_errors_name_the_key(override, key):
     assert (key or "observation") in str(e.value)
 
 
-def test_filters_are_for_lorenz_systems():
-    with pytest.raises(ConfigError, match="eval.methods"):
+def test_the_stochastic_enkf_is_for_lorenz_systems():
+    with pytest.raises(ConfigError, match="eval.methods.*fields take etkf"):
         load_config("configs/smoke/trajectory_kolmogorov.yaml", ["eval.methods=[sda,enkf]"])
+
+
+def test_letkf_tracks_a_kolmogorov_trajectory_from_dense_low_noise_observations(tmp_path):
+    # the textbook case: every pixel of every state observed with noise 0.05 (vorticity rms ~6); the localised ETKF
+    # (8 members, so a radius of 1 grid step: fewer local observations than members) with the spectral simulator
+    # as its model locks on from climatology and ends below the observation noise
+    from physics.fields.task import TrajectoryTask
+
+    noise = 0.05
+    cfg = load_config("configs/smoke/trajectory_kolmogorov.yaml",
+                      ["observation.kind=full", "observation.every=1", f"observation.noise_std={noise}",
+                       "eval.methods=[etkf]", "eval.ensemble=8", "eval.localization=1", "eval.inflation=1.05"])
+    task = TrajectoryTask(cfg)
+    truth = task.trajectories("test")[:1, :8].double()
+    y = task.observe(truth, torch.Generator().manual_seed(0)).float()
+    ens = task.run_filter(y, 8, "etkf", torch.Generator().manual_seed(1))
+    assert ens.shape == (1, 8, 8, 32, 32) and torch.isfinite(ens).all()
+    rmse = (ens.mean(1) - truth).square().mean((0, 2, 3)).sqrt()  # per state
+    climatology = float((truth - task.stats[0]).square().mean().sqrt())
+    assert float(rmse[0]) < 0.1 * climatology, (rmse, climatology)
+    assert (rmse.diff() < 0).all() and float(rmse[4:].max()) < 2 * noise and float(rmse[-1]) < noise, rmse
 
 
 def test_other_tasks_do_not_assimilate(tmp_path):
