@@ -56,14 +56,14 @@ class Clock:
         return time.process_time()
 
 
-def test_cases(task, windows: int, length: int, count: int) -> torch.Tensor:
-    """``[count, length, H, W]``: ``windows`` consecutive windows of each test trajectory, trajectory-major."""
-    test = task.trajectories("test")
+def test_cases(task, windows: int, length: int, count: int, split: str = "test") -> torch.Tensor:
+    """``[count, length, H, W]``: ``windows`` consecutive windows of each trajectory of ``split``, trajectory-major."""
+    test = task.trajectories(split)
     if windows * length > test.shape[1]:
-        raise SystemExit(f"--windows {windows} x --length {length} exceeds the {test.shape[1]} test states")
+        raise SystemExit(f"--windows {windows} x --length {length} exceeds the {test.shape[1]} {split} states")
     cases = test[:, : windows * length].reshape(-1, length, *test.shape[2:])
     if count > len(cases):
-        raise SystemExit(f"--trajectories {count}: there are {len(cases)} test windows")
+        raise SystemExit(f"--trajectories {count}: there are {len(cases)} {split} windows")
     return cases[:count]
 
 

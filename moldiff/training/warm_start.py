@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError
 from .lineage import Lineage
 from ..pretrained import pretrained_path
 
-__all__ = ["InitSource", "read_init", "load_init"]
+__all__ = ["InitSource", "read_init", "load_init", "resolve_source"]
 
 PRETRAINED_PREFIX = "pretrained:"
 
@@ -38,24 +38,26 @@ class InitSource:
     fresh: list[str] = field(default_factory=list)  #: keys initialised fresh (filled by :func:`load_init`)
 
 
-def _resolve(source: str) -> Path:
+def resolve_source(source: str, key: str = "train.init") -> Path:
+    """The file ``source`` names -- a path, or ``pretrained:NAME`` (a shipped model) -- checked to exist;
+    :class:`CheckpointError` naming the config ``key`` otherwise."""
     if source.startswith(PRETRAINED_PREFIX):
         try:
             return pretrained_path(source[len(PRETRAINED_PREFIX):])
         except (ValueError, FileNotFoundError) as e:
-            raise CheckpointError(f"train.init: {e}") from e
+            raise CheckpointError(f"{key}: {e}") from e
     path = Path(source).expanduser()
     if path.is_dir():
-        raise CheckpointError(f"train.init: {source} is a folder; give a checkpoint file (e.g. {path}/checkpoints/"
+        raise CheckpointError(f"{key}: {source} is a folder; give a checkpoint file (e.g. {path}/checkpoints/"
                               "last.pt) or pretrained:NAME")
     if not path.is_file():
-        raise CheckpointError(f"train.init: {source} not found (a checkpoint file, or pretrained:NAME)")
+        raise CheckpointError(f"{key}: {source} not found (a checkpoint file, or pretrained:NAME)")
     return path
 
 
 def read_init(source: str) -> InitSource:
     """Read ``train.init``: a checkpoint's EMA weights or a shipped model's, with its task, step and lineage."""
-    path = _resolve(source)
+    path = resolve_source(source)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable

@@ -128,6 +128,25 @@ class ObservationOperator:
         """Indices of the observed states of a trajectory of ``length`` states."""
         return list(range(self.offset, length, self.every))
 
+    def describe(self, length: int) -> str:
+        """What the operator observes of a trajectory of ``length`` states, in words with the shapes: e.g.
+        ``"4 x 4 block means of the 64 x 64 state (16 x 16 = 256 values) at 8 of 32 states (one in 4 from state 0):
+        [B, 8 x 256 = 2048]"``."""
+        grid = " x ".join(map(str, self.state_shape)) if len(self.state_shape) > 1 else f"{self.state_shape[0]}-variable"
+        if self.kind == "coarsen":
+            what = f"{self.factor} x {self.factor} block means of the {grid} state"
+            per = " x ".join(str(s // self.factor) for s in self.state_shape) + f" = {self.per_state} values"
+        elif self.kind == "subsample":
+            what = f"one value in {self.stride} along each axis of the {grid} state"
+            per = " x ".join(str(len(range(0, s, self.stride))) for s in self.state_shape) + f" = {self.per_state} values"
+        elif self.kind == "mask":
+            what, per = f"a fraction {self.fraction:g} of the {grid} state", f"{self.per_state} values"
+        else:
+            what, per = f"the whole {grid} state", f"{self.per_state} values"
+        k = len(self.times(length))
+        return (f"{what} ({per}) at {k} of {length} states (one in {self.every} from state {self.offset}): "
+                f"[B, {k} x {self.per_state} = {self.num_observations(length)}]")
+
     def num_observations(self, length: int) -> int:
         return len(self.times(length)) * self.per_state
 

@@ -28,14 +28,18 @@ from moldiff.tasks import register_task
 
 from .task import TrajectoryConfig, TrajectoryTask
 from moldiff.api import load_model
-from moldiff.training.checkpoint import load_checkpoint
+from moldiff.config import to_dict
+from moldiff.training.checkpoint import CheckpointError, load_checkpoint
+from moldiff.training.warm_start import PRETRAINED_PREFIX, resolve_source
 
 __all__ = ["LatentSpec", "LatentTrajectoryConfig", "LatentTrajectoryTask"]
 
 
 @dataclass
 class LatentSpec:
-    autoencoder: str = ""  #: checkpoint of a field_autoencoder run (EMA weights, frozen); made absolute when checked
+    #: the autoencoder: a field_autoencoder checkpoint (EMA weights, frozen), or a latent prior's checkpoint or shipped
+    #: file that carries one (``pretrained:NAME`` too); a path is made absolute when checked
+    autoencoder: str = ""
     batch_size: int = 256  #: states encoded at once
 
 
@@ -47,13 +51,31 @@ class LatentTrajectoryConfig(TrajectoryConfig):
     def check(self) -> None:
         """Also makes ``latent.autoencoder`` absolute, so that the checkpoint's saved config finds it from any folder."""
         super().check()
-        if self.latent.autoencoder:
+        if self.latent.autoencoder and not self.latent.autoencoder.startswith(PRETRAINED_PREFIX):
             self.latent.autoencoder = str(Path(self.latent.autoencoder).expanduser().absolute())
         raise_failed([
             (self.data.system == "kolmogorov", "data.system", "the latent prior is for fields (kolmogorov)"),
             (bool(self.latent.autoencoder), "latent.autoencoder", "give the checkpoint of a field_autoencoder run"),
             (self.latent.batch_size >= 1, "latent.batch_size", "must be >= 1"),
         ])
+
+
+def _autoencoder_from_state(state: dict, source: str):
+    """``(task, model)`` of the autoencoder a sampling state carries (``{"config", "weights", "sampling"}``):
+    strict keys, float32, frozen."""
+    from moldiff.loading import load_config
+    from moldiff.tasks import get_task
+
+    cfg = load_config(state["config"], stored=True)
+    if cfg.task != "field_autoencoder":
+        raise ConfigError(f"latent.autoencoder: {source} carries a {cfg.task!r} model, not a field_autoencoder")
+    task = get_task(cfg.task)(cfg)
+    task.load_sampling_state(state.get("sampling", {}))
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the global RNG alone
+        model = task.build_model()
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["weights"].items()},
+                          strict=True)
+    return task, model
 
 
 @register_task
@@ -67,20 +89,57 @@ class LatentTrajectoryTask(TrajectoryTask):
 
     # -- the autoencoder -----------------------------------------------------------------------------
     def _load_autoencoder(self):
+        """The frozen autoencoder: the one this task's sampling state carried (a checkpoint or shipped file made
+        since issue 29), else the one ``latent.autoencoder`` names -- a field_autoencoder checkpoint, or a latent
+        prior's file that carries its autoencoder."""
         if self._ae is None:
-            path = Path(self.cfg.latent.autoencoder)
-            if not path.is_file():
-                raise ConfigError(f"latent.autoencoder: no checkpoint at {path}")
-            kind = load_checkpoint(path)["config"].get("task")
-            if kind != "field_autoencoder":
-                raise ConfigError(f"latent.autoencoder: {path} is a {kind!r} checkpoint, not a field_autoencoder")
-            ae_task, ae = load_model(path, device="cpu")
-            if tuple(ae_task.shape) != tuple(self.shape) or ae_task.cfg.data.system != self.cfg.data.system:
-                raise ConfigError(f"latent.autoencoder: {path} was trained on {ae_task.cfg.data.system} "
-                                  f"{tuple(ae_task.shape)}, this prior's data are {self.cfg.data.system} {tuple(self.shape)}")
-            ae.eval().requires_grad_(False)
-            self._ae = (ae_task, ae)
+            source = self.cfg.latent.autoencoder
+            try:
+                path = resolve_source(source, "latent.autoencoder")
+            except CheckpointError as e:
+                raise ConfigError(str(e)) from None
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 -- torch raises many types for a file that is not a checkpoint
+                raise ConfigError(f"latent.autoencoder: {path} is not a readable checkpoint ({type(e).__name__})") from e
+            carried = (state.get("sampling") or {}).get("autoencoder") if isinstance(state, dict) else None
+            if carried is not None:
+                ae_task, ae = _autoencoder_from_state(carried, str(path))
+            else:
+                kind = load_checkpoint(path)["config"].get("task")
+                if kind != "field_autoencoder":
+                    raise ConfigError(f"latent.autoencoder: {path} is a {kind!r} checkpoint, not a field_autoencoder "
+                                      "(nor a latent prior that carries one)")
+                ae_task, ae = load_model(path, device="cpu")
+            self._set_autoencoder(ae_task, ae, str(path))
         return self._ae
+
+    def _set_autoencoder(self, ae_task, ae, source: str) -> None:
+        if tuple(ae_task.shape) != tuple(self.shape) or ae_task.cfg.data.system != self.cfg.data.system:
+            raise ConfigError(f"latent.autoencoder: {source} was trained on {ae_task.cfg.data.system} "
+                              f"{tuple(ae_task.shape)}, this prior's data are {self.cfg.data.system} {tuple(self.shape)}")
+        ae.eval().requires_grad_(False)
+        self._ae = (ae_task, ae)
+
+    # -- what a checkpoint carries: the autoencoder and the latent standardisation ----------------------
+    def sampling_state(self) -> dict:
+        """The physical normalisation, the latent standardisation and the whole autoencoder (config, weights and its
+        own sampling state): a latent prior's checkpoint or shipped file loads from any folder, with no other file."""
+        ae_task, ae = self._load_autoencoder()
+        mean, std = self.latent_stats
+        return {**super().sampling_state(),
+                "latent_stats": {"mean": mean.clone(), "std": std.clone()},
+                "autoencoder": {"config": to_dict(ae_task.cfg), "sampling": ae_task.sampling_state(),
+                                "weights": {k: v.detach().cpu().clone() for k, v in ae.state_dict().items()}}}
+
+    def load_sampling_state(self, state: dict) -> None:
+        """Takes the carried autoencoder and latent statistics back (older checkpoints carry neither: the
+        autoencoder is then read from ``latent.autoencoder``, the statistics recomputed from the training data)."""
+        super().load_sampling_state(state)
+        if "autoencoder" in state:
+            self._set_autoencoder(*_autoencoder_from_state(state["autoencoder"], "the checkpoint"), "the checkpoint")
+        if "latent_stats" in state:
+            self._latent_stats = (state["latent_stats"]["mean"], state["latent_stats"]["std"])
 
     @property
     def autoencoder(self):

@@ -4,6 +4,7 @@ comparison of a model's trajectories against the data's as flat metrics and a fi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,8 @@ from torch import Tensor
 
 from moldiff.nn.autoencoder import radial_power_spectrum
 
-__all__ = ["FieldStatistics", "field_statistics", "spectrum_band_errors", "compare_statistics", "statistics_figure"]
+__all__ = ["FieldStatistics", "field_statistics", "spectrum_band_errors", "band_rmse", "compare_statistics",
+           "statistics_figure"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,22 @@ def spectrum_band_errors(p_hat, p, bands: list[int]) -> dict[str, float]:
         b = min(b, len(m))
         if a < b:
             out[f"{a}-{b - 1}"] = float((mh[a:b] / m[a:b]).log().abs().mean())
+    return out
+
+
+def band_rmse(error: Tensor, edges: list[int]) -> dict[str, float]:
+    """The RMSE of error fields ``[..., H, W]`` split by radial wavenumber: band ``[a, b)`` for consecutive
+    ``edges`` (the last band open: every mode from the last edge on, the grid's corners included), keys
+    ``"k a-(b-1)"`` and ``"k a+"``.  By Parseval the squares of the bands sum to the total mean squared error when
+    ``edges[0] == 0``, so the bands say at which scales an estimate is wrong."""
+    e = torch.as_tensor(error).double()
+    h, w = e.shape[-2:]
+    rings = int(math.ceil(math.hypot(h / 2, w / 2))) + 1  # every ring of the grid, corners included
+    power = radial_power_spectrum(e, bins=rings).reshape(-1, rings).mean(0) / (h * w)  # sums to mean(e^2)
+    out = {}
+    for a, b in zip(edges, [*edges[1:], rings]):
+        name = f"k {a}-{b - 1}" if b < rings else f"k {a}+"
+        out[name] = float(power[a:b].sum().sqrt())
     return out
 
 

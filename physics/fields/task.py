@@ -307,8 +307,15 @@ class TrajectoryTask(SplitData, Task):
                              f"{method!r}")
         expected = self.operator.num_observations(length)
         if y.dim() != 2 or y.shape[1] != expected:
-            raise ValueError(f"observations must have shape [B, {expected}] for {length} states with this operator, "
-                             f"got {tuple(y.shape)}")
+            p = self.operator.per_state
+            if y.dim() != 2:
+                theirs = f"they are {y.dim()}-dimensional"
+            elif y.shape[1] % p == 0:
+                theirs = f"they hold {y.shape[1] // p} observed states of {p} values"
+            else:
+                theirs = f"{y.shape[1]} is no multiple of {p}: observations of another grid or operator"
+            raise ValueError(f"observations of shape {list(y.shape)} do not fit this prior: it observes "
+                             f"{self.operator.describe(length)}; {theirs}")
         if not torch.isfinite(y).all():
             raise ValueError("observations contain NaN or inf")
         self.check_observation_scale(y, length)

@@ -52,3 +52,18 @@ def test_bad_input():
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         field_statistics(bad, lags=1)
+
+
+def test_band_rmse_splits_the_error_by_scale_and_sums_to_the_total():
+    from physics.fields.statistics import band_rmse
+
+    y, x = torch.meshgrid(*[torch.arange(64, dtype=torch.float64)] * 2, indexing="ij")
+    wave = 2.0 * torch.cos(2 * torch.pi * 5 * x / 64) + 0.5 * torch.sin(2 * torch.pi * (20 * x + 20 * y) / 64)
+    bands = band_rmse(wave[None], [0, 4, 12, 22])
+    # a cosine of amplitude a has rms a / sqrt(2): k = 5 in 4-11, |(20, 20)| = 28.3 in the open last band
+    assert bands["k 4-11"] == pytest.approx(2.0 / 2**0.5, rel=1e-12)
+    assert bands["k 22+"] == pytest.approx(0.5 / 2**0.5, rel=1e-12)
+    assert bands["k 0-3"] < 1e-12 and bands["k 12-21"] < 1e-12
+    noise = torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    total = sum(v**2 for v in band_rmse(noise, [0, 2, 9]).values())
+    assert total == pytest.approx(float(noise.square().mean()), rel=1e-12)

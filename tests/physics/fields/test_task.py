@@ -195,3 +195,17 @@ def test_the_weak_constraint_term_can_be_given_a_wrong_model():
 
     assert residual() < 1e-4
     assert 0.02 < residual("eval.dynamics_forcing=7") < 0.08  # ~ 1 x 0.05 MTU between states
+
+
+@pytest.mark.parametrize("shape, theirs", [((1, 3 * 64), "they hold 3 observed states of 64 values"),
+                                           ((1, 4 * 63), "252 is no multiple of 64: observations of another grid"),
+                                           ((1, 4, 64), "they are 3-dimensional")])
+def test_observations_of_another_grid_or_time_axis_name_both_shapes(shape, theirs):
+    from physics.fields.task import TrajectoryTask
+
+    task = TrajectoryTask(load_config("configs/smoke/trajectory_kolmogorov.yaml"))  # 4 x 4 blocks of 32 x 32, 1 in 2
+    expected = (rf"observations of shape \[{', '.join(map(str, shape))}\] do not fit this prior: it observes 4 x 4 block "
+                rf"means of the 32 x 32 state \(8 x 8 = 64 values\) at 4 of 8 states \(one in 2 from state 0\): "
+                rf"\[B, 4 x 64 = 256\]; {theirs}")
+    with pytest.raises(ValueError, match=expected):
+        task.assimilate(None, torch.zeros(shape), n=1, length=8, generator=torch.Generator())
