@@ -123,7 +123,7 @@ def table() -> None:
     rows = _load()
     f = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}"  # noqa: E731
     lines = ["# The LETKF on Kolmogorov flow (issue 29)", "",
-             f"Machine: {machine()}, one torch thread, torch {torch.__version__}.  Produced by "
+             f"Machine: {machine()}.  Produced by "
              "`python -m benchmarks.kolmogorov_letkf check|tune|test|table` (see its docstring).  A localised ETKF "
              "(Gaspari-Cohn R-localisation on the periodic 64 x 64 grid, radius c in grid steps; multiplicative "
              "inflation of the forecast anomalies) with the spectral simulator as its model, started from M random "

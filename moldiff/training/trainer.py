@@ -14,6 +14,7 @@ flag.  Skips are counted; ``train.max_nonfinite`` of them in a row abort with :c
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import sys
@@ -247,6 +248,8 @@ def _train(cfg, info: DistInfo, device, resume, overwrite, progress, task, folde
             tracker = make_tracker(cfg, run_id)
             _log_segment(tracker, cfg, device, info, step, changes, resumed=ckpt_path is not None)
         batches = task.train_batches(start_step=step, rank=info.rank, world_size=info.world_size, device=device)
+        if step < tc.steps:  # the first batch builds or reads the data (a dataset simulated on first use): not training
+            batches = itertools.chain([next(batches)], batches)  # time, so not on the clock of max_cpu_minutes either
         train_model.train()
         seg_cpu, seg_wall = time.process_time(), time.monotonic()  # training time starts here (lineage)
         deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
