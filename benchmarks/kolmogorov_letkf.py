@@ -12,7 +12,8 @@ of the latent/pixel benchmark (:mod:`benchmarks.latent_assimilation`: the same w
   steps) at 32 members and inflation 1.1, then the inflation at the best radius, then the ensemble size -- scored
   by the whole-window RMSE of the ensemble mean.
 * ``test``: the best validation configuration on the 16 test windows (two windows of 32 states from each of the 8
-  test trajectories), and climatology.
+  test trajectories), and climatology; then the smoother on that filter (the LETKS: every analysis also updates the
+  earlier states of the window, each grid point with its own transform) with the same settings.
 
 Every run starts from ``M`` random training states (climatology) at the window's first state and sees only past
 observations (a filter; SDA, a smoother, sees the whole window): the scores are given for the whole window and
@@ -52,22 +53,24 @@ def make_task(setting: str, members: int, radius: float, inflation: float) -> Tr
     return TrajectoryTask(cfg)
 
 
-def run(setting: str, split: str, members: int, radius: float, inflation: float, windows: int, count: int) -> dict:
-    """One filter configuration on ``count`` windows of ``split``: scores (mean and standard error over windows)."""
+def run(setting: str, split: str, members: int, radius: float, inflation: float, windows: int, count: int,
+        method: str = "etkf") -> dict:
+    """One configuration of the LETKF (``etkf``) or of the smoother on it (``enks``, the LETKS) on ``count`` windows
+    of ``split``: scores (mean and standard error over windows)."""
     task = make_task(setting, members, radius, inflation)
     truth = test_cases(task, windows, LENGTH, count, split=split)
     y = task.observe(truth.double(), torch.Generator().manual_seed(7919)).float()  # the latent benchmark's y
     observed = torch.zeros(LENGTH, dtype=torch.bool)
     observed[task.operator.times(LENGTH)] = True
     t0 = time.process_time()
-    ens = task.run_filter(y, LENGTH, "etkf", torch.Generator().manual_seed(31))  # [B, M, T, H, W]
+    ens = task.run_filter(y, LENGTH, method, torch.Generator().manual_seed(31))  # [B, M, T, H, W]
     seconds = (time.process_time() - t0) / len(truth)
     if not torch.isfinite(ens).all():
         raise FloatingPointError(f"the LETKF diverged ({setting}, M {members}, radius {radius}, inflation {inflation})")
     scores = score_windows(ens, truth, observed, spinup=LENGTH // 2).summary()
     clim = (truth - task.stats[0]).square().flatten(1).mean(1).sqrt()
     error = ens.double().mean(1) - truth.double()
-    return dict(setting=setting, split=split, members=members, radius=radius, inflation=inflation, windows=len(truth),
+    return dict(setting=setting, split=split, method=method, members=members, radius=radius, inflation=inflation, windows=len(truth),
                 rmse=scores["rmse"], rmse_second_half=scores["rmse_after_spinup"], spread=scores["spread"][0],
                 crps=scores["crps"], seconds=seconds, climatology=[float(clim.mean()), float(clim.std() / len(clim) ** 0.5)],
                 bands=band_rmse(error, BANDS), bands_climatology=band_rmse(truth.double() - task.stats[0].double(), BANDS),
@@ -80,27 +83,29 @@ def _load() -> list[dict]:
 
 
 def _key(r: dict) -> tuple:
-    return (r["setting"], r["split"], r["members"], float(r["radius"]), float(r["inflation"]), r["windows"])
+    return (r["setting"], r["split"], r.get("method", "etkf"), r["members"], float(r["radius"]), float(r["inflation"]),
+            r["windows"])
 
 
-def once(setting: str, split: str, members: int, radius: float, inflation: float, windows: int, count: int) -> dict:
+def once(setting: str, split: str, members: int, radius: float, inflation: float, windows: int, count: int,
+         method: str = "etkf") -> dict:
     """:func:`run`, or its stored result."""
-    key = (setting, split, members, float(radius), float(inflation), count)
+    key = (setting, split, method, members, float(radius), float(inflation), count)
     for r in _load():
         if _key(r) == key:
             return r
-    r = run(setting, split, members, radius, inflation, windows, count)
+    r = run(setting, split, members, radius, inflation, windows, count, method)
     rows = _load() + [r]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "runs.json").write_text(json.dumps(rows, indent=1))
-    print(f"{setting} {split} M {members} r {radius} infl {inflation}: RMSE {r['rmse'][0]:.3f} ± {r['rmse'][1]:.3f} "
+    print(f"{setting} {split} {method} M {members} r {radius} infl {inflation}: RMSE {r['rmse'][0]:.3f} ± {r['rmse'][1]:.3f} "
           f"(second half {r['rmse_second_half'][0]:.3f}), spread {r['spread']:.3f}, {r['seconds']:.1f} CPU s/window",
           flush=True)
     return r
 
 
 def best(setting: str) -> dict:
-    rows = [r for r in _load() if r["setting"] == setting and r["split"] == "valid"]
+    rows = [r for r in _load() if r["setting"] == setting and r["split"] == "valid" and r.get("method", "etkf") == "etkf"]
     if not rows:
         raise SystemExit(f"no validation runs for {setting}: run `tune --setting {setting}` first")
     return min(rows, key=lambda r: r["rmse"][0])
@@ -130,13 +135,15 @@ def table() -> None:
              "training states at each window's first state.  Windows of 32 states (6.4 time units); mean ± standard "
              "error over windows; vorticity units (data std about 4.7).  A filter sees only past observations: the "
              "second half is its spun-up score.", "",
-             "| setting | split | M | radius | inflation | windows | RMSE | RMSE, second half | spread (2nd half) | "
-             "CRPS (2nd half) | climatology | CPU s / window |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| setting | split | method | M | radius | inflation | windows | RMSE | RMSE, second half | spread / error (2nd "
+             "half) | CRPS (2nd half) | climatology | CPU s / window |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {"check": 0, "coarse": 1, "sparse": 2}
     for r in sorted(rows, key=lambda r: (order.get(r["setting"], 9), r["split"] != "test", r["members"], r["radius"],
                                          r["inflation"])):
-        lines.append(f"| {r['setting']} | {r['split']} | {r['members']} | {r['radius']:g} | {r['inflation']:g} | "
-                     f"{r['windows']} | {f(r['rmse'])} | {f(r['rmse_second_half'])} | {r['spread']:.3f} | "
+        name = {"etkf": "LETKF", "enks": "LETKS"}[r.get("method", "etkf")]
+        lines.append(f"| {r['setting']} | {r['split']} | {name} | {r['members']} | {r['radius']:g} | {r['inflation']:g} | "
+                     f"{r['windows']} | {f(r['rmse'])} | {f(r['rmse_second_half'])} | "
+                     f"{r['spread']:.2f} / {r['rmse_second_half'][0]:.2f} = {r['spread'] / r['rmse_second_half'][0]:.2f} | "
                      f"{f(r['crps'])} | {f(r['climatology'])} | {r['seconds']:.1f} |")
     tests = [r for r in rows if r["split"] == "test"]
     if tests:
@@ -145,9 +152,11 @@ def table() -> None:
                   "sum to the MSE), against climatology's:", "",
                   "| setting | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for r in tests:
-            lines.append(f"| {r['setting']} LETKF | " + " | ".join(f"{r['bands'][n]:.3f}" for n in names) + " |")
-            lines.append(f"| {r['setting']} climatology | " + " | ".join(f"{r['bands_climatology'][n]:.3f}"
-                                                                      for n in names) + " |")
+            name = {"etkf": "LETKF", "enks": "LETKS"}[r.get("method", "etkf")]
+            lines.append(f"| {r['setting']} {name} | " + " | ".join(f"{r['bands'][n]:.3f}" for n in names) + " |")
+            if r.get("method", "etkf") == "etkf":
+                lines.append(f"| {r['setting']} climatology | " + " | ".join(f"{r['bands_climatology'][n]:.3f}"
+                                                                          for n in names) + " |")
     (OUT.parent / "kolmogorov_letkf.md").write_text("\n".join(lines) + "\n")
 
 
@@ -163,7 +172,8 @@ def main() -> None:
         tune(args.setting)
     elif args.what == "test":
         b = best(args.setting)
-        once(args.setting, "test", b["members"], b["radius"], b["inflation"], 2, 16)
+        for method in ("etkf", "enks"):  # the filter, and the smoother on it with the filter's tuned settings
+            once(args.setting, "test", b["members"], b["radius"], b["inflation"], 2, 16, method)
     table()
 
 

@@ -40,6 +40,8 @@ __all__ = [
     "gaspari_cohn",
     "ring_localization",
     "grid_localization",
+    "letkf_transforms",
+    "apply_transforms",
     "obs_localization",
     "FilterResult",
     "run_filter",
@@ -303,9 +305,8 @@ def _etkf_transform(
         anomalies = X + YV @ (g.unsqueeze(-1) * (YV.transpose(-1, -2) @ X))
         return mean + w.transpose(-1, -2) @ X + anomalies
     rho = _check_taper(localization, (d, p), ens)  # [..., D, P]
-    batch = math.prod(torch.broadcast_shapes(rho.shape[:-2], Y.shape[:-2]))
-    chunk = max(1, LETKF_CHUNK_ELEMENTS // max(1, batch * m * max(m, p)))  # variables analysed at once
-    out = [_letkf_columns(X[..., j : j + chunk], Y, innov, rho[..., j : j + chunk, :]) for j in range(0, d, chunk)]
+    out = [torch.einsum("...jc,...cji->...ic", X[..., j : j + n], _letkf_weights(Y, innov, rho[..., j : j + n, :]))
+           for j, n in _letkf_chunks(Y, rho)]
     return mean + torch.cat(out, -1)
 
 
@@ -313,19 +314,48 @@ def _etkf_transform(
 LETKF_CHUNK_ELEMENTS = 1 << 24
 
 
-def _letkf_columns(X: Tensor, Y: Tensor, innov: Tensor, rho: Tensor) -> Tensor:
-    """The LETKF's analysis anomalies-plus-increment ``[..., M, C]`` of ``C`` variables, each with its own
-    R-localised ensemble-space analysis: ``X [..., M, C]`` their anomalies, ``rho [..., C, P]`` their weights."""
-    m = X.shape[-2]
-    eye = torch.eye(m, dtype=X.dtype, device=X.device)
+def _letkf_chunks(Y: Tensor, rho: Tensor) -> list[tuple[int, int]]:
+    """``(first, count)`` of the chunks of variables analysed at once (see :data:`LETKF_CHUNK_ELEMENTS`)."""
+    m, p, d = Y.shape[-2], Y.shape[-1], rho.shape[-2]
+    batch = math.prod(torch.broadcast_shapes(rho.shape[:-2], Y.shape[:-2]))
+    chunk = max(1, LETKF_CHUNK_ELEMENTS // max(1, batch * m * max(m, p)))
+    return [(j, min(chunk, d - j)) for j in range(0, d, chunk)]
+
+
+def _letkf_weights(Y: Tensor, innov: Tensor, rho: Tensor) -> Tensor:
+    """The LETKF's ensemble-space weights ``T = w 1^T + W [..., C, M, M]`` of ``C`` variables, each from its own
+    R-localised analysis (``rho [..., C, P]`` their observation weights): member ``i`` of variable ``c``'s analysis
+    is ``mean_c + sum_j X[j, c] T[c, j, i]``."""
+    m = Y.shape[-2]
+    eye = torch.eye(m, dtype=Y.dtype, device=Y.device)
     Yl = Y.unsqueeze(-3) * rho.unsqueeze(-2)  # [..., C, M, P]: Y R_loc^-1 R^1/2 for every variable
     A = (m - 1) * eye + Yl @ Y.unsqueeze(-3).transpose(-1, -2)  # [..., C, M, M]
     evals, Q = torch.linalg.eigh(A)
     rhs = Yl @ innov.unsqueeze(-2).unsqueeze(-1)  # [..., C, M, 1]
     w = Q @ ((Q.transpose(-1, -2) @ rhs) / evals.unsqueeze(-1))  # [..., C, M, 1]
     W = (Q * (math.sqrt(m - 1) / evals.sqrt()).unsqueeze(-2)) @ Q.transpose(-1, -2)  # [..., C, M, M]
-    T = w + W  # [..., C, j, i]: member i of variable c's analysis is mean_c + sum_j X[j, c] T[c, j, i]
-    return torch.einsum("...jc,...cji->...ic", X, T)
+    return w + W
+
+
+def letkf_transforms(ens: Tensor, y: Tensor, H: Tensor, obs_std: float | Tensor, localization: Tensor,
+                     obs_fn: ObsFn = None) -> Tensor:
+    """The LETKF analysis as one left transform per variable: ``G [..., D, M, M]`` with member ``i`` of variable
+    ``d``'s analysis ``sum_j G[d, i, j] E[j, d]`` -- ``G_d = 1 1^T / M + (1 w_d^T + W_d) Pi`` (``Pi`` the centring
+    matrix), the localised form of :func:`~physics.assimilation.smoothers.etkf_transform`.  ``localization`` is the
+    observation taper ``[..., D, P]`` (:func:`obs_localization`).  Applying ``G_d`` to an earlier state's ensemble
+    at variable ``d`` is the localised ensemble smoother's update of that state."""
+    _, X, Y, innov = etkf_inputs(ens, y, H, obs_std, obs_fn)
+    m, d = ens.shape[-2], ens.shape[-1]
+    rho = _check_taper(localization, (d, Y.shape[-1]), ens)
+    pi = torch.eye(m, dtype=ens.dtype, device=ens.device) - 1.0 / m
+    T = torch.cat([_letkf_weights(Y, innov, rho[..., j : j + n, :]) for j, n in _letkf_chunks(Y, rho)], -3)
+    return 1.0 / m + T.transpose(-1, -2) @ pi
+
+
+def apply_transforms(G: Tensor, ens: Tensor) -> Tensor:
+    """``E'[..., i, d] = sum_j G[..., d, i, j] E[..., j, d]``: per-variable transforms ``[..., D, M, M]`` applied to an
+    ensemble ``[..., M, D]``."""
+    return torch.einsum("...dij,...jd->...id", G, ens)
 
 
 def kalman_analysis(

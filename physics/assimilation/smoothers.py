@@ -29,7 +29,8 @@ from torch import Tensor
 from moldiff.progress import progress_bar
 
 from .enkf import (Advance, ObsFn, Observations, observation_std, member_spread, checked_schedule, etkf_inputs, etkf_weights,
-                   inflate, inflation_factor, kalman_filter, observe_members)
+                   inflate, inflation_factor, kalman_filter, observe_members, obs_localization, letkf_transforms,
+                   apply_transforms)
 
 __all__ = ["SmootherResult", "etkf_transform", "rts_smoother", "run_enks", "run_ienks"]
 
@@ -116,6 +117,7 @@ def run_enks(
     num_states: int,
     inflation: float | Tensor = 1.0,
     lag: int | None = None,
+    localization: Tensor | None = None,
     keep_ensemble: bool = False,
     progress: bool = False,
     obs_fn: ObsFn = None,
@@ -125,9 +127,14 @@ def run_enks(
     The filter part is the deterministic ETKF of :func:`~physics.assimilation.enkf.run_filter` (inflation of the
     forecast anomalies before each analysis); each analysis transform ``G`` (:func:`etkf_transform`) is also
     applied to the stored ensembles of the earlier states within ``lag`` states (``None``: the whole window).
+    With ``localization`` (a state taper ``[D, D]``, e.g. :func:`~physics.assimilation.enkf.grid_localization`)
+    the filter is the LETKF and every variable has its own transform
+    (:func:`~physics.assimilation.enkf.letkf_transforms`), applied to that variable of the earlier states: the
+    localised smoother (LETKS).
 
     Args:
-        advance, ens0, observations, H, obs_std, interval, num_states, inflation, obs_fn: as in ``run_filter``.
+        advance, ens0, observations, H, obs_std, interval, num_states, inflation, localization, obs_fn: as in
+            ``run_filter``.
         lag: smooth only states at most ``lag`` states before the analysis time (``None``: all).
         keep_ensemble: also return the smoothed ensembles ``[..., T, M, D]``.
     """
@@ -135,6 +142,7 @@ def run_enks(
         raise ValueError(f"lag must be >= 0 or None, got {lag}")
     obs = checked_schedule(ens0, observations, H, num_states)
     infl = inflation_factor(inflation, ens0)
+    rho = None if localization is None else obs_localization(localization, H)
     states: list[Tensor] = []
     analysis_means = []
     ens = ens0
@@ -143,11 +151,16 @@ def run_enks(
             ens = advance(ens, interval)
         if k in obs:
             ens = inflate(ens, infl)
-            G = etkf_transform(ens, obs[k], H, obs_std, obs_fn)
-            ens = G @ ens
+            if rho is None:
+                G = etkf_transform(ens, obs[k], H, obs_std, obs_fn)
+                update = lambda e, G=G: G @ e  # noqa: E731
+            else:
+                G = letkf_transforms(ens, obs[k], H, obs_std, rho, obs_fn)
+                update = lambda e, G=G: apply_transforms(G, e)  # noqa: E731
+            ens = update(ens)
             first = 0 if lag is None else max(0, k - lag)
             for j in range(first, k):
-                states[j] = G @ states[j]
+                states[j] = update(states[j])
             analysis_means.append(ens.mean(-2))
         states.append(ens)
     return _result(states, analysis_means, obs, num_states, keep_ensemble)

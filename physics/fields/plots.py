@@ -18,7 +18,7 @@ from .navier_stokes import energy_spectrum
 __all__ = ["assimilation_figures", "timeseries_figure", "hovmoller_figure", "field_figure", "spectra_figure",
            "mask_figure", "write_animation", "reconstruction_figure", "spectrum_comparison_figure", "trajectory_grid"]
 
-COLORS = {"sda": "tab:blue", "dps": "tab:orange", "enkf": "tab:green", "etkf": "tab:purple"}
+COLORS = {"sda": "tab:blue", "dps": "tab:orange", "enkf": "tab:green", "etkf": "tab:purple", "enks": "tab:brown"}
 
 
 def _observed_values(operator, y: np.ndarray, length: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:

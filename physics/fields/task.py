@@ -14,7 +14,10 @@ Evaluation = assimilation of held-out test trajectories: each is observed throug
   through vector-Jacobian products and ``eval.cg_iterations`` conjugate-gradient steps);
 * ``dps`` -- diffusion posterior sampling (:func:`~moldiff.diffusion.guidance.sample_dps`);
 * ``enkf`` / ``etkf`` -- the stochastic ensemble Kalman filter and the ensemble transform Kalman filter
-  with the true dynamics (Lorenz systems), started from climatology.
+  with the true dynamics, started from climatology (the EnKF on the Lorenz systems; the ETKF localised, the
+  LETKF, with ``eval.localization``);
+* ``enks`` -- the ensemble transform Kalman smoother on the same ETKF / LETKF: each analysis also updates the
+  earlier states of the window, so it sees every observation, as the diffusion methods do.
 
 Metrics per method: RMSE of the ensemble mean against the truth (all states, and the second half, where
 the filters have spun up), ensemble spread and CRPS; the climatological RMSE for scale.  Figures: the
@@ -49,13 +52,14 @@ from .models import FlatWindow, LocalScoreNet, WindowAsChannels
 from moldiff.nn import UNet
 from moldiff.nn import SpaceTimeTransformer
 from physics.assimilation.enkf import grid_localization, run_filter
+from physics.assimilation.smoothers import run_enks
 from physics.assimilation.metrics import score_ensemble
 from .statistics import compare_statistics, field_statistics, statistics_figure
 
 __all__ = ["TrajectoryTask", "TrajectoryConfig", "TrajectoryData", "TrajectoryModel", "ObservationConfig",
            "AssimilationEval", "METHODS"]
 
-METHODS = ("sda", "mmps", "dps", "enkf", "etkf")
+METHODS = ("sda", "mmps", "dps", "enkf", "etkf", "enks")
 
 
 @dataclass
@@ -124,8 +128,8 @@ class AssimilationEval:
     cg_iterations: int = 3  #: mmps: conjugate-gradient iterations of the covariance-aware likelihood
     dynamics_std: float = 0.0  #: sda / mmps: weak-constraint std of the one-step model residual (physical units; 0: off)
     dynamics_forcing: float = 0.0  #: Lorenz-96 forcing F of that model term (0: the data's; another: model error)
-    inflation: float = 1.0  #: enkf / etkf: multiplicative inflation of the forecast anomalies
-    localization: float = 0.0  #: enkf / etkf on lorenz96, etkf on fields (the LETKF): Gaspari-Cohn radius in grid points (0: none)
+    inflation: float = 1.0  #: enkf / etkf / enks: multiplicative inflation of the forecast anomalies
+    localization: float = 0.0  #: enkf / etkf / enks on lorenz96, etkf / enks on fields: Gaspari-Cohn radius in grid points (0: none)
     batch_size: int = 0  #: posterior samples drawn at once (0: all)
     animation: bool = True  #: write an animated GIF of the first assimilated trajectory
     prior_samples: int = 0  #: fields: unconditional trajectories sampled and compared with the test split (0: none)
@@ -161,7 +165,7 @@ class TrajectoryConfig(ExperimentConfig):
             (ob.noise_std > 0, "observation.noise_std", "must be > 0"),
             (all(x in METHODS for x in ev.methods), "eval.methods", f"choose from {METHODS}"),
             (lorenz or "enkf" not in ev.methods, "eval.methods",
-             "the stochastic EnKF runs on the Lorenz systems; fields take etkf (the LETKF with eval.localization)"),
+             "the stochastic EnKF runs on the Lorenz systems; fields take etkf or enks (localised with eval.localization)"),
             (ev.n_trajectories >= 0 and ev.ensemble >= 2, "eval.ensemble", "needs n_trajectories >= 0 and ensemble >= 2"),
             (ev.length >= 2 * m.window + 1, "eval.length", f"must be at least 2 * model.window + 1 = {2 * m.window + 1}"),
             (ev.gamma >= 0 and ev.zeta >= 0 and ev.inflation >= 1.0, "eval.gamma", "needs gamma >= 0, zeta >= 0, inflation >= 1"),
@@ -375,7 +379,8 @@ class TrajectoryTask(SplitData, Task):
     # -- evaluation ----------------------------------------------------------------------------------
     def run_filter(self, y: Tensor, length: int, method: str, generator: torch.Generator, *,
                    progress: bool = False) -> Tensor:
-        """An ensemble filter (``enkf`` | ``etkf``, the true dynamics) on each observed trajectory ``y [B, P]``,
+        """An ensemble filter or smoother (``enkf`` | ``etkf`` | ``enks``, the true dynamics) on each observed
+        trajectory ``y [B, P]``,
         all as one batch, from ``eval.ensemble`` random training states (climatology): the analysis
         ensembles ``[B, M, length, *S]``.  With ``eval.localization > 0`` the filter is localised with a
         Gaspari-Cohn taper of that radius in grid points: on the Lorenz-96 ring, or on the periodic grid of a field
@@ -395,10 +400,13 @@ class TrajectoryTask(SplitData, Task):
             return sim.advance(ens.reshape(*ens.shape[:-1], *shape), duration).reshape(ens.shape)
 
         H = self.operator.matrix(torch.float64)  # [p, D] of one state
-        res = run_filter(advance, train[pick].double().flatten(2), obs, H, self.cfg.observation.noise_std,
-                         interval=self.spec.interval, num_states=length, method=method, inflation=ev.inflation,
-                         localization=loc, generator=generator, keep_ensemble=True, progress=progress,
-                         obs_fn=self.operator.obs_fn)
+        common = dict(interval=self.spec.interval, num_states=length, inflation=ev.inflation, localization=loc,
+                      keep_ensemble=True, progress=progress, obs_fn=self.operator.obs_fn)
+        ens0, std = train[pick].double().flatten(2), self.cfg.observation.noise_std
+        if method == "enks":
+            res = run_enks(advance, ens0, obs, H, std, **common)
+        else:
+            res = run_filter(advance, ens0, obs, H, std, method=method, generator=generator, **common)
         ens = res.ensemble.transpose(1, 2).float()  # [B, T, M, D] -> [B, M, T, D]
         return ens.reshape(*ens.shape[:3], *shape)
 

@@ -210,3 +210,56 @@ def test_ienks_backtracks_instead_of_diverging():
         run_ienks(sys.advance, clim, ys, H, 0.1, max_halvings=0, **kw)
     res = run_ienks(sys.advance, clim, ys, H, 0.1, **kw)
     assert torch.isfinite(res.mean).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the localised smoother (LETKS) on a periodic grid
+
+
+def _grid_problem(n: int = 6, m: int = 10, T: int = 7):
+    """A linear model on an n x n periodic grid (x <- 0.9 x + 0.05 * its 4 neighbours), 2 x 2 block means of
+    every other state with noise 0.3, and an ensemble of m members."""
+    idx = torch.arange(n * n).reshape(n, n)
+    F = 0.9 * torch.eye(n * n, dtype=torch.float64)
+    for shift, dim in ((1, 0), (-1, 0), (1, 1), (-1, 1)):
+        F[idx.flatten(), torch.roll(idx, shift, dim).flatten()] += 0.05
+    H = torch.zeros((n // 2) ** 2, n * n, dtype=torch.float64)
+    for b, (i, j) in enumerate((i, j) for i in range(0, n, 2) for j in range(0, n, 2)):
+        H[b, idx[i : i + 2, j : j + 2].flatten()] = 0.25
+    g = torch.Generator().manual_seed(7)
+    x, obs = torch.randn(n * n, generator=g, dtype=torch.float64), {}
+    for k in range(T):
+        if k % 2 == 0:
+            obs[k] = H @ x + 0.3 * torch.randn(H.shape[0], generator=g, dtype=torch.float64)
+        x = F @ x
+    ens0 = torch.randn(m, n * n, generator=g, dtype=torch.float64)
+    kw = dict(interval=1.0, num_states=T, keep_ensemble=True)
+    return (lambda e, dt: e @ F.T), ens0, obs, H, 0.3, kw
+
+
+def test_letkf_transforms_are_the_letkf_analysis():
+    from physics.assimilation.enkf import apply_transforms, etkf_analysis, grid_localization, letkf_transforms, obs_localization
+
+    _, ens, obs, H, std, _ = _grid_problem()
+    rho = obs_localization(grid_localization((6, 6), 1.5), H)
+    G = letkf_transforms(ens, obs[0], H, std, rho)
+    assert G.shape == (36, 10, 10)
+    torch.testing.assert_close(apply_transforms(G, ens), etkf_analysis(ens, obs[0], H, std, localization=rho),
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(G.sum(-1), torch.ones(36, 10, dtype=torch.float64), rtol=0, atol=1e-12)  # G 1 = 1
+
+
+def test_letks_with_infinite_radius_is_the_enks_and_ends_as_the_letkf():
+    from physics.assimilation.enkf import grid_localization
+
+    advance, ens0, obs, H, std, kw = _grid_problem()
+    enks = run_enks(advance, ens0, obs, H, std, **kw)
+    letks_inf = run_enks(advance, ens0, obs, H, std, localization=grid_localization((6, 6), math.inf), **kw)
+    torch.testing.assert_close(letks_inf.ensemble, enks.ensemble, rtol=0, atol=1e-10)
+    # with a finite radius: the last state (nothing after it to smooth with) is the LETKF's analysis, and the
+    # earlier states differ from the filter's (they were smoothed)
+    loc = grid_localization((6, 6), 1.5)
+    letks = run_enks(advance, ens0, obs, H, std, localization=loc, **kw)
+    letkf = run_filter(advance, ens0, obs, H, std, method="etkf", localization=loc, **kw)
+    torch.testing.assert_close(letks.ensemble[-1], letkf.ensemble[-1], rtol=0, atol=1e-10)
+    assert (letks.ensemble[0] - letkf.ensemble[0]).abs().max() > 1e-3

@@ -167,6 +167,11 @@ def test_letkf_tracks_a_kolmogorov_trajectory_from_dense_low_noise_observations(
     climatology = float((truth - task.stats[0]).square().mean().sqrt())
     assert float(rmse[0]) < 0.1 * climatology, (rmse, climatology)
     assert (rmse.diff() < 0).all() and float(rmse[4:].max()) < 2 * noise and float(rmse[-1]) < noise, rmse
+    # the smoother on the same filter: the last state is the filter's, the first is corrected by all that follow
+    smooth = task.run_filter(y, 8, "enks", torch.Generator().manual_seed(1))
+    rmse_s = (smooth.mean(1) - truth).square().mean((0, 2, 3)).sqrt()
+    torch.testing.assert_close(rmse_s[-1], rmse[-1], rtol=1e-5, atol=0)
+    assert (rmse_s[:-1] < 0.95 * rmse[:-1]).all(), (rmse_s, rmse)  # every earlier state gains from later data
 
 
 def test_other_tasks_do_not_assimilate(tmp_path):
