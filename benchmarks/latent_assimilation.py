@@ -1,4 +1,4 @@
-"""Latent against pixel-space assimilation of Kolmogorov flow (issue 17, item 3): the same test windows, the same
+"""Latent against pixel-space assimilation of Kolmogorov flow (issues 17 and 29): the same test windows, the same
 observations, SDA, MMPS and DPS with each prior, against climatology; and each prior's unconditional statistics.
 
     python -m benchmarks.latent_assimilation --latent CKPT --pixel CKPT [--settings coarse sparse]
@@ -101,7 +101,7 @@ def main() -> None:
         observed[task0.operator.times(args.length)] = True
         clim = (truth - task0.stats[0]).square().flatten(1).mean(1).sqrt()
         rows.append(dict(setting=setting, prior="-", method="climatology", rmse=float(clim.mean()),
-                         rmse_se=float(clim.std() / len(clim) ** 0.5)))
+                         rmse_se=float(clim.std() / len(clim) ** 0.5), rmse_windows=clim.tolist()))
         if not prior_rows and args.prior_samples:  # unconditional statistics, once (they do not depend on y)
             for name, (task, model) in tasks.items():
                 task.cfg.eval.prior_samples = args.prior_samples
@@ -119,9 +119,11 @@ def main() -> None:
                 ens = task.assimilate(model, y, n=args.ensemble, length=args.length, method=method,
                                       generator=torch.Generator(device).manual_seed(1), progress=False).cpu()
                 seconds = (clock() - t0) / len(truth)
-                s = score_windows(ens, truth, observed).summary()
+                scores = score_windows(ens, truth, observed)
+                s = scores.summary()
                 rows.append(dict(setting=setting, prior=name, method=method, rmse=s["rmse"][0], rmse_se=s["rmse"][1],
-                                 spread=s["spread"][0], crps=s["crps"][0], crps_se=s["crps"][1], seconds=seconds))
+                                 spread=s["spread"][0], crps=s["crps"][0], crps_se=s["crps"][1], seconds=seconds,
+                                 rmse_windows=scores.rmse.tolist(), checkpoint=str(priors[name])))
                 print(rows[-1], flush=True)
                 write(args, rows, prior_rows, clock.unit, len(truth))
                 ensembles[f"{name} {method}"] = ens[0].numpy()
@@ -139,7 +141,7 @@ def write(args, rows: list[dict], prior_rows: dict, unit: str, cases: int) -> No
         "out": str(args.out)}), indent=1))
     f = lambda v, d=3: "" if v is None else f"{v:.{d}f}"  # noqa: E731
     device = torch.cuda.get_device_name(args.device) if unit.startswith("GPU") else f"{machine()}, one torch thread"
-    lines = ["# Latent against pixel-space assimilation of Kolmogorov flow (issue 17)", "",
+    lines = ["# Learned priors assimilating Kolmogorov flow (issues 17 and 29)", "",
              f"Machine: {device}, torch {torch.__version__}.  Command: `python "
              f"benchmarks/latent_assimilation.py --latent {args.latent} --pixel {args.pixel} --settings "
              f"{' '.join(args.settings)} --methods {' '.join(args.methods)} --trajectories {args.trajectories} "

@@ -23,6 +23,7 @@ TINY_ARGS = {
     "qm9_property.py": ["--tiny"],
     "unbiased_samples.py": ["--tiny"],
     "latent_assimilation.py": ["--tiny"],
+    "kolmogorov_pretrained.py": ["--tiny"],
 }
 
 

@@ -30,6 +30,31 @@ def test_a_shipped_prior_assimilates_a_short_window(name, dim, tmp_path, capsys)
     assert rc == 2 and "cannot resume with a different model.options" in err and "'width': 8" in err
 
 
+def test_the_shipped_kolmogorov_prior_assimilates_a_tiny_case_from_its_own_file(tmp_path, capsys, monkeypatch):
+    # no dataset and no autoencoder file: the shipped file carries the autoencoder and both normalisations
+    monkeypatch.setattr("physics.fields.datasets.load_trajectories", lambda *a, **k: pytest.fail("read a dataset"))
+    p = moldiff.pretrained("kolmogorov", device="cpu")
+    assert p.task.name == "latent_trajectory" and p.task.shape == (64, 64) and p.task.model_shape == (16, 8, 8)
+    from physics.fields.datasets import simulator
+
+    sim, g = simulator(p.task.spec), torch.Generator().manual_seed(0)
+    truth = sim.trajectory(sim.advance(sim.random_initial(1, g, dtype=torch.float64), 2.0), 5, p.task.spec.interval)
+    obs = tmp_path / "obs.npz"
+    np.savez(obs, y=p.task.observe(truth, g).numpy(), length=5)
+    out = tmp_path / "post.npz"
+    rc = main(["assimilate", "--pretrained", "kolmogorov", "--observations", str(obs), "--out", str(out), "-n", "2",
+               "--no-progress", "--set", "sampler.steps=2"])
+    assert rc == 0, capsys.readouterr().err
+    with np.load(out) as z:
+        assert z["samples"].shape == (1, 2, 5, 64, 64) and np.isfinite(z["samples"]).all()
+    # observations of another grid: exit 2 naming the prior's operator and the file's shape, nothing written
+    np.savez(obs, y=np.zeros((1, 2 * 64)), length=5)
+    rc = main(["assimilate", "--pretrained", "kolmogorov", "--observations", str(obs), "--out", str(tmp_path / "x.npz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "4 x 4 block means of the 64 x 64 state (16 x 16 = 256 values)" in err and "[1, 128]" in err
+    assert not (tmp_path / "x.npz").exists()
+
+
 def _obs(tmp_path, value, length=20, P=12, name="obs.npz"):
     path = tmp_path / name
     kw = {"length": length} if length else {}
