@@ -77,6 +77,9 @@ def test_example_runs(script, tmp_path):
                      "climatology RMSE"):
             assert name in out.stdout, out.stdout
         assert (tmp_path / "runs" / "example_latent_kolmogorov.png").is_file()
+    elif script == "kolmogorov_pretrained.py":
+        assert "shipped prior: step" in out.stdout and "RMSE of the posterior mean" in out.stdout, out.stdout
+        assert (tmp_path / "kolmogorov_pretrained.png").is_file() and (tmp_path / "kolmogorov_pretrained.gif").is_file()
     elif script == "qm9_property.py":
         for name in ("shuffled properties", "#atoms only", "generated", "lower bound"):
             assert name in out.stdout, out.stdout
