@@ -10,7 +10,8 @@ predictor-corrector sampler at ``--steps`` steps), decoded to vorticity, and the
 states: the autocorrelation at lags 1-10 (and the mean absolute error over them), the spectrum's mean
 ``|log(P_model / P_data)|`` per band of radial wavenumber (k 1-3, 4-11, 12-21), the std and the kurtosis.  The
 training cost (steps, process CPU-minutes) is read from each checkpoint.  Results: ``<out>.md``, ``<out>/results.json``
-(a label already there is not sampled again; delete it to redo) and ``<out>/statistics.png``.  One torch thread;
+(a label already there is not sampled again; delete it to redo) and ``<out>/statistics_<labels>.png`` (the
+priors sampled in that run against the data).  One torch thread;
 seconds are process CPU seconds.
 """
 
@@ -91,9 +92,10 @@ def main() -> None:
         path.write_text(json.dumps(results, indent=1))
         print(label, {k: results[label][k] for k in ("step", "lag1_error", "autocorrelation_error", "spectrum", "std")},
               flush=True)
-    if figure_stats:
+    if figure_stats:  # the priors sampled in this run (a figure per run: earlier runs' figures are kept)
+        labels = "_".join(k for k in figure_stats if k != "data (test)")
         statistics_figure(figure_stats, 0.2, "Kolmogorov priors against the test split").savefig(
-            args.out / "statistics.png", dpi=100)
+            args.out / f"statistics_{labels}.png", dpi=100)
     write_table(args.out, results)
 
 
