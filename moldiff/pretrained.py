@@ -28,7 +28,7 @@ from .training.distributed import resolve_device
 from .training.resume import resume_changes
 
 __all__ = ["PRETRAINED", "ShippedModel", "Pretrained", "pretrained", "pretrained_path", "shipped_models",
-           "register_pretrained", "export_pretrained", "load_pretrained_file"]
+           "register_pretrained", "export_pretrained", "load_pretrained_file", "build_stored_model"]
 
 FORMAT = "moldiff-pretrained-1"
 
@@ -105,6 +105,26 @@ def export_pretrained(checkpoint: str | Path, out: str | Path, *, overrides: lis
                             "lineage": state.get("lineage", {})}, out)
 
 
+def build_stored_model(config: dict, sampling: dict, weights: dict[str, torch.Tensor], *, source: str,
+                       overrides: list[str] | None = None) -> tuple[Task, nn.Module]:
+    """``(task, model)`` from what a file stores -- a config, the task's sampling state and weights (float32,
+    strict keys) -- without reading any dataset.  ``overrides`` may change only sampling-time keys (a
+    ``ConfigError`` names any other); a sampling state that does not fit is a :class:`CheckpointError` naming
+    ``source``."""
+    cfg = load_config(config, overrides, stored=True)
+    if overrides:
+        resume_changes(config, cfg)  # ConfigError naming any key that would change the model
+    task = get_task(cfg.task)(cfg)
+    try:
+        task.load_sampling_state(sampling or {})
+    except (KeyError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{source}: its sampling state does not fit this moldiff ({e})") from e
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the global RNG alone
+        model = task.build_model()
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, strict=True)
+    return task, model
+
+
 def load_pretrained_file(path: str | Path, device: str = "auto",
                          overrides: list[str] | None = None) -> tuple[Task, nn.Module, dict]:
     """``(task, model, state)`` from a shipped model file (strict keys, weights in float32).  ``overrides``
@@ -117,17 +137,8 @@ def load_pretrained_file(path: str | Path, device: str = "auto",
         raise CheckpointError(f"{path}: not a readable moldiff pretrained model ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a moldiff pretrained model file (format {FORMAT})")
-    cfg = load_config(state["config"], overrides, stored=True)
-    if overrides:
-        resume_changes(state["config"], cfg)  # ConfigError naming any key that would change the model
-    task = get_task(cfg.task)(cfg)
-    try:
-        task.load_sampling_state(state.get("sampling", {}))
-    except (KeyError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: its sampling state does not fit this moldiff ({e})") from e
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the global RNG alone
-        model = task.build_model()
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}, strict=True)
+    task, model = build_stored_model(state["config"], state.get("sampling", {}), state["ema"], source=str(path),
+                                     overrides=overrides)
     return task, model.to(resolve_device(device)).eval(), state
 
 

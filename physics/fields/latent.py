@@ -29,7 +29,8 @@ from moldiff.tasks import register_task
 from .task import TrajectoryConfig, TrajectoryTask
 from moldiff.api import load_model
 from moldiff.config import to_dict
-from moldiff.training.checkpoint import CheckpointError, load_checkpoint
+from moldiff.pretrained import build_stored_model
+from moldiff.training.checkpoint import CheckpointError
 from moldiff.training.warm_start import PRETRAINED_PREFIX, resolve_source
 
 __all__ = ["LatentSpec", "LatentTrajectoryConfig", "LatentTrajectoryTask"]
@@ -63,19 +64,10 @@ class LatentTrajectoryConfig(TrajectoryConfig):
 def _autoencoder_from_state(state: dict, source: str):
     """``(task, model)`` of the autoencoder a sampling state carries (``{"config", "weights", "sampling"}``):
     strict keys, float32, frozen."""
-    from moldiff.loading import load_config
-    from moldiff.tasks import get_task
-
-    cfg = load_config(state["config"], stored=True)
-    if cfg.task != "field_autoencoder":
-        raise ConfigError(f"latent.autoencoder: {source} carries a {cfg.task!r} model, not a field_autoencoder")
-    task = get_task(cfg.task)(cfg)
-    task.load_sampling_state(state.get("sampling", {}))
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the global RNG alone
-        model = task.build_model()
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["weights"].items()},
-                          strict=True)
-    return task, model
+    kind = state["config"].get("task")
+    if kind != "field_autoencoder":
+        raise ConfigError(f"latent.autoencoder: {source} carries a {kind!r} model, not a field_autoencoder")
+    return build_stored_model(state["config"], state.get("sampling", {}), state["weights"], source=source)
 
 
 @register_task
@@ -106,7 +98,7 @@ class LatentTrajectoryTask(TrajectoryTask):
             if carried is not None:
                 ae_task, ae = _autoencoder_from_state(carried, str(path))
             else:
-                kind = load_checkpoint(path)["config"].get("task")
+                kind = (state.get("config") or {}).get("task") if isinstance(state, dict) else None
                 if kind != "field_autoencoder":
                     raise ConfigError(f"latent.autoencoder: {path} is a {kind!r} checkpoint, not a field_autoencoder "
                                       "(nor a latent prior that carries one)")
